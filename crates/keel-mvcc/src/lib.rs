@@ -1,0 +1,31 @@
+//! Keel's multi-version key-value storage: every change gets a revision, history is kept until
+//! compaction, and reads can be served at any retained revision. It knows nothing of raft or the
+//! network: the apply loop above it decides what to write and when.
+
+mod key_index;
+mod revision;
+mod store;
+
+pub use key_index::{KeyAt, KeyIndex, KeySpan};
+pub use revision::Revision;
+pub use store::{RangeOptions, RangeResult, Store, StoreSize, WriteBatch};
+
+/// Errors of the MVCC layer.
+#[derive(Debug, thiserror::Error)]
+pub enum MvccError {
+    /// The requested revision is below the compacted revision.
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    /// The requested revision is above the current revision.
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// RocksDB failed.
+    #[error("mvcc: storage: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// A stored record could not be decoded.
+    #[error("mvcc: corrupt data: {0}")]
+    Corrupt(String),
+}
+
+/// Result of MVCC operations.
+pub type Result<T> = std::result::Result<T, MvccError>;

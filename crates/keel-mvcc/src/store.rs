@@ -1,0 +1,392 @@
+//! The revisioned store: values by revision in RocksDB (`kv` family), the key index in memory, and the
+//! store's bookkeeping (`meta` family). Readers get a consistent view at any retained revision; the
+//! single writer (the apply loop) groups many write transactions into one RocksDB write batch.
+//! This file must never make a change visible to readers before its write batch is committed.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use keel_proto::etcd::PbKeyValue as KeyValue;
+use parking_lot::RwLock;
+use prost::Message;
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions, WriteOptions, DB};
+
+use crate::key_index::{KeyAt, KeyIndex, KeySpan};
+use crate::{MvccError, Result, Revision};
+
+const CF_KV: &str = "kv";
+const CF_META: &str = "meta";
+const META_APPLIED_INDEX: &[u8] = b"applied_index";
+const META_CURRENT_REV: &[u8] = b"current_rev";
+const META_COMPACT_REV: &[u8] = b"compact_rev";
+
+/// How a range read is done.
+#[derive(Clone, Debug, Default)]
+pub struct RangeOptions {
+    /// Store revision to read at; 0 = the current one.
+    pub rev: i64,
+    /// Return at most this many keys; 0 = no limit. `count` still counts every key in the span.
+    pub limit: usize,
+    /// Count the keys only, fetch no value.
+    pub count_only: bool,
+}
+
+/// The outcome of a range read.
+#[derive(Clone, Debug, Default)]
+pub struct RangeResult {
+    /// The key-values read, in key order.
+    pub kvs: Vec<KeyValue>,
+    /// Number of keys in the span at the revision, regardless of `limit`.
+    pub count: usize,
+    /// The store's current revision when the read was done.
+    pub rev: i64,
+}
+
+/// Size of the store on disk, in bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreSize {
+    /// Bytes the store occupies (files and memtables).
+    pub total: u64,
+    /// Estimate of the bytes holding live data.
+    pub in_use: u64,
+}
+
+/// The revisioned key-value store.
+pub struct Store {
+    db: DB,
+    index: RwLock<KeyIndex>,
+    current_rev: AtomicI64,
+    compact_rev: AtomicI64,
+    applied_index: AtomicU64,
+}
+
+impl Store {
+    /// Opens (or creates) the store under `path` and rebuilds the key index from disk.
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = [CF_KV, CF_META].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let store = Store {
+            db,
+            index: RwLock::new(KeyIndex::default()),
+            current_rev: AtomicI64::new(0),
+            compact_rev: AtomicI64::new(0),
+            applied_index: AtomicU64::new(0),
+        };
+        store.restore()?;
+        Ok(store)
+    }
+
+    fn restore(&self) -> Result<()> {
+        let mut index = self.index.write();
+        let mut last = 0;
+        for item in self.db.iterator_cf(self.cf(CF_KV), IteratorMode::Start) {
+            let (k, v) = item?;
+            let (rev, tombstone) =
+                Revision::from_key(&k).ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
+            let kv = decode_kv(&v)?;
+            if tombstone {
+                index.tombstone(&kv.key, rev);
+            } else {
+                index.put(&kv.key, rev);
+            }
+            last = rev.main;
+        }
+        let compact = self.meta_i64(META_COMPACT_REV)?;
+        if compact > 0 {
+            index.compact(compact);
+        }
+        // A compaction may have removed the newest change (a tombstone); the meta record is exact.
+        let current = self.meta_i64(META_CURRENT_REV)?.max(last).max(compact);
+        self.current_rev.store(current, Ordering::Release);
+        self.compact_rev.store(compact, Ordering::Release);
+        self.applied_index.store(self.meta_i64(META_APPLIED_INDEX)? as u64, Ordering::Release);
+        tracing::info!(revision = current, compacted = compact, keys = index.len(), "mvcc store restored");
+        Ok(())
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // Both families are created by `open` (create_missing_column_families).
+        self.db.cf_handle(name).expect("column family opened at start")
+    }
+
+    fn meta_i64(&self, key: &[u8]) -> Result<i64> {
+        Ok(match self.db.get_cf(self.cf(CF_META), key)? {
+            Some(v) => i64::from_be_bytes(
+                v.as_slice().try_into().map_err(|_| MvccError::Corrupt(format!("meta {key:?}")))?,
+            ),
+            None => 0,
+        })
+    }
+
+    /// The revision of the last committed write transaction.
+    pub fn current_revision(&self) -> i64 {
+        self.current_rev.load(Ordering::Acquire)
+    }
+
+    /// The revision the store was last compacted at (0 = never).
+    pub fn compacted_revision(&self) -> i64 {
+        self.compact_rev.load(Ordering::Acquire)
+    }
+
+    /// The raft index of the last entry whose effects are committed to this store.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Acquire)
+    }
+
+    /// Reads a caller-owned metadata record (cluster identity and the like).
+    pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(CF_META), key)?)
+    }
+
+    /// Writes a caller-owned metadata record durably (synced).
+    pub fn put_meta(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), key, value);
+        Ok(self.db.write_opt(batch, &wo)?)
+    }
+
+    /// Reads the keys of `span` at a committed revision.
+    pub fn range(&self, span: KeySpan<'_>, opts: &RangeOptions) -> Result<RangeResult> {
+        let current = self.current_revision();
+        let at = check_revision(opts.rev, current, self.compacted_revision())?;
+        let (hits, count, snapshot) = {
+            let index = self.index.read();
+            // Checked again under the index lock: a compaction publishes its revision before it
+            // edits the index, so a read that passes here sees the index as it was.
+            check_revision(at, current, self.compacted_revision())?;
+            let (hits, count) = collect(&index, span, at, opts);
+            (hits, count, self.db.snapshot())
+        };
+        let mut kvs = Vec::with_capacity(hits.len());
+        for (rev, _) in hits {
+            let v = snapshot
+                .get_cf(self.cf(CF_KV), rev.to_key(false))?
+                .ok_or_else(|| MvccError::Corrupt(format!("indexed revision {rev:?} missing")))?;
+            kvs.push(decode_kv(&v)?);
+        }
+        Ok(RangeResult { kvs, count, rev: current })
+    }
+
+    /// Starts a write batch; only one may be open at a time (the apply loop owns it).
+    pub fn write_batch(&self) -> WriteBatch<'_> {
+        WriteBatch {
+            store: self,
+            batch: rocksdb::WriteBatch::default(),
+            pending: HashMap::new(),
+            rev: self.current_revision(),
+            sub: 0,
+        }
+    }
+
+    /// Bytes used on disk, for Status and the space quota.
+    pub fn size(&self) -> StoreSize {
+        let mut size = StoreSize::default();
+        for name in [CF_KV, CF_META] {
+            let prop = |p: &str| self.db.property_int_value_cf(self.cf(name), p).ok().flatten().unwrap_or(0);
+            let mem = prop("rocksdb.cur-size-all-mem-tables");
+            size.total += prop("rocksdb.total-sst-files-size") + mem;
+            size.in_use += prop("rocksdb.estimate-live-data-size") + mem;
+        }
+        size
+    }
+}
+
+/// Validates a read revision against the store's range and resolves 0 to the current revision.
+fn check_revision(rev: i64, current: i64, compacted: i64) -> Result<i64> {
+    let at = if rev <= 0 { current } else { rev };
+    if at > current {
+        return Err(MvccError::FutureRevision);
+    }
+    if at < compacted {
+        return Err(MvccError::Compacted);
+    }
+    Ok(at)
+}
+
+/// Walks the index: the revisions to fetch (up to the limit) and the number of keys in the span.
+fn collect(index: &KeyIndex, span: KeySpan<'_>, at: i64, opts: &RangeOptions) -> (Vec<(Revision, KeyAt)>, usize) {
+    let mut hits = Vec::new();
+    let mut count = 0;
+    index.visit(span, at, |_, k| {
+        count += 1;
+        if !opts.count_only && (opts.limit == 0 || hits.len() < opts.limit) {
+            hits.push((k.modified, k));
+        }
+        true
+    });
+    (hits, count)
+}
+
+fn decode_kv(bytes: &[u8]) -> Result<KeyValue> {
+    KeyValue::decode(bytes).map_err(|e| MvccError::Corrupt(format!("key-value record: {e}")))
+}
+
+/// A group of write transactions committed to disk together. Inside it, each write transaction
+/// (`begin` .. `end`) gets one store revision; reads see the batch's own uncommitted changes.
+pub struct WriteBatch<'s> {
+    store: &'s Store,
+    batch: rocksdb::WriteBatch,
+    /// Values written by this batch, not yet readable from RocksDB.
+    pending: HashMap<Revision, KeyValue>,
+    /// Revision of the last ended transaction in this batch.
+    rev: i64,
+    /// Changes made so far by the open transaction.
+    sub: i64,
+}
+
+impl WriteBatch<'_> {
+    /// Starts a write transaction.
+    pub fn begin(&mut self) {
+        self.sub = 0;
+    }
+
+    /// Ends the open write transaction; returns the store revision after it (bumped only if it
+    /// changed anything).
+    pub fn end(&mut self) -> i64 {
+        if self.sub > 0 {
+            self.rev += 1;
+        }
+        self.sub = 0;
+        self.rev
+    }
+
+    /// The revision the open transaction reads at: its own changes included.
+    pub fn read_revision(&self) -> i64 {
+        if self.sub > 0 {
+            self.rev + 1
+        } else {
+            self.rev
+        }
+    }
+
+    fn next_revision(&mut self) -> Revision {
+        let rev = Revision::new(self.rev + 1, self.sub);
+        self.sub += 1;
+        rev
+    }
+
+    fn value_at(&self, rev: Revision) -> Result<KeyValue> {
+        if let Some(kv) = self.pending.get(&rev) {
+            return Ok(kv.clone());
+        }
+        let v = self
+            .store
+            .db
+            .get_cf(self.store.cf(CF_KV), rev.to_key(false))?
+            .ok_or_else(|| MvccError::Corrupt(format!("indexed revision {rev:?} missing")))?;
+        decode_kv(&v)
+    }
+
+    /// Reads the keys of `span` as the open transaction sees them.
+    pub fn range(&self, span: KeySpan<'_>, opts: &RangeOptions) -> Result<RangeResult> {
+        let current = self.read_revision();
+        let at = check_revision(opts.rev, current, self.store.compacted_revision())?;
+        let (hits, count) = collect(&self.store.index.read(), span, at, opts);
+        let kvs = hits.into_iter().map(|(rev, _)| self.value_at(rev)).collect::<Result<_>>()?;
+        Ok(RangeResult { kvs, count, rev: current })
+    }
+
+    /// The latest value of `key` as the open transaction sees it.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        let live = self.store.index.read().live(key);
+        live.map(|k| self.value_at(k.modified)).transpose()
+    }
+
+    /// Puts `key` in the open transaction; returns the new key-value.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> KeyValue {
+        let rev = self.next_revision();
+        let live = self.store.index.read().live(key);
+        let (create_revision, version) = live.map_or((rev.main, 1), |k| (k.created.main, k.version + 1));
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision,
+            mod_revision: rev.main,
+            version,
+            value,
+            lease,
+        };
+        self.batch.put_cf(self.store.cf(CF_KV), rev.to_key(false), kv.encode_to_vec());
+        self.store.index.write().put(key, rev);
+        self.pending.insert(rev, kv.clone());
+        kv
+    }
+
+    /// Deletes the keys of `span` in the open transaction; returns the deleted key-values (their
+    /// values only if `with_values`).
+    pub fn delete(&mut self, span: KeySpan<'_>, with_values: bool) -> Result<Vec<KeyValue>> {
+        let opts = RangeOptions { count_only: !with_values, ..Default::default() };
+        let mut keys = Vec::new();
+        self.store.index.read().visit(span, self.read_revision(), |k, _| {
+            keys.push(k.to_vec());
+            true
+        });
+        let prev = if with_values { self.range(span, &opts)?.kvs } else { Vec::new() };
+        for key in &keys {
+            let rev = self.next_revision();
+            let tomb = KeyValue { key: key.clone(), ..Default::default() };
+            self.batch.put_cf(self.store.cf(CF_KV), rev.to_key(true), tomb.encode_to_vec());
+            self.store.index.write().tombstone(key, rev);
+        }
+        Ok(if with_values {
+            prev
+        } else {
+            keys.into_iter().map(|key| KeyValue { key, ..Default::default() }).collect()
+        })
+    }
+
+    /// Compacts history at `rev`: reads below it fail with `Compacted` from now on, and every value
+    /// no read at or after `rev` can see is deleted.
+    pub fn compact(&mut self, rev: i64) -> Result<()> {
+        if rev <= self.store.compacted_revision() {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.rev {
+            return Err(MvccError::FutureRevision);
+        }
+        // Published before the index changes, so concurrent readers below `rev` fail cleanly.
+        self.store.compact_rev.store(rev, Ordering::Release);
+        let keep = self.store.index.write().compact(rev);
+        let cf = self.store.cf(CF_KV);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(Revision::new(rev + 1, 0).to_key(false));
+        for item in self.store.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
+            let (k, _) = item?;
+            let (r, _) = Revision::from_key(&k).ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
+            if !keep.contains(&r) {
+                self.batch.delete_cf(cf, k);
+            }
+        }
+        let gone: Vec<Revision> =
+            self.pending.keys().filter(|r| r.main <= rev && !keep.contains(r)).copied().collect();
+        for r in gone {
+            self.pending.remove(&r);
+            self.batch.delete_cf(cf, r.to_key(false));
+            self.batch.delete_cf(cf, r.to_key(true));
+        }
+        self.batch.put_cf(self.store.cf(CF_META), META_COMPACT_REV, rev.to_be_bytes());
+        Ok(())
+    }
+
+    /// Commits the batch together with the raft index it brings the store to, then makes it visible.
+    /// Not synced: the raft log is, and replay from the recorded applied index is idempotent.
+    pub fn commit(mut self, applied_index: u64) -> Result<()> {
+        let meta = self.store.cf(CF_META);
+        self.batch.put_cf(meta, META_APPLIED_INDEX, (applied_index as i64).to_be_bytes());
+        self.batch.put_cf(meta, META_CURRENT_REV, self.rev.to_be_bytes());
+        self.store.db.write(std::mem::take(&mut self.batch))?;
+        self.store.current_rev.store(self.rev, Ordering::Release);
+        self.store.applied_index.store(applied_index, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes the store's files durable up to this point (before the raft log behind it is dropped).
+    pub fn flush_wal(store: &Store) -> Result<()> {
+        Ok(store.db.flush_wal(true)?)
+    }
+}

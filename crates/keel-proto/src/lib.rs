@@ -1,0 +1,10 @@
+//! Keel's own protocol. etcd's API (messages and service traits) is re-exported from the `etcd-client`
+//! crate, built with its `build-server` feature; this crate adds what etcd's API does not define: the
+//! encoding of client requests as raft entries.
+
+mod internal;
+
+/// etcd's v3 API types and service traits (wire-compatible with etcd 3.5+).
+pub use etcd_client::proto as etcd;
+
+pub use internal::{InternalRequest, RequestBody};
