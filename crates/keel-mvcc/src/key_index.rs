@@ -35,16 +35,22 @@ struct KeyHistory {
 
 impl KeyHistory {
     fn new() -> Self {
-        KeyHistory { generations: vec![Generation::default()] }
+        KeyHistory {
+            generations: vec![Generation::default()],
+        }
     }
 
     fn live(&self) -> &Generation {
         // A history always has at least one generation (constructed so, never emptied).
-        self.generations.last().expect("key history has a generation")
+        self.generations
+            .last()
+            .expect("key history has a generation")
     }
 
     fn live_mut(&mut self) -> &mut Generation {
-        self.generations.last_mut().expect("key history has a generation")
+        self.generations
+            .last_mut()
+            .expect("key history has a generation")
     }
 
     fn put(&mut self, rev: Revision) {
@@ -59,7 +65,9 @@ impl KeyHistory {
     fn at(&self, at: i64) -> Option<KeyAt> {
         let last = self.generations.len() - 1;
         for (i, g) in self.generations.iter().enumerate().rev() {
-            let Some(first) = g.revs.first() else { continue };
+            let Some(first) = g.revs.first() else {
+                continue;
+            };
             if first.main > at {
                 continue;
             }
@@ -69,7 +77,11 @@ impl KeyHistory {
             }
             let n = g.revs.iter().rposition(|r| r.main <= at)?;
             let newer = (g.revs.len() - 1 - n) as i64;
-            return Some(KeyAt { modified: g.revs[n], created: g.created, version: g.version - newer });
+            return Some(KeyAt {
+                modified: g.revs[n],
+                created: g.created,
+                version: g.version - newer,
+            });
         }
         None
     }
@@ -117,8 +129,14 @@ impl<'a> KeySpan<'a> {
     pub fn from_etcd(key: &'a [u8], range_end: &'a [u8]) -> Self {
         match range_end {
             [] => KeySpan::Single(key),
-            [0] => KeySpan::Range { start: key, end: None },
-            end => KeySpan::Range { start: key, end: Some(end) },
+            [0] => KeySpan::Range {
+                start: key,
+                end: None,
+            },
+            end => KeySpan::Range {
+                start: key,
+                end: Some(end),
+            },
         }
     }
 
@@ -147,7 +165,9 @@ impl KeyIndex {
     /// Records the deletion of a live `key` at `rev`; returns false (and changes nothing) when the
     /// key is not live.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {
-        let Some(h) = self.keys.get_mut(key) else { return false };
+        let Some(h) = self.keys.get_mut(key) else {
+            return false;
+        };
         if h.live().revs.is_empty() {
             return false;
         }
@@ -161,7 +181,11 @@ impl KeyIndex {
         let h = self.keys.get(key)?;
         let g = h.live();
         let modified = *g.revs.last()?;
-        Some(KeyAt { modified, created: g.created, version: g.version })
+        Some(KeyAt {
+            modified,
+            created: g.created,
+            version: g.version,
+        })
     }
 
     /// The key as visible at store revision `at`.
@@ -229,11 +253,32 @@ mod tests {
         idx.put(b"a", r(8));
 
         assert_eq!(idx.get(b"a", 1), None);
-        assert_eq!(idx.get(b"a", 3), Some(KeyAt { modified: r(2), created: r(2), version: 1 }));
-        assert_eq!(idx.get(b"a", 5), Some(KeyAt { modified: r(4), created: r(2), version: 2 }));
+        assert_eq!(
+            idx.get(b"a", 3),
+            Some(KeyAt {
+                modified: r(2),
+                created: r(2),
+                version: 1
+            })
+        );
+        assert_eq!(
+            idx.get(b"a", 5),
+            Some(KeyAt {
+                modified: r(4),
+                created: r(2),
+                version: 2
+            })
+        );
         assert_eq!(idx.get(b"a", 6), None);
         assert_eq!(idx.get(b"a", 7), None);
-        assert_eq!(idx.get(b"a", 9), Some(KeyAt { modified: r(8), created: r(8), version: 1 }));
+        assert_eq!(
+            idx.get(b"a", 9),
+            Some(KeyAt {
+                modified: r(8),
+                created: r(8),
+                version: 1
+            })
+        );
         assert!(!idx.tombstone(b"missing", r(10)));
     }
 

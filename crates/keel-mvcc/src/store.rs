@@ -73,7 +73,7 @@ impl Store {
             db,
             index: RwLock::new(KeyIndex::default()),
             current_rev: AtomicI64::new(0),
-            compact_rev: AtomicI64::new(0),
+            compact_rev: AtomicI64::new(-1),
             applied_index: AtomicU64::new(0),
         };
         store.restore()?;
@@ -85,8 +85,8 @@ impl Store {
         let mut last = 0;
         for item in self.db.iterator_cf(self.cf(CF_KV), IteratorMode::Start) {
             let (k, v) = item?;
-            let (rev, tombstone) =
-                Revision::from_key(&k).ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
+            let (rev, tombstone) = Revision::from_key(&k)
+                .ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
             let kv = decode_kv(&v)?;
             if tombstone {
                 index.tombstone(&kv.key, rev);
@@ -95,28 +95,47 @@ impl Store {
             }
             last = rev.main;
         }
-        let compact = self.meta_i64(META_COMPACT_REV)?;
+        // Never compacted reads as -1, as in etcd: compacting at revision 0 is then allowed once.
+        let compact = match self.db.get_cf(self.cf(CF_META), META_COMPACT_REV)? {
+            Some(_) => self.meta_i64(META_COMPACT_REV)?,
+            None => -1,
+        };
         if compact > 0 {
             index.compact(compact);
         }
         // A compaction may have removed the newest change (a tombstone); the meta record is exact.
-        let current = self.meta_i64(META_CURRENT_REV)?.max(last).max(compact);
+        // An empty store is at revision 1, as etcd's is: the first write makes revision 2.
+        let current = self
+            .meta_i64(META_CURRENT_REV)?
+            .max(last)
+            .max(compact)
+            .max(1);
         self.current_rev.store(current, Ordering::Release);
         self.compact_rev.store(compact, Ordering::Release);
-        self.applied_index.store(self.meta_i64(META_APPLIED_INDEX)? as u64, Ordering::Release);
-        tracing::info!(revision = current, compacted = compact, keys = index.len(), "mvcc store restored");
+        self.applied_index
+            .store(self.meta_i64(META_APPLIED_INDEX)? as u64, Ordering::Release);
+        tracing::info!(
+            revision = current,
+            compacted = compact,
+            keys = index.len(),
+            "mvcc store restored"
+        );
         Ok(())
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         // Both families are created by `open` (create_missing_column_families).
-        self.db.cf_handle(name).expect("column family opened at start")
+        self.db
+            .cf_handle(name)
+            .expect("column family opened at start")
     }
 
     fn meta_i64(&self, key: &[u8]) -> Result<i64> {
         Ok(match self.db.get_cf(self.cf(CF_META), key)? {
             Some(v) => i64::from_be_bytes(
-                v.as_slice().try_into().map_err(|_| MvccError::Corrupt(format!("meta {key:?}")))?,
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| MvccError::Corrupt(format!("meta {key:?}")))?,
             ),
             None => 0,
         })
@@ -127,7 +146,7 @@ impl Store {
         self.current_rev.load(Ordering::Acquire)
     }
 
-    /// The revision the store was last compacted at (0 = never).
+    /// The revision the store was last compacted at (-1 = never).
     pub fn compacted_revision(&self) -> i64 {
         self.compact_rev.load(Ordering::Acquire)
     }
@@ -153,7 +172,15 @@ impl Store {
 
     /// Reads the keys of `span` at a committed revision.
     pub fn range(&self, span: KeySpan<'_>, opts: &RangeOptions) -> Result<RangeResult> {
-        let current = self.current_revision();
+        self.range_pinned(span, opts, self.current_revision())
+    }
+
+    fn range_pinned(
+        &self,
+        span: KeySpan<'_>,
+        opts: &RangeOptions,
+        current: i64,
+    ) -> Result<RangeResult> {
         let at = check_revision(opts.rev, current, self.compacted_revision())?;
         let (hits, count, snapshot) = {
             let index = self.index.read();
@@ -170,7 +197,27 @@ impl Store {
                 .ok_or_else(|| MvccError::Corrupt(format!("indexed revision {rev:?} missing")))?;
             kvs.push(decode_kv(&v)?);
         }
-        Ok(RangeResult { kvs, count, rev: current })
+        Ok(RangeResult {
+            kvs,
+            count,
+            rev: current,
+        })
+    }
+
+    /// A read view pinned at the current revision: reads at revision 0 all see the same state.
+    pub fn view(&self) -> StoreView<'_> {
+        StoreView {
+            store: self,
+            rev: self.current_revision(),
+        }
+    }
+
+    /// Compacts RocksDB's files, reclaiming the space of deleted and compacted-away data.
+    pub fn defragment(&self) {
+        for name in [CF_KV, CF_META] {
+            self.db
+                .compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
+        }
     }
 
     /// Starts a write batch; only one may be open at a time (the apply loop owns it).
@@ -184,16 +231,57 @@ impl Store {
         }
     }
 
+    /// Makes every committed write durable (before the raft log behind it is dropped).
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.db.flush_wal(true)?)
+    }
+
     /// Bytes used on disk, for Status and the space quota.
     pub fn size(&self) -> StoreSize {
         let mut size = StoreSize::default();
         for name in [CF_KV, CF_META] {
-            let prop = |p: &str| self.db.property_int_value_cf(self.cf(name), p).ok().flatten().unwrap_or(0);
+            let prop = |p: &str| {
+                self.db
+                    .property_int_value_cf(self.cf(name), p)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            };
             let mem = prop("rocksdb.cur-size-all-mem-tables");
             size.total += prop("rocksdb.total-sst-files-size") + mem;
             size.in_use += prop("rocksdb.estimate-live-data-size") + mem;
         }
         size
+    }
+}
+
+/// Reads of one state of the store: a committed revision, or a write batch's open transaction.
+pub trait ReadView {
+    /// Reads the keys of `span`; revision 0 in `opts` means the view's own revision.
+    fn range(&self, span: KeySpan<'_>, opts: &RangeOptions) -> Result<RangeResult>;
+    /// The revision the view reads at by default.
+    fn revision(&self) -> i64;
+    /// The revision below which history is gone.
+    fn compacted_revision(&self) -> i64;
+}
+
+/// A read view of the committed store, pinned at one revision.
+pub struct StoreView<'s> {
+    store: &'s Store,
+    rev: i64,
+}
+
+impl ReadView for StoreView<'_> {
+    fn range(&self, span: KeySpan<'_>, opts: &RangeOptions) -> Result<RangeResult> {
+        self.store.range_pinned(span, opts, self.rev)
+    }
+
+    fn revision(&self) -> i64 {
+        self.rev
+    }
+
+    fn compacted_revision(&self) -> i64 {
+        self.store.compacted_revision()
     }
 }
 
@@ -210,7 +298,12 @@ fn check_revision(rev: i64, current: i64, compacted: i64) -> Result<i64> {
 }
 
 /// Walks the index: the revisions to fetch (up to the limit) and the number of keys in the span.
-fn collect(index: &KeyIndex, span: KeySpan<'_>, at: i64, opts: &RangeOptions) -> (Vec<(Revision, KeyAt)>, usize) {
+fn collect(
+    index: &KeyIndex,
+    span: KeySpan<'_>,
+    at: i64,
+    opts: &RangeOptions,
+) -> (Vec<(Revision, KeyAt)>, usize) {
     let mut hits = Vec::new();
     let mut count = 0;
     index.visit(span, at, |_, k| {
@@ -283,15 +376,6 @@ impl WriteBatch<'_> {
         decode_kv(&v)
     }
 
-    /// Reads the keys of `span` as the open transaction sees them.
-    pub fn range(&self, span: KeySpan<'_>, opts: &RangeOptions) -> Result<RangeResult> {
-        let current = self.read_revision();
-        let at = check_revision(opts.rev, current, self.store.compacted_revision())?;
-        let (hits, count) = collect(&self.store.index.read(), span, at, opts);
-        let kvs = hits.into_iter().map(|(rev, _)| self.value_at(rev)).collect::<Result<_>>()?;
-        Ok(RangeResult { kvs, count, rev: current })
-    }
-
     /// The latest value of `key` as the open transaction sees it.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         let live = self.store.index.read().live(key);
@@ -302,7 +386,8 @@ impl WriteBatch<'_> {
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> KeyValue {
         let rev = self.next_revision();
         let live = self.store.index.read().live(key);
-        let (create_revision, version) = live.map_or((rev.main, 1), |k| (k.created.main, k.version + 1));
+        let (create_revision, version) =
+            live.map_or((rev.main, 1), |k| (k.created.main, k.version + 1));
         let kv = KeyValue {
             key: key.to_vec(),
             create_revision,
@@ -311,33 +396,27 @@ impl WriteBatch<'_> {
             value,
             lease,
         };
-        self.batch.put_cf(self.store.cf(CF_KV), rev.to_key(false), kv.encode_to_vec());
+        self.batch
+            .put_cf(self.store.cf(CF_KV), rev.to_key(false), kv.encode_to_vec());
         self.store.index.write().put(key, rev);
         self.pending.insert(rev, kv.clone());
         kv
     }
 
-    /// Deletes the keys of `span` in the open transaction; returns the deleted key-values (their
-    /// values only if `with_values`).
-    pub fn delete(&mut self, span: KeySpan<'_>, with_values: bool) -> Result<Vec<KeyValue>> {
-        let opts = RangeOptions { count_only: !with_values, ..Default::default() };
-        let mut keys = Vec::new();
-        self.store.index.read().visit(span, self.read_revision(), |k, _| {
-            keys.push(k.to_vec());
-            true
-        });
-        let prev = if with_values { self.range(span, &opts)?.kvs } else { Vec::new() };
-        for key in &keys {
+    /// Deletes the live keys of `span` in the open transaction; returns them as they were.
+    pub fn delete(&mut self, span: KeySpan<'_>) -> Result<Vec<KeyValue>> {
+        let prev = self.range(span, &RangeOptions::default())?.kvs;
+        for kv in &prev {
             let rev = self.next_revision();
-            let tomb = KeyValue { key: key.clone(), ..Default::default() };
-            self.batch.put_cf(self.store.cf(CF_KV), rev.to_key(true), tomb.encode_to_vec());
-            self.store.index.write().tombstone(key, rev);
+            let tomb = KeyValue {
+                key: kv.key.clone(),
+                ..Default::default()
+            };
+            self.batch
+                .put_cf(self.store.cf(CF_KV), rev.to_key(true), tomb.encode_to_vec());
+            self.store.index.write().tombstone(&kv.key, rev);
         }
-        Ok(if with_values {
-            prev
-        } else {
-            keys.into_iter().map(|key| KeyValue { key, ..Default::default() }).collect()
-        })
+        Ok(prev)
     }
 
     /// Compacts history at `rev`: reads below it fail with `Compacted` from now on, and every value
@@ -357,19 +436,25 @@ impl WriteBatch<'_> {
         ro.set_iterate_upper_bound(Revision::new(rev + 1, 0).to_key(false));
         for item in self.store.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
             let (k, _) = item?;
-            let (r, _) = Revision::from_key(&k).ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
+            let (r, _) = Revision::from_key(&k)
+                .ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
             if !keep.contains(&r) {
                 self.batch.delete_cf(cf, k);
             }
         }
-        let gone: Vec<Revision> =
-            self.pending.keys().filter(|r| r.main <= rev && !keep.contains(r)).copied().collect();
+        let gone: Vec<Revision> = self
+            .pending
+            .keys()
+            .filter(|r| r.main <= rev && !keep.contains(r))
+            .copied()
+            .collect();
         for r in gone {
             self.pending.remove(&r);
             self.batch.delete_cf(cf, r.to_key(false));
             self.batch.delete_cf(cf, r.to_key(true));
         }
-        self.batch.put_cf(self.store.cf(CF_META), META_COMPACT_REV, rev.to_be_bytes());
+        self.batch
+            .put_cf(self.store.cf(CF_META), META_COMPACT_REV, rev.to_be_bytes());
         Ok(())
     }
 
@@ -377,16 +462,123 @@ impl WriteBatch<'_> {
     /// Not synced: the raft log is, and replay from the recorded applied index is idempotent.
     pub fn commit(mut self, applied_index: u64) -> Result<()> {
         let meta = self.store.cf(CF_META);
-        self.batch.put_cf(meta, META_APPLIED_INDEX, (applied_index as i64).to_be_bytes());
-        self.batch.put_cf(meta, META_CURRENT_REV, self.rev.to_be_bytes());
+        self.batch.put_cf(
+            meta,
+            META_APPLIED_INDEX,
+            (applied_index as i64).to_be_bytes(),
+        );
+        self.batch
+            .put_cf(meta, META_CURRENT_REV, self.rev.to_be_bytes());
         self.store.db.write(std::mem::take(&mut self.batch))?;
         self.store.current_rev.store(self.rev, Ordering::Release);
-        self.store.applied_index.store(applied_index, Ordering::Release);
+        self.store
+            .applied_index
+            .store(applied_index, Ordering::Release);
         Ok(())
     }
+}
 
-    /// Makes the store's files durable up to this point (before the raft log behind it is dropped).
-    pub fn flush_wal(store: &Store) -> Result<()> {
-        Ok(store.db.flush_wal(true)?)
+impl ReadView for WriteBatch<'_> {
+    fn range(&self, span: KeySpan<'_>, opts: &RangeOptions) -> Result<RangeResult> {
+        let current = self.read_revision();
+        let at = check_revision(opts.rev, current, self.store.compacted_revision())?;
+        let (hits, count) = collect(&self.store.index.read(), span, at, opts);
+        let kvs = hits
+            .into_iter()
+            .map(|(rev, _)| self.value_at(rev))
+            .collect::<Result<_>>()?;
+        Ok(RangeResult {
+            kvs,
+            count,
+            rev: current,
+        })
+    }
+
+    fn revision(&self) -> i64 {
+        self.read_revision()
+    }
+
+    fn compacted_revision(&self) -> i64 {
+        self.store.compacted_revision()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(store: &Store, key: &str, value: &str, applied: u64) -> i64 {
+        let mut wb = store.write_batch();
+        wb.begin();
+        wb.put(key.as_bytes(), value.as_bytes().to_vec(), 0);
+        let rev = wb.end();
+        wb.commit(applied).unwrap();
+        rev
+    }
+
+    fn get_at(store: &Store, key: &str, rev: i64) -> Result<Option<String>> {
+        let res = store.range(
+            KeySpan::Single(key.as_bytes()),
+            &RangeOptions {
+                rev,
+                ..Default::default()
+            },
+        )?;
+        Ok(res
+            .kvs
+            .first()
+            .map(|kv| String::from_utf8(kv.value.clone()).unwrap()))
+    }
+
+    #[test]
+    fn history_compaction_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.current_revision(), 1);
+            assert_eq!(put(&store, "a", "1", 1), 2);
+            assert_eq!(put(&store, "a", "2", 2), 3);
+            let mut wb = store.write_batch();
+            wb.begin();
+            assert_eq!(wb.delete(KeySpan::Single(b"a")).unwrap().len(), 1);
+            // Reads inside the batch see its own uncommitted delete; committed readers do not yet.
+            assert!(wb.get(b"a").unwrap().is_none());
+            assert_eq!(get_at(&store, "a", 0).unwrap().as_deref(), Some("2"));
+            assert_eq!(wb.end(), 4);
+            wb.commit(3).unwrap();
+            assert_eq!(put(&store, "b", "x", 4), 5);
+            assert_eq!(get_at(&store, "a", 2).unwrap().as_deref(), Some("1"));
+            assert_eq!(get_at(&store, "a", 4).unwrap(), None);
+
+            let mut wb = store.write_batch();
+            wb.compact(3).unwrap();
+            assert!(matches!(wb.compact(3), Err(MvccError::Compacted)));
+            assert!(matches!(wb.compact(9), Err(MvccError::FutureRevision)));
+            wb.commit(5).unwrap();
+            assert!(matches!(get_at(&store, "a", 2), Err(MvccError::Compacted)));
+            assert!(matches!(
+                get_at(&store, "a", 6),
+                Err(MvccError::FutureRevision)
+            ));
+            assert_eq!(get_at(&store, "a", 3).unwrap().as_deref(), Some("2"));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            (
+                store.current_revision(),
+                store.compacted_revision(),
+                store.applied_index()
+            ),
+            (5, 3, 5)
+        );
+        assert_eq!(get_at(&store, "a", 3).unwrap().as_deref(), Some("2"));
+        assert_eq!(get_at(&store, "a", 0).unwrap(), None);
+        assert!(matches!(get_at(&store, "a", 2), Err(MvccError::Compacted)));
+        let kv = store
+            .range(KeySpan::Single(b"b"), &RangeOptions::default())
+            .unwrap()
+            .kvs
+            .remove(0);
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
     }
 }

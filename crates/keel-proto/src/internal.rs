@@ -44,7 +44,11 @@ mod tests {
     fn round_trips_through_bytes() {
         let req = InternalRequest {
             id: 42,
-            body: Some(RequestBody::Put(PbPutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() })),
+            body: Some(RequestBody::Put(PbPutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
         };
         let bytes = req.encode_to_vec();
         assert_eq!(InternalRequest::decode(bytes.as_slice()).unwrap(), req);

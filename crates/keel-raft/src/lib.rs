@@ -1,0 +1,39 @@
+//! Keel's consensus layer: the raft-rs driver and its RocksDB log store. It orders opaque entries;
+//! what they mean (etcd's API) is the state machine's business above it.
+
+mod log_store;
+mod logger;
+mod node;
+
+pub use log_store::LogStore;
+pub use node::{Node, NodeConfig, RaftStatus, Role};
+pub use raft::eraftpb::{Entry, EntryType};
+
+/// Errors of the consensus layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    /// There is no leader to accept the request (election under way, or quorum lost).
+    #[error("no leader")]
+    NoLeader,
+    /// The node has stopped.
+    #[error("raft node stopped")]
+    Stopped,
+    /// raft-rs refused the operation.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// RocksDB failed.
+    #[error("raft storage: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// A raft record failed to encode or decode.
+    #[error("raft encoding: {0}")]
+    Encoding(#[from] protobuf::ProtobufError),
+    /// The log store is inconsistent.
+    #[error("raft log corrupt: {0}")]
+    Corrupt(String),
+    /// The driver thread could not be started.
+    #[error("raft thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Result of consensus operations.
+pub type Result<T> = std::result::Result<T, RaftError>;

@@ -1,0 +1,18 @@
+//! Keel's etcd-compatible server: the state machine applied from the raft log, the request paths
+//! (propose and wait, linearizable reads), and etcd's gRPC services on top.
+
+mod apply;
+mod config;
+mod error;
+mod membership;
+mod range;
+mod server;
+pub mod service;
+mod txn;
+mod validate;
+mod wait;
+
+pub use config::{ClusterState, ServerConfig};
+pub use error::ServerError;
+pub use membership::{cluster_id, member_id};
+pub use server::{Core, Server, StartError};

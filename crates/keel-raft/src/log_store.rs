@@ -1,0 +1,398 @@
+//! The raft log and raft state on RocksDB (`raft_log` and `raft_state` families), as raft-rs's
+//! `Storage`. Entries and the HardState that goes with them are written in one synced batch: nothing
+//! is acknowledged to raft before it is on disk. A tail of recent entries is cached in memory because
+//! raft asks for terms and fresh entries far more often than it asks for old ones.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
+
+use crate::{RaftError, Result};
+
+const CF_LOG: &str = "raft_log";
+const CF_STATE: &str = "raft_state";
+const KEY_HARD_STATE: &[u8] = b"hard_state";
+const KEY_CONF_STATE: &[u8] = b"conf_state";
+/// (index, term) of the last entry removed by log compaction.
+const KEY_TRUNCATED: &[u8] = b"truncated";
+/// Entries kept in the in-memory tail.
+const TAIL_CAPACITY: usize = 4096;
+
+/// The raft log store.
+pub struct LogStore {
+    db: DB,
+    hard_state: HardState,
+    conf_state: ConfState,
+    truncated_index: u64,
+    truncated_term: u64,
+    last_index: u64,
+    /// The newest entries, contiguous and ending at `last_index`.
+    tail: VecDeque<Entry>,
+}
+
+fn storage_err(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl LogStore {
+    /// Opens (or creates) the log store under `path`.
+    pub fn open(path: &Path) -> Result<LogStore> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = [CF_LOG, CF_STATE].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let mut store = LogStore {
+            db,
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            truncated_index: 0,
+            truncated_term: 0,
+            last_index: 0,
+            tail: VecDeque::new(),
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    fn load(&mut self) -> Result<()> {
+        if let Some(b) = self.db.get_cf(self.cf(CF_STATE), KEY_HARD_STATE)? {
+            self.hard_state = HardState::parse_from_bytes(&b)?;
+        }
+        if let Some(b) = self.db.get_cf(self.cf(CF_STATE), KEY_CONF_STATE)? {
+            self.conf_state = ConfState::parse_from_bytes(&b)?;
+        }
+        if let Some(b) = self.db.get_cf(self.cf(CF_STATE), KEY_TRUNCATED)? {
+            let b: [u8; 16] = b
+                .as_slice()
+                .try_into()
+                .map_err(|_| RaftError::Corrupt("truncated marker".into()))?;
+            self.truncated_index = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+            self.truncated_term = u64::from_be_bytes(b[8..].try_into().expect("8 bytes"));
+        }
+        self.last_index = self.truncated_index;
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_LOG));
+        iter.seek_to_last();
+        if let Some(k) = iter.key() {
+            self.last_index = decode_index(k)?;
+        }
+        iter.status()?;
+        Ok(())
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // Both families are created by `open` (create_missing_column_families).
+        self.db
+            .cf_handle(name)
+            .expect("column family opened at start")
+    }
+
+    /// Whether this store has never been initialized (no conf state, no log).
+    pub fn is_empty(&self) -> bool {
+        self.conf_state.voters.is_empty()
+            && self.conf_state.learners.is_empty()
+            && self.last_index == 0
+    }
+
+    /// The current HardState (as last persisted or about to be).
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// The current membership as raft knows it.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Records the membership durably (bootstrap and applied conf changes).
+    pub fn set_conf_state(&mut self, cs: ConfState) -> Result<()> {
+        self.db.put_cf_opt(
+            self.cf(CF_STATE),
+            KEY_CONF_STATE,
+            cs.write_to_bytes()?,
+            &synced(),
+        )?;
+        self.conf_state = cs;
+        Ok(())
+    }
+
+    /// Appends `entries` (replacing any conflicting tail) and records `hard_state`, in one synced
+    /// write batch. This is the durability point of every write.
+    pub fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        if let Some(first) = entries.first() {
+            let new_last = entries[entries.len() - 1].index;
+            for e in entries {
+                batch.put_cf(self.cf(CF_LOG), e.index.to_be_bytes(), e.write_to_bytes()?);
+            }
+            // A leader change can truncate our uncommitted tail: drop what the new entries replace.
+            if new_last < self.last_index {
+                batch.delete_range_cf(
+                    self.cf(CF_LOG),
+                    (new_last + 1).to_be_bytes(),
+                    (self.last_index + 1).to_be_bytes(),
+                );
+            }
+            while self.tail.back().is_some_and(|e| e.index >= first.index) {
+                self.tail.pop_back();
+            }
+            if self.tail.back().is_some_and(|e| e.index + 1 != first.index) {
+                self.tail.clear();
+            }
+            self.tail.extend(entries.iter().cloned());
+            while self.tail.len() > TAIL_CAPACITY {
+                self.tail.pop_front();
+            }
+            self.last_index = new_last;
+        }
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+        }
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        batch.put_cf(
+            self.cf(CF_STATE),
+            KEY_HARD_STATE,
+            self.hard_state.write_to_bytes()?,
+        );
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// Notes a newer commit index; persisted with the next append (raft recovers it if lost).
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = commit;
+    }
+
+    /// Drops entries up to and including `index` (the state machine has them durably).
+    pub fn compact(&mut self, index: u64) -> Result<()> {
+        if index <= self.truncated_index || index > self.last_index {
+            return Ok(());
+        }
+        let term = self.entry_term(index)?;
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range_cf(
+            self.cf(CF_LOG),
+            (self.truncated_index + 1).to_be_bytes(),
+            (index + 1).to_be_bytes(),
+        );
+        let mut marker = index.to_be_bytes().to_vec();
+        marker.extend_from_slice(&term.to_be_bytes());
+        batch.put_cf(self.cf(CF_STATE), KEY_TRUNCATED, marker);
+        self.db.write_opt(batch, &synced())?;
+        self.truncated_index = index;
+        self.truncated_term = term;
+        while self.tail.front().is_some_and(|e| e.index <= index) {
+            self.tail.pop_front();
+        }
+        Ok(())
+    }
+
+    fn tail_entry(&self, index: u64) -> Option<&Entry> {
+        let first = self.tail.front()?.index;
+        if index < first {
+            return None;
+        }
+        self.tail.get((index - first) as usize)
+    }
+
+    fn entry_term(&self, index: u64) -> Result<u64> {
+        if let Some(e) = self.tail_entry(index) {
+            return Ok(e.term);
+        }
+        let b = self
+            .db
+            .get_cf(self.cf(CF_LOG), index.to_be_bytes())?
+            .ok_or_else(|| RaftError::Corrupt(format!("raft log entry {index} missing")))?;
+        Ok(Entry::parse_from_bytes(&b)?.term)
+    }
+
+    fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> Result<Vec<Entry>> {
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut size = 0u64;
+        let mut push = |e: Entry, out: &mut Vec<Entry>| {
+            size += e.compute_size() as u64;
+            let over = max_size.is_some_and(|m| size > m) && !out.is_empty();
+            if !over {
+                out.push(e);
+            }
+            !over
+        };
+        let cached_from = self.tail.front().map_or(u64::MAX, |e| e.index);
+        let mut index = low;
+        if index < cached_from {
+            let mut iter = self.db.raw_iterator_cf(self.cf(CF_LOG));
+            iter.seek(low.to_be_bytes());
+            while index < high.min(cached_from) {
+                let (Some(k), Some(v)) = (iter.key(), iter.value()) else {
+                    break;
+                };
+                if decode_index(k)? != index {
+                    return Err(RaftError::Corrupt(format!("raft log gap at {index}")));
+                }
+                if !push(Entry::parse_from_bytes(v)?, &mut out) {
+                    return Ok(out);
+                }
+                index += 1;
+                iter.next();
+            }
+            iter.status()?;
+        }
+        while index < high {
+            let e = self
+                .tail_entry(index)
+                .ok_or_else(|| RaftError::Corrupt(format!("raft log gap at {index}")))?;
+            if !push(e.clone(), &mut out) {
+                break;
+            }
+            index += 1;
+        }
+        Ok(out)
+    }
+}
+
+fn decode_index(k: &[u8]) -> Result<u64> {
+    Ok(u64::from_be_bytes(
+        k.try_into()
+            .map_err(|_| RaftError::Corrupt("raft log key".into()))?,
+    ))
+}
+
+fn synced() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    wo
+}
+
+impl raft::Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        self.read_entries(low, high, max_size.into())
+            .map_err(storage_err)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.truncated_index {
+            return Ok(self.truncated_term);
+        }
+        if idx < self.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        self.entry_term(idx).map_err(storage_err)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Snapshot transfer arrives with multi-member clusters; a single member never needs one.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8; 10].into();
+        e
+    }
+
+    #[test]
+    fn entries_and_hard_state_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert!(s.is_empty());
+            let mut hs = HardState::default();
+            hs.term = 2;
+            hs.commit = 3;
+            s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), Some(&hs))
+                .unwrap();
+            // A new leader overwrites the uncommitted tail from index 4.
+            s.append(&[entry(4, 2)], None).unwrap();
+        }
+        let s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(s.last_index().unwrap(), 4);
+        assert_eq!(s.term(4).unwrap(), 2);
+        assert_eq!(s.hard_state().commit, 3);
+        let got = s
+            .entries(2, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(2, 1), (3, 1), (4, 2)]
+        );
+    }
+
+    #[test]
+    fn compaction_drops_the_prefix_and_keeps_its_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LogStore::open(dir.path()).unwrap();
+        s.append(
+            &(1..=10).map(|i| entry(i, 1 + i / 5)).collect::<Vec<_>>(),
+            None,
+        )
+        .unwrap();
+        s.compact(6).unwrap();
+        drop(s);
+        let s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(s.first_index().unwrap(), 7);
+        assert_eq!(s.term(6).unwrap(), 2);
+        assert!(matches!(
+            s.term(5),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(
+            s.entries(7, 11, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            4
+        );
+        // max_size still returns at least one entry.
+        assert_eq!(
+            s.entries(7, 11, Some(1), GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! The state machine and the apply loop. Committed entries are applied in log order, many entries to
+//! one RocksDB write batch that also records the applied index; then their proposers are completed.
+//! Nothing here reads the clock or local configuration: every member applies the same log to the
+//! same state.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use keel_mvcc::{Store, WriteBatch};
+use keel_proto::etcd::{
+    PbCompactionRequest as CompactionRequest, PbCompactionResponse as CompactionResponse,
+    PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse,
+    PbPutRequest as PutRequest, PbPutResponse as PutResponse, PbResponseHeader,
+    PbTxnResponse as TxnResponse,
+};
+use keel_proto::{InternalRequest, RequestBody};
+use keel_raft::{Entry, EntryType};
+use prost::Message;
+use tokio::sync::watch;
+
+use crate::txn;
+use crate::wait::Registry;
+use crate::ServerError;
+
+/// Entries kept in the raft log behind the applied index after log compaction, so that a peer a
+/// little behind catches up from the log rather than a snapshot (etcd's SnapshotCatchUpEntries).
+const CATCH_UP_ENTRIES: u64 = 5000;
+
+/// The result of applying one request.
+#[derive(Debug)]
+pub enum Response {
+    /// KV.Put.
+    Put(PutResponse),
+    /// KV.DeleteRange.
+    DeleteRange(DeleteRangeResponse),
+    /// KV.Txn.
+    Txn(TxnResponse),
+    /// KV.Compact.
+    Compaction(CompactionResponse),
+}
+
+/// What a proposer receives once its entry is applied.
+pub type Applied = Result<Response, ServerError>;
+
+/// Applies one request to the write batch.
+pub fn apply(wb: &mut WriteBatch<'_>, body: &RequestBody) -> Applied {
+    match body {
+        RequestBody::Put(p) => apply_put(wb, p).map(Response::Put),
+        RequestBody::DeleteRange(d) => apply_delete(wb, d).map(Response::DeleteRange),
+        RequestBody::Txn(t) => txn::txn_write(wb, t, lease_exists).map(Response::Txn),
+        RequestBody::Compaction(c) => apply_compaction(wb, c).map(Response::Compaction),
+    }
+}
+
+/// No lease exists until the Lease service grants one; a put naming a lease is refused as etcd
+/// refuses an unknown lease.
+fn lease_exists(_id: i64) -> bool {
+    false
+}
+
+fn apply_put(wb: &mut WriteBatch<'_>, p: &PutRequest) -> Result<PutResponse, ServerError> {
+    txn::check_put(wb, p, lease_exists)?;
+    wb.begin();
+    let mut resp = txn::put(wb, p)?;
+    resp.header = Some(PbResponseHeader {
+        revision: wb.end(),
+        ..Default::default()
+    });
+    Ok(resp)
+}
+
+fn apply_delete(
+    wb: &mut WriteBatch<'_>,
+    d: &DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, ServerError> {
+    wb.begin();
+    let mut resp = txn::delete(wb, d)?;
+    resp.header = Some(PbResponseHeader {
+        revision: wb.end(),
+        ..Default::default()
+    });
+    Ok(resp)
+}
+
+fn apply_compaction(
+    wb: &mut WriteBatch<'_>,
+    c: &CompactionRequest,
+) -> Result<CompactionResponse, ServerError> {
+    // Physical compaction happens in this same batch, so `physical` needs no extra wait.
+    wb.compact(c.revision)?;
+    Ok(CompactionResponse {
+        header: Some(PbResponseHeader {
+            revision: wb.end(),
+            ..Default::default()
+        }),
+    })
+}
+
+/// The apply loop: owns the write side of the store.
+pub struct ApplyLoop {
+    /// The store entries are applied to.
+    pub store: Arc<Store>,
+    /// Committed entries from the raft driver.
+    pub committed: mpsc::Receiver<Vec<Entry>>,
+    /// Proposers waiting for their results.
+    pub registry: Arc<Registry>,
+    /// Publishes the applied index (linearizable reads wait on it).
+    pub applied: watch::Sender<u64>,
+    /// Log compaction every this many applied entries.
+    pub snapshot_count: u64,
+    /// Called with an index up to which the raft log may be dropped.
+    pub compact_log: Box<dyn Fn(u64) + Send>,
+}
+
+impl ApplyLoop {
+    /// Runs until the raft driver goes away.
+    pub fn run(self) {
+        let mut compacted_at = self.store.applied_index();
+        while let Ok(first) = self.committed.recv() {
+            let mut batches = vec![first];
+            batches.extend(self.committed.try_iter().take(64));
+            let last = match self.apply_batch(batches.iter().flatten()) {
+                Ok(last) => last,
+                Err(e) => {
+                    // The batch was not committed: the raft log still has it and a restart replays it.
+                    tracing::error!(error = %e, "apply failed; stopping to keep the state machine consistent");
+                    std::process::abort();
+                }
+            };
+            if last >= compacted_at + self.snapshot_count {
+                self.compact_raft_log(last);
+                compacted_at = last;
+            }
+        }
+    }
+
+    fn apply_batch<'e>(
+        &self,
+        entries: impl Iterator<Item = &'e Entry>,
+    ) -> Result<u64, ServerError> {
+        let mut wb = self.store.write_batch();
+        let mut results = Vec::new();
+        let mut last = self.store.applied_index();
+        for e in entries {
+            if e.index <= last {
+                continue;
+            }
+            last = e.index;
+            if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+                continue;
+            }
+            let req = match InternalRequest::decode(&e.data[..]) {
+                Ok(req) => req,
+                Err(err) => {
+                    // Every member skips the same undecodable entry, so they stay identical.
+                    tracing::error!(index = e.index, error = %err, "skipping undecodable raft entry");
+                    continue;
+                }
+            };
+            let Some(body) = req.body else { continue };
+            let res = apply(&mut wb, &body);
+            if let Err(ServerError::Internal(msg)) = &res {
+                return Err(ServerError::Internal(msg.clone()));
+            }
+            results.push((req.id, res));
+        }
+        wb.commit(last)?;
+        self.applied.send_replace(last);
+        self.registry.complete(results);
+        Ok(last)
+    }
+
+    fn compact_raft_log(&self, applied: u64) {
+        // The log may only go once the state it produced is durable.
+        if let Err(e) = self.store.sync() {
+            tracing::warn!(error = %e, "syncing the store before log compaction failed");
+            return;
+        }
+        if applied > CATCH_UP_ENTRIES {
+            (self.compact_log)(applied - CATCH_UP_ENTRIES);
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Every error a client can see, and the one table that turns it into etcd's gRPC status (code and
+//! message, as etcd's rpctypes define them). Services never build a status message by hand.
+
+use keel_mvcc::MvccError;
+use keel_raft::RaftError;
+use tonic::{Code, Status};
+
+/// Errors of request handling.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A request without a key.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// ignore_value/ignore_lease on a key that does not exist, or an empty txn op.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// ignore_value together with a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// ignore_lease together with a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// A txn with more operations than --max-txn-ops.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// A txn that writes one key twice (or puts a key it deletes).
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// A request larger than --max-request-bytes.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// A lease id that does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A read or compaction below the compacted revision.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// A read or compaction above the current revision.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// No raft leader to serve the request.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The request was not applied in time.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// The server is shutting down.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// A request this server cannot serve (yet).
+    #[error("etcdserver: not capable")]
+    NotCapable,
+    /// Storage failed; the request may not have been applied.
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl From<MvccError> for ServerError {
+    fn from(e: MvccError) -> Self {
+        match e {
+            MvccError::Compacted => ServerError::Compacted,
+            MvccError::FutureRevision => ServerError::FutureRevision,
+            other => ServerError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<RaftError> for ServerError {
+    fn from(e: RaftError) -> Self {
+        match e {
+            RaftError::NoLeader => ServerError::NoLeader,
+            RaftError::Stopped => ServerError::Stopped,
+            other => ServerError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl ServerError {
+    /// The gRPC code etcd uses for this error.
+    pub fn code(&self) -> Code {
+        use ServerError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | RequestTooLarge => Code::InvalidArgument,
+            LeaseNotFound => Code::NotFound,
+            Compacted | FutureRevision => Code::OutOfRange,
+            NoLeader | Timeout | Stopped | NotCapable => Code::Unavailable,
+            Internal(_) => Code::Unknown,
+        }
+    }
+}
+
+impl From<ServerError> for Status {
+    fn from(e: ServerError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_match_etcd() {
+        let s = Status::from(ServerError::Compacted);
+        assert_eq!(
+            (s.code(), s.message()),
+            (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted"
+            )
+        );
+        let s = Status::from(ServerError::EmptyKey);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, "etcdserver: key is not provided")
+        );
+        let s = Status::from(ServerError::LeaseNotFound);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::NotFound, "etcdserver: requested lease not found")
+        );
+    }
+}

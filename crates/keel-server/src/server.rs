@@ -1,0 +1,350 @@
+//! A running member: storage, the raft driver, the apply loop, and the request paths the services
+//! share (propose and wait; linearizable read barrier; response headers).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use keel_mvcc::Store;
+use keel_proto::etcd::{PbMember as Member, PbResponseHeader};
+use keel_proto::{InternalRequest, RequestBody};
+use keel_raft::{LogStore, Node, NodeConfig, RaftStatus};
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::apply::{ApplyLoop, Response};
+use crate::config::{ClusterState, ServerConfig};
+use crate::membership::{cluster_id, member_id, Identity};
+use crate::wait::Registry;
+use crate::{service, ServerError};
+
+/// How long a proposal may take to apply before the client gets `request timed out` (etcd: 5 s plus
+/// two election timeouts).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// gRPC message size allowed above --max-request-bytes, so an oversized request reaches the server
+/// and gets etcd's `request is too large` rather than a transport error.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Errors that stop a member from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration cannot describe a member.
+    #[error("{0}")]
+    Config(String),
+    /// Storage could not be opened.
+    #[error("opening storage: {0}")]
+    Storage(String),
+    /// A listener could not be bound.
+    #[error("listening on {url}: {source}")]
+    Listen {
+        /// The URL that failed.
+        url: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The state every service shares.
+pub struct Core {
+    /// The MVCC store (read side for services).
+    pub store: Arc<Store>,
+    node: Node,
+    registry: Arc<Registry>,
+    applied: watch::Receiver<u64>,
+    /// Cluster identity and members.
+    pub identity: Identity,
+    /// Client URLs this member advertises.
+    pub client_urls: Vec<String>,
+    /// Largest proposal accepted.
+    pub max_request_bytes: usize,
+    /// Most ops per txn.
+    pub max_txn_ops: usize,
+    next_id: AtomicU64,
+}
+
+impl Core {
+    /// What raft last reported.
+    pub fn raft_status(&self) -> RaftStatus {
+        self.node.status()
+    }
+
+    /// A response header for `revision`, with this member's identity and raft term.
+    pub fn header(&self, revision: i64) -> Option<PbResponseHeader> {
+        Some(PbResponseHeader {
+            cluster_id: self.identity.cluster_id,
+            member_id: self.identity.member_id,
+            revision,
+            raft_term: self.node.status().term,
+        })
+    }
+
+    /// The members, with this member's advertised client URLs.
+    pub fn members(&self) -> Vec<Member> {
+        let mut members = self.identity.members.clone();
+        for m in members
+            .iter_mut()
+            .filter(|m| m.id == self.identity.member_id)
+        {
+            m.client_ur_ls = self.client_urls.clone();
+        }
+        members
+    }
+
+    /// Proposes a mutation through raft and waits until it is applied.
+    pub async fn propose(&self, body: RequestBody) -> Result<Response, ServerError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let data = InternalRequest {
+            id,
+            body: Some(body),
+        }
+        .encode_to_vec();
+        if data.len() > self.max_request_bytes {
+            return Err(ServerError::RequestTooLarge);
+        }
+        let applied = self.registry.register(id);
+        if let Err(e) = self.node.propose(data).await {
+            self.registry.cancel(id);
+            return Err(e.into());
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, applied).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => {
+                self.registry.cancel(id);
+                Err(ServerError::Timeout)
+            }
+        }
+    }
+
+    /// Waits until this member has applied everything committed when the call began (ReadIndex).
+    pub async fn linearizable_barrier(&self) -> Result<(), ServerError> {
+        let index = self.node.read_index().await?;
+        let mut applied = self.applied.clone();
+        let reached =
+            tokio::time::timeout(REQUEST_TIMEOUT, applied.wait_for(|&a| a >= index)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+}
+
+/// A started member.
+pub struct Server {
+    core: Arc<Core>,
+    listeners: Vec<(String, tokio::net::TcpListener)>,
+    apply_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Server {
+    /// Opens the data dir, replays what was committed but not applied, starts raft and binds the
+    /// client listeners.
+    pub async fn start(cfg: ServerConfig) -> Result<Server, StartError> {
+        let member_dir = cfg.data_dir.join("member");
+        std::fs::create_dir_all(&member_dir)
+            .map_err(|e| StartError::Storage(format!("{}: {e}", member_dir.display())))?;
+        let store = Arc::new(
+            Store::open(&member_dir.join("kv")).map_err(|e| StartError::Storage(e.to_string()))?,
+        );
+        let identity =
+            match Identity::load(&store).map_err(|e| StartError::Storage(e.to_string()))? {
+                Some(identity) => identity,
+                None => {
+                    let identity = bootstrap_identity(&cfg)?;
+                    identity
+                        .save(&store)
+                        .map_err(|e| StartError::Storage(e.to_string()))?;
+                    identity
+                }
+            };
+        let log = LogStore::open(&member_dir.join("raft"))
+            .map_err(|e| StartError::Storage(e.to_string()))?;
+        let voters = identity
+            .members
+            .iter()
+            .filter(|m| !m.is_learner)
+            .map(|m| m.id)
+            .collect();
+        let (committed_tx, committed_rx) = mpsc::channel();
+        let node = Node::start(
+            NodeConfig::new(identity.member_id, voters, store.applied_index()),
+            log,
+            committed_tx,
+        )
+        .map_err(|e| StartError::Storage(e.to_string()))?;
+        let (applied_tx, applied_rx) = watch::channel(store.applied_index());
+        let registry = Arc::new(Registry::default());
+        let core = Arc::new(Core {
+            store: store.clone(),
+            node,
+            registry: registry.clone(),
+            applied: applied_rx,
+            client_urls: cfg.advertise_client_urls.clone(),
+            max_request_bytes: cfg.max_request_bytes,
+            max_txn_ops: cfg.max_txn_ops,
+            next_id: AtomicU64::new(first_request_id(identity.member_id)),
+            identity,
+        });
+        let weak = Arc::downgrade(&core);
+        let apply = ApplyLoop {
+            store,
+            committed: committed_rx,
+            registry,
+            applied: applied_tx,
+            snapshot_count: cfg.snapshot_count,
+            compact_log: Box::new(move |index| {
+                if let Some(core) = weak.upgrade() {
+                    core.node.compact_log(index);
+                }
+            }),
+        };
+        let apply_thread = std::thread::Builder::new()
+            .name("apply".into())
+            .spawn(move || apply.run())
+            .map_err(|e| StartError::Storage(e.to_string()))?;
+        let mut listeners = Vec::new();
+        for url in &cfg.listen_client_urls {
+            let addr = socket_addr(url).await?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen {
+                    url: url.clone(),
+                    source,
+                })?;
+            listeners.push((url.clone(), l));
+        }
+        tracing::info!(
+            name = %cfg.name,
+            member_id = format!("{:x}", core.identity.member_id),
+            cluster_id = format!("{:x}", core.identity.cluster_id),
+            revision = core.store.current_revision(),
+            applied_index = core.store.applied_index(),
+            "member started"
+        );
+        Ok(Server {
+            core,
+            listeners,
+            apply_thread: Mutex::new(Some(apply_thread)),
+        })
+    }
+
+    /// The shared state, for embedding.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// The addresses the client listeners are bound to.
+    pub fn client_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|(_, l)| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves clients until `shutdown` resolves.
+    pub async fn serve(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let incoming = futures::stream::select_all(self.listeners.drain(..).map(|(url, l)| {
+            tracing::info!(%url, "serving client requests");
+            TcpListenerStream::new(l).boxed()
+        }));
+        let max = self.core.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let res = service::router(self.core.clone(), max)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        // Stopping raft closes the apply loop's input; it finishes the batch it has, then ends.
+        self.core.node.shutdown();
+        if let Some(t) = self.apply_thread.lock().take() {
+            let _ = t.join();
+        }
+        res
+    }
+}
+
+/// The first proposal id: the member id's low 16 bits, then the start time in milliseconds, so ids
+/// stay unique across restarts and members (as etcd's idutil does).
+fn first_request_id(member_id: u64) -> u64 {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    ((member_id & 0xffff) << 48) | ((ms << 8) & ((1 << 48) - 1))
+}
+
+fn bootstrap_identity(cfg: &ServerConfig) -> Result<Identity, StartError> {
+    if cfg.initial_cluster_state == ClusterState::Existing {
+        return Err(StartError::Config(
+            "--initial-cluster-state=existing: joining a running cluster is not supported by this build yet".into(),
+        ));
+    }
+    let members: Vec<Member> = cfg
+        .initial_cluster
+        .iter()
+        .map(|(name, urls)| Member {
+            id: member_id(urls, &cfg.initial_cluster_token),
+            name: name.clone(),
+            peer_ur_ls: urls.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let me = members.iter().find(|m| m.name == cfg.name).ok_or_else(|| {
+        StartError::Config(format!(
+            "couldn't find local name {:?} in the initial cluster configuration (--initial-cluster)",
+            cfg.name
+        ))
+    })?;
+    let mut mine = me.peer_ur_ls.clone();
+    let mut advertised = cfg.initial_advertise_peer_urls.clone();
+    mine.sort();
+    advertised.sort();
+    if mine != advertised {
+        return Err(StartError::Config(format!(
+            "--initial-cluster has {}={} but --initial-advertise-peer-urls is {}",
+            cfg.name,
+            mine.join(","),
+            advertised.join(",")
+        )));
+    }
+    if members.len() > 1 {
+        return Err(StartError::Config(format!(
+            "--initial-cluster names {} members; this build runs single-member clusters only",
+            members.len()
+        )));
+    }
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    Ok(Identity {
+        cluster_id: cluster_id(&ids),
+        member_id: me.id,
+        members,
+    })
+}
+
+/// Resolves `http://host:port` to the address to bind.
+async fn socket_addr(url: &str) -> Result<SocketAddr, StartError> {
+    let bad = |why: &str| StartError::Config(format!("invalid client URL {url:?}: {why}"));
+    let rest = match url.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some(("https", _)) => return Err(bad("TLS is not supported by this build yet")),
+        Some((scheme, _)) => return Err(bad(&format!("unsupported scheme {scheme:?}"))),
+        None => return Err(bad("expected http://host:port")),
+    };
+    let hostport = rest.trim_end_matches('/');
+    let mut addrs = tokio::net::lookup_host(hostport)
+        .await
+        .map_err(|e| bad(&e.to_string()))?;
+    // "localhost" resolves to both families; bind the IPv4 one, as clients dial it first.
+    let all: Vec<SocketAddr> = addrs.by_ref().collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| bad("host does not resolve"))
+}

@@ -1,0 +1,141 @@
+//! etcd's KV service: validate, then read locally (after a ReadIndex barrier unless serializable) or
+//! propose through raft, and fill the response header.
+
+use std::sync::Arc;
+
+use keel_proto::etcd::{
+    PbCompactionRequest as CompactionRequest, PbCompactionResponse as CompactionResponse,
+    PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse, PbKvService,
+    PbPutRequest as PutRequest, PbPutResponse as PutResponse, PbRangeRequest as RangeRequest,
+    PbRangeResponse as RangeResponse, PbRangeStreamResponse, PbResponseHeader,
+    PbTxnOpRequest as Op, PbTxnRequest as TxnRequest, PbTxnResponse as TxnResponse,
+};
+use keel_proto::RequestBody;
+use tonic::{Request, Response, Status};
+
+use crate::apply::Response as Applied;
+use crate::server::Core;
+use crate::{range, txn, validate, ServerError};
+
+/// The KV service.
+pub struct KvService {
+    core: Arc<Core>,
+}
+
+impl KvService {
+    /// A KV service over `core`.
+    pub fn new(core: Arc<Core>) -> Self {
+        KvService { core }
+    }
+
+    fn fill(&self, header: &mut Option<PbResponseHeader>) {
+        let revision = header.as_ref().map_or(0, |h| h.revision);
+        *header = self.core.header(revision);
+    }
+
+    async fn do_range(&self, r: RangeRequest) -> Result<RangeResponse, ServerError> {
+        validate::check_range(&r)?;
+        if !r.serializable {
+            self.core.linearizable_barrier().await?;
+        }
+        let mut resp = range::range(&self.core.store.view(), &r)?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+}
+
+fn unexpected(r: Applied) -> Status {
+    Status::from(ServerError::Internal(format!(
+        "unexpected apply result {r:?}"
+    )))
+}
+
+/// A txn whose every op is a serializable range needs no read barrier.
+fn serializable(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| matches!(&op.request, Some(Op::RequestRange(r)) if r.serializable))
+}
+
+#[tonic::async_trait]
+impl PbKvService for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        Ok(Response::new(self.do_range(req.into_inner()).await?))
+    }
+
+    type RangeStreamStream = tokio_stream::Once<Result<PbRangeStreamResponse, Status>>;
+
+    async fn range_stream(
+        &self,
+        req: Request<RangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        let resp = self.do_range(req.into_inner()).await?;
+        let chunk = PbRangeStreamResponse {
+            range_response: Some(resp),
+        };
+        Ok(Response::new(tokio_stream::once(Ok(chunk))))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let r = req.into_inner();
+        validate::check_put(&r)?;
+        match self.core.propose(RequestBody::Put(r)).await? {
+            Applied::Put(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let r = req.into_inner();
+        validate::check_delete(&r)?;
+        match self.core.propose(RequestBody::DeleteRange(r)).await? {
+            Applied::DeleteRange(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let t = req.into_inner();
+        validate::check_txn(&t, self.core.max_txn_ops)?;
+        let mut resp = if txn::is_write(&t) {
+            match self.core.propose(RequestBody::Txn(t)).await? {
+                Applied::Txn(resp) => resp,
+                other => return Err(unexpected(other)),
+            }
+        } else {
+            if !serializable(&t) {
+                self.core.linearizable_barrier().await?;
+            }
+            txn::txn_read(&self.core.store.view(), &t)?
+        };
+        self.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(
+        &self,
+        req: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        match self
+            .core
+            .propose(RequestBody::Compaction(req.into_inner()))
+            .await?
+        {
+            Applied::Compaction(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}

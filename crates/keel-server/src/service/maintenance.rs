@@ -1,0 +1,121 @@
+//! etcd's Maintenance service: status, alarms, defragmentation. What this build cannot do yet
+//! (snapshots, hashes, leader transfer, downgrade) answers with etcd's `not capable` error.
+
+use std::sync::Arc;
+
+use keel_proto::etcd::{
+    PbAlarmRequest as AlarmRequest, PbAlarmResponse as AlarmResponse,
+    PbDefragmentRequest as DefragmentRequest, PbDefragmentResponse as DefragmentResponse,
+    PbDowngradeRequest as DowngradeRequest, PbDowngradeResponse as DowngradeResponse,
+    PbHashKvRequest as HashKvRequest, PbHashKvResponse as HashKvResponse,
+    PbHashRequest as HashRequest, PbHashResponse as HashResponse, PbMaintenanceService,
+    PbMoveLeaderRequest as MoveLeaderRequest, PbMoveLeaderResponse as MoveLeaderResponse,
+    PbSnapshotRequest as SnapshotRequest, PbSnapshotResponse as SnapshotResponse,
+    PbStatusRequest as StatusRequest, PbStatusResponse as StatusResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::server::Core;
+use crate::ServerError;
+
+/// The etcd API version Keel speaks, reported in Status.
+pub const API_VERSION: &str = "3.5.0";
+
+/// The Maintenance service.
+pub struct MaintenanceService {
+    core: Arc<Core>,
+}
+
+impl MaintenanceService {
+    /// A Maintenance service over `core`.
+    pub fn new(core: Arc<Core>) -> Self {
+        MaintenanceService { core }
+    }
+}
+
+fn not_capable<T>() -> Result<T, Status> {
+    Err(ServerError::NotCapable.into())
+}
+
+#[tonic::async_trait]
+impl PbMaintenanceService for MaintenanceService {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // No alarm can be raised yet (the space quota arrives with NOSPACE): GET lists none;
+        // activating or deactivating one is not something this build can do.
+        if req.get_ref().action != 0 {
+            return not_capable();
+        }
+        let header = self.core.header(self.core.store.current_revision());
+        Ok(Response::new(AlarmResponse {
+            header,
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let raft = self.core.raft_status();
+        let size = self.core.store.size();
+        let mut errors = Vec::new();
+        if raft.leader_id == 0 {
+            errors.push(ServerError::NoLeader.to_string());
+        }
+        Ok(Response::new(StatusResponse {
+            header: self.core.header(self.core.store.current_revision()),
+            version: API_VERSION.into(),
+            db_size: size.total as i64,
+            leader: raft.leader_id,
+            raft_index: raft.commit_index,
+            raft_term: raft.term,
+            raft_applied_index: self.core.store.applied_index(),
+            errors,
+            db_size_in_use: size.in_use as i64,
+            is_learner: false,
+            ..Default::default()
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        let store = self.core.store.clone();
+        // RocksDB compacts in the background of this call; readers are never blocked by it.
+        tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| Status::from(ServerError::Internal(e.to_string())))?;
+        Ok(Response::new(DefragmentResponse {
+            header: self.core.header(self.core.store.current_revision()),
+        }))
+    }
+
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        not_capable()
+    }
+
+    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        not_capable()
+    }
+
+    type SnapshotStream = tokio_stream::Empty<Result<SnapshotResponse, Status>>;
+
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        not_capable()
+    }
+
+    async fn move_leader(
+        &self,
+        _: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        not_capable()
+    }
+
+    async fn downgrade(
+        &self,
+        _: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        not_capable()
+    }
+}

@@ -1,0 +1,30 @@
+//! The gRPC services, thin: each validates, calls the core, and maps errors through `error.rs`.
+
+mod cluster;
+mod kv;
+mod maintenance;
+
+use std::sync::Arc;
+
+pub use cluster::ClusterService;
+use keel_proto::etcd::{PbClusterServer, PbKvServer, PbMaintenanceServer};
+pub use kv::KvService;
+pub use maintenance::{MaintenanceService, API_VERSION};
+use tonic::transport::server::Router;
+
+use crate::server::Core;
+
+/// Every service on one router; requests above `max_message` bytes are refused by gRPC itself.
+pub fn router(core: Arc<Core>, max_message: usize) -> Router {
+    tonic::transport::Server::builder()
+        .add_service(
+            PbKvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_message),
+        )
+        .add_service(
+            PbMaintenanceServer::new(MaintenanceService::new(core.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            PbClusterServer::new(ClusterService::new(core)).max_decoding_message_size(max_message),
+        )
+}

@@ -1,0 +1,258 @@
+//! etcd's command-line flags (and their ETCD_* environment variables), as far as Keel implements
+//! them, turned into a `ServerConfig`. Flags etcd has but Keel does not implement yet are refused by
+//! name rather than silently ignored.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use keel_server::{ClusterState, ServerConfig};
+
+/// The etcd flags Keel accepts.
+#[derive(Args, Clone, Debug)]
+pub struct EtcdFlags {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory [default: ${name}.keel].
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// List of URLs to listen on for client traffic.
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
+    pub listen_client_urls: Vec<String>,
+    /// List of this member's client URLs to advertise to the public.
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
+    pub advertise_client_urls: Vec<String>,
+    /// List of URLs to listen on for peer traffic.
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
+    pub listen_peer_urls: Vec<String>,
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration for bootstrapping (name=peerURL,...) [default: ${name}=${initial-advertise-peer-urls}].
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state ('new' or 'existing').
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Initial cluster token for the cluster during bootstrap.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Raise alarms when backend size exceeds the given quota (0 defaults to the low space quota).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// Number of committed transactions to trigger a raft log compaction.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Log level: debug, info, warn, error, panic, or fatal.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// etcd flags that exist but are not implemented by this build; using one is an error.
+const NOT_YET: &[&str] = &[
+    "auto-compaction-mode",
+    "auto-compaction-retention",
+    "auth-token",
+    "cert-file",
+    "key-file",
+    "client-cert-auth",
+    "trusted-ca-file",
+    "auto-tls",
+    "peer-cert-file",
+    "peer-key-file",
+    "peer-client-cert-auth",
+    "peer-trusted-ca-file",
+    "peer-auto-tls",
+    "listen-metrics-urls",
+    "metrics",
+    "heartbeat-interval",
+    "election-timeout",
+    "discovery",
+    "discovery-srv",
+    "discovery-proxy",
+    "force-new-cluster",
+    "enable-v2",
+    "enable-pprof",
+    "proxy",
+    "strict-reconfig-check",
+    "pre-vote",
+    "experimental-watch-progress-notify-interval",
+    "experimental-enable-lease-checkpoint",
+    "experimental-initial-corrupt-check",
+    "wal-dir",
+    "max-snapshots",
+    "max-wals",
+    "cors",
+    "host-whitelist",
+    "config-file",
+];
+
+/// Refuses etcd flags (or ETCD_* variables) that this build does not implement, naming them.
+pub fn check_not_implemented(
+    args: &[String],
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<(), String> {
+    let mut used: Vec<String> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--"))
+        .map(|a| a.split('=').next().unwrap_or(a).to_string())
+        .filter(|f| NOT_YET.contains(&f.as_str()))
+        .map(|f| format!("--{f}"))
+        .collect();
+    for (k, _) in env {
+        let Some(flag) = k.strip_prefix("ETCD_") else {
+            continue;
+        };
+        let flag = flag.to_ascii_lowercase().replace('_', "-");
+        if NOT_YET.contains(&flag.as_str()) {
+            used.push(k);
+        }
+    }
+    if used.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "etcd flags not supported by this build of keel yet: {}",
+            used.join(", ")
+        ))
+    }
+}
+
+/// Go's flag package also accepts `-flag`; etcd users write both. Rewrites `-flag` to `--flag`.
+pub fn normalize_go_style(args: impl Iterator<Item = String>) -> Vec<String> {
+    args.map(|a| {
+        if a.len() > 2 && a.starts_with('-') && !a.starts_with("--") {
+            format!("-{a}")
+        } else {
+            a
+        }
+    })
+    .collect()
+}
+
+impl EtcdFlags {
+    /// The member configuration these flags describe.
+    pub fn to_config(&self) -> Result<ServerConfig, String> {
+        let initial_cluster = match &self.initial_cluster {
+            Some(s) => parse_initial_cluster(s)?,
+            None => vec![(self.name.clone(), self.initial_advertise_peer_urls.clone())],
+        };
+        let defaults = ServerConfig::default();
+        Ok(ServerConfig {
+            name: self.name.clone(),
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.keel", self.name))),
+            listen_client_urls: self.listen_client_urls.clone(),
+            advertise_client_urls: self.advertise_client_urls.clone(),
+            listen_peer_urls: self.listen_peer_urls.clone(),
+            initial_advertise_peer_urls: self.initial_advertise_peer_urls.clone(),
+            initial_cluster,
+            initial_cluster_state: if self.initial_cluster_state == "existing" {
+                ClusterState::Existing
+            } else {
+                ClusterState::New
+            },
+            initial_cluster_token: self.initial_cluster_token.clone(),
+            max_request_bytes: self.max_request_bytes,
+            max_txn_ops: self.max_txn_ops,
+            quota_backend_bytes: if self.quota_backend_bytes == 0 {
+                defaults.quota_backend_bytes
+            } else {
+                self.quota_backend_bytes
+            },
+            snapshot_count: self.snapshot_count,
+        })
+    }
+}
+
+/// Parses `name=url,name=url2,other=url3` into members with their peer URLs, in first-seen order.
+fn parse_initial_cluster(s: &str) -> Result<Vec<(String, Vec<String>)>, String> {
+    let mut members: Vec<(String, Vec<String>)> = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--initial-cluster: {part:?} is not name=peerURL"))?;
+        match members.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => members.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    if members.is_empty() {
+        return Err("--initial-cluster is empty".into());
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_groups_urls_by_name() {
+        let m = parse_initial_cluster("a=http://1:2380,b=http://2:2380,a=http://3:2380").unwrap();
+        assert_eq!(
+            m[0],
+            (
+                "a".to_string(),
+                vec!["http://1:2380".to_string(), "http://3:2380".to_string()]
+            )
+        );
+        assert_eq!(m[1].0, "b");
+        assert!(parse_initial_cluster("nonsense").is_err());
+    }
+
+    #[test]
+    fn unimplemented_etcd_flags_are_named() {
+        let args = vec![
+            "--name=x".to_string(),
+            "--auto-compaction-mode=periodic".to_string(),
+        ];
+        let err = check_not_implemented(&args, std::iter::empty()).unwrap_err();
+        assert!(err.contains("--auto-compaction-mode"), "{err}");
+        let env = vec![("ETCD_CERT_FILE".to_string(), "x".to_string())];
+        assert!(check_not_implemented(&[], env.into_iter())
+            .unwrap_err()
+            .contains("ETCD_CERT_FILE"));
+        assert!(check_not_implemented(&args[..1], std::iter::empty()).is_ok());
+    }
+
+    #[test]
+    fn go_style_single_dash_flags_are_accepted() {
+        let args = normalize_go_style(
+            ["-name".to_string(), "x".to_string(), "-h".to_string()].into_iter(),
+        );
+        assert_eq!(args, vec!["--name", "x", "-h"]);
+    }
+}
