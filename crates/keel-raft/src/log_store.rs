@@ -169,6 +169,24 @@ impl LogStore {
         self.hard_state.commit = commit;
     }
 
+    /// Persists a commit index learned at start-up (see `Node::start`); never beyond the log.
+    pub fn raise_commit(&mut self, commit: u64) -> Result<()> {
+        if commit > self.last_index {
+            return Err(RaftError::Corrupt(format!(
+                "state machine applied index {commit} is beyond the raft log (last index {})",
+                self.last_index
+            )));
+        }
+        self.hard_state.commit = commit;
+        self.db.put_cf_opt(
+            self.cf(CF_STATE),
+            KEY_HARD_STATE,
+            self.hard_state.write_to_bytes()?,
+            &synced(),
+        )?;
+        Ok(())
+    }
+
     /// Drops entries up to and including `index` (the state machine has them durably).
     pub fn compact(&mut self, index: u64) -> Result<()> {
         if index <= self.truncated_index || index > self.last_index {

@@ -109,6 +109,11 @@ impl Node {
             cs.voters = cfg.voters.clone();
             store.set_conf_state(cs)?;
         }
+        // The commit index is persisted lazily, but nothing is applied before it is committed: a state
+        // machine that applied further than the stored HardState says proves those entries committed.
+        if cfg.applied > store.hard_state().commit {
+            store.raise_commit(cfg.applied)?;
+        }
         let raft_cfg = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_ticks,

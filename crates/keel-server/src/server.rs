@@ -27,6 +27,8 @@ use crate::{service, ServerError};
 /// How long a proposal may take to apply before the client gets `request timed out` (etcd: 5 s plus
 /// two election timeouts).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// How long in-flight requests may run after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// gRPC message size allowed above --max-request-bytes, so an oversized request reaches the server
 /// and gets etcd's `request is too large` rather than a transport error.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -258,9 +260,23 @@ impl Server {
             TcpListenerStream::new(l).boxed()
         }));
         let max = self.core.max_request_bytes + GRPC_OVERHEAD_BYTES;
-        let res = service::router(self.core.clone(), max)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let serve = service::router(self.core.clone(), max).serve_with_incoming_shutdown(
+            incoming,
+            async move {
+                let _ = stop_rx.wait_for(|&stop| stop).await;
+            },
+        );
+        tokio::pin!(serve);
+        let res = tokio::select! {
+            res = &mut serve => res,
+            _ = shutdown => {
+                // Open client connections would hold a graceful shutdown forever: give in-flight
+                // requests a moment, then stop.
+                let _ = stop_tx.send(true);
+                tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await.unwrap_or(Ok(()))
+            }
+        };
         // Stopping raft closes the apply loop's input; it finishes the batch it has, then ends.
         self.core.node.shutdown();
         if let Some(t) = self.apply_thread.lock().take() {

@@ -17,7 +17,11 @@ pub struct Member {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Member {
@@ -51,7 +55,11 @@ impl Member {
     fn spawn(&mut self) {
         let url = format!("http://127.0.0.1:{}", self.port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("keel.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("keel.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .arg("--name=m1")
             .arg(format!("--data-dir={}", self.data_dir().display()))
@@ -73,7 +81,9 @@ impl Member {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let probe = async {
-                let mut c = etcd_client::Client::connect([self.endpoint()], None).await.ok()?;
+                let mut c = etcd_client::Client::connect([self.endpoint()], None)
+                    .await
+                    .ok()?;
                 c.get("ready-probe", None).await.ok()
             };
             if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
@@ -101,7 +111,11 @@ impl Member {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let c = self.child.take().expect("running");
-        Command::new("kill").arg("-TERM").arg(c.id().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .unwrap();
         c.wait_with_output().unwrap().status
     }
 
@@ -111,7 +125,9 @@ impl Member {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint()], None).await.unwrap()
+        etcd_client::Client::connect([self.endpoint()], None)
+            .await
+            .unwrap()
     }
 
     /// Runs `etcdctl` (API v3) against this member.

@@ -1,0 +1,89 @@
+//! The real `etcdctl` (Debian's etcd-client package) against a real `keel` process.
+
+mod common;
+
+use common::{stderr, stdout, Member};
+
+#[tokio::test]
+async fn etcdctl_put_get_del_txn_compact() {
+    let m = Member::start().await;
+    assert_eq!(stdout(&m.etcdctl(&["put", "foo", "bar"])).trim(), "OK");
+    assert_eq!(stdout(&m.etcdctl(&["put", "foo", "baz"])).trim(), "OK");
+    assert_eq!(stdout(&m.etcdctl(&["put", "fob", "1"])).trim(), "OK");
+    assert_eq!(stdout(&m.etcdctl(&["get", "foo"])), "foo\nbaz\n");
+    assert_eq!(stdout(&m.etcdctl(&["get", "foo", "--rev=2"])), "foo\nbar\n");
+    assert_eq!(
+        stdout(&m.etcdctl(&["get", "fo", "--prefix", "--keys-only"])),
+        "fob\n\nfoo\n\n"
+    );
+    assert_eq!(
+        stdout(&m.etcdctl(&[
+            "get",
+            "fo",
+            "--prefix",
+            "--limit=1",
+            "--sort-by=MODIFY",
+            "--order=DESCEND"
+        ])),
+        "fob\n1\n"
+    );
+    let json = stdout(&m.etcdctl(&["get", "foo", "-w", "json"]));
+    assert!(
+        json.contains("\"revision\":4") && json.contains("\"version\":2"),
+        "{json}"
+    );
+
+    let txn = m.etcdctl_stdin(
+        &["txn"],
+        "value(\"foo\") = \"baz\"\n\nput result yes\n\nput result no\n\n",
+    );
+    assert_eq!(stdout(&txn), "SUCCESS\n\nOK\n");
+    assert_eq!(
+        stdout(&m.etcdctl(&["get", "result", "--print-value-only"])),
+        "yes\n"
+    );
+
+    assert_eq!(stdout(&m.etcdctl(&["del", "fo", "--prefix"])).trim(), "2");
+    assert_eq!(stdout(&m.etcdctl(&["get", "fo", "--prefix"])), "");
+    assert_eq!(
+        stdout(&m.etcdctl(&["compact", "3"])).trim(),
+        "compacted revision 3"
+    );
+    let old = m.etcdctl(&["get", "foo", "--rev=2"]);
+    assert!(!old.status.success());
+    assert!(
+        stderr(&old).contains("etcdserver: mvcc: required revision has been compacted"),
+        "{}",
+        stderr(&old)
+    );
+    let empty = m.etcdctl(&["put", "", "x"]);
+    assert!(stderr(&empty).contains("etcdserver: key is not provided"));
+}
+
+#[tokio::test]
+async fn etcdctl_endpoint_status_health_and_member_list() {
+    let m = Member::start().await;
+    m.etcdctl(&["put", "a", "1"]);
+    let health = m.etcdctl(&["endpoint", "health"]);
+    assert!(health.status.success());
+    assert!(stderr(&health).contains("is healthy") || stdout(&health).contains("is healthy"));
+
+    let status = stdout(&m.etcdctl(&["endpoint", "status", "-w", "json"]));
+    // One member: it leads, and the raft index has the leader's empty entry plus the put.
+    let id = {
+        let list = stdout(&m.etcdctl(&["member", "list"]));
+        let fields: Vec<&str> = list.trim().split(", ").collect();
+        assert_eq!(fields[1], "started");
+        assert_eq!(fields[2], "m1");
+        assert_eq!(fields[3], format!("http://127.0.0.1:{}", m.peer_port));
+        assert_eq!(fields[4], format!("http://127.0.0.1:{}", m.port));
+        assert_eq!(fields[5], "false");
+        u64::from_str_radix(fields[0], 16).unwrap()
+    };
+    assert!(status.contains(&format!("\"leader\":{id}")), "{status}");
+    assert!(
+        status.contains("\"raftIndex\":2") && status.contains("\"raftAppliedIndex\":2"),
+        "{status}"
+    );
+    assert!(status.contains("\"revision\":2"), "{status}");
+}
