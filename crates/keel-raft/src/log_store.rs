@@ -347,11 +347,12 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8; 10].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8; 10].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -360,9 +361,11 @@ mod tests {
         {
             let mut s = LogStore::open(dir.path()).unwrap();
             assert!(s.is_empty());
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.commit = 3;
+            let hs = HardState {
+                term: 2,
+                commit: 3,
+                ..Default::default()
+            };
             s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), Some(&hs))
                 .unwrap();
             // A new leader overwrites the uncommitted tail from index 4.

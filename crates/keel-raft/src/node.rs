@@ -105,9 +105,10 @@ impl Node {
         committed: mpsc::Sender<Vec<Entry>>,
     ) -> Result<Node> {
         if store.is_empty() {
-            let mut cs = ConfState::default();
-            cs.voters = cfg.voters.clone();
-            store.set_conf_state(cs)?;
+            store.set_conf_state(ConfState {
+                voters: cfg.voters.clone(),
+                ..Default::default()
+            })?;
         }
         // The commit index is persisted lazily, but nothing is applied before it is committed: a state
         // machine that applied further than the stored HardState says proves those entries committed.
