@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering;
 
+use etcd_client::{SortOrder, SortTarget};
 use keel_mvcc::{KeySpan, RangeOptions, ReadView};
 use keel_proto::etcd::{
     PbKeyValue as KeyValue, PbRangeRequest as RangeRequest, PbRangeResponse as RangeResponse,
@@ -10,15 +11,6 @@ use keel_proto::etcd::{
 };
 
 use crate::ServerError;
-
-// etcdserverpb.RangeRequest.SortOrder / SortTarget.
-const SORT_NONE: i32 = 0;
-const SORT_DESCEND: i32 = 2;
-const TARGET_KEY: i32 = 0;
-const TARGET_VERSION: i32 = 1;
-const TARGET_CREATE: i32 = 2;
-const TARGET_MOD: i32 = 3;
-const TARGET_VALUE: i32 = 4;
 
 /// Serves a range request on `view`. The header carries only the revision (the view's current one,
 /// even for a read in the past, as etcd does).
@@ -29,7 +21,7 @@ pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, Se
         || r.max_create_revision != 0;
     let limit = usize::try_from(r.limit).unwrap_or(0);
     // Sorting and filtering need every key; otherwise fetch one past the limit to learn `more`.
-    let fetch = if r.sort_order != SORT_NONE || filtered || limit == 0 {
+    let fetch = if r.sort_order != SortOrder::None as i32 || filtered || limit == 0 {
         0
     } else {
         limit + 1
@@ -69,23 +61,21 @@ pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, Se
 }
 
 fn sort(kvs: &mut [KeyValue], order: i32, target: i32) {
-    // A target other than the key with no order means ascending, as etcd reads it.
-    let order = if order == SORT_NONE && target != TARGET_KEY {
-        1
-    } else {
-        order
+    let target = SortTarget::try_from(target).unwrap_or(SortTarget::Key);
+    let order = match SortOrder::try_from(order).unwrap_or(SortOrder::None) {
+        // A target other than the key with no order means ascending, as etcd reads it.
+        SortOrder::None if target != SortTarget::Key => SortOrder::Ascend,
+        SortOrder::None => return,
+        order => order,
     };
-    if order == SORT_NONE {
-        return;
-    }
     let cmp: fn(&KeyValue, &KeyValue) -> Ordering = match target {
-        TARGET_VERSION => |a, b| a.version.cmp(&b.version),
-        TARGET_CREATE => |a, b| a.create_revision.cmp(&b.create_revision),
-        TARGET_MOD => |a, b| a.mod_revision.cmp(&b.mod_revision),
-        TARGET_VALUE => |a, b| a.value.cmp(&b.value),
-        _ => |a, b| a.key.cmp(&b.key),
+        SortTarget::Version => |a, b| a.version.cmp(&b.version),
+        SortTarget::Create => |a, b| a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => |a, b| a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => |a, b| a.value.cmp(&b.value),
+        SortTarget::Key => |a, b| a.key.cmp(&b.key),
     };
-    if order == SORT_DESCEND {
+    if order == SortOrder::Descend {
         kvs.sort_by(|a, b| cmp(b, a));
     } else {
         kvs.sort_by(cmp);

@@ -2,6 +2,7 @@
 //! (nested ones included) is decided on the state before the txn, puts are checked before anything is
 //! written, and later ops in the txn see the writes of earlier ones.
 
+use etcd_client::CompareOp;
 use keel_mvcc::{KeySpan, RangeOptions, ReadView, WriteBatch};
 use keel_proto::etcd::{
     PbCompare as Compare, PbDeleteRequest as DeleteRangeRequest,
@@ -14,11 +15,6 @@ use keel_proto::etcd::{
 use crate::range::range;
 use crate::ServerError;
 
-// etcdserverpb.Compare.CompareResult.
-const EQUAL: i32 = 0;
-const GREATER: i32 = 1;
-const LESS: i32 = 2;
-const NOT_EQUAL: i32 = 3;
 // etcdserverpb.Compare.CompareTarget (VERSION 0, CREATE 1, MOD 2, VALUE 3, LEASE 4).
 const TARGET_VALUE: i32 = 3;
 
@@ -106,12 +102,12 @@ fn compare_kv(kv: &KeyValue, c: &Compare) -> bool {
             .cmp(&int_target(c, |t| matches!(t, Target::Lease(_)))),
         _ => return true,
     };
-    match c.result {
-        EQUAL => ord.is_eq(),
-        GREATER => ord.is_gt(),
-        LESS => ord.is_lt(),
-        NOT_EQUAL => ord.is_ne(),
-        _ => true,
+    match CompareOp::try_from(c.result) {
+        Ok(CompareOp::Equal) => ord.is_eq(),
+        Ok(CompareOp::Greater) => ord.is_gt(),
+        Ok(CompareOp::Less) => ord.is_lt(),
+        Ok(CompareOp::NotEqual) => ord.is_ne(),
+        Err(_) => true,
     }
 }
 

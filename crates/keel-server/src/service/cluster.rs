@@ -13,8 +13,8 @@ use keel_proto::etcd::{
 };
 use tonic::{Request, Response, Status};
 
+use super::not_capable;
 use crate::server::Core;
-use crate::ServerError;
 
 /// The Cluster service.
 pub struct ClusterService {
@@ -26,10 +26,6 @@ impl ClusterService {
     pub fn new(core: Arc<Core>) -> Self {
         ClusterService { core }
     }
-}
-
-fn not_capable<T>() -> Result<T, Status> {
-    Err(ServerError::NotCapable.into())
 }
 
 #[tonic::async_trait]

@@ -15,6 +15,7 @@ use keel_proto::etcd::{
 };
 use tonic::{Request, Response, Status};
 
+use super::not_capable;
 use crate::server::Core;
 use crate::ServerError;
 
@@ -31,10 +32,6 @@ impl MaintenanceService {
     pub fn new(core: Arc<Core>) -> Self {
         MaintenanceService { core }
     }
-}
-
-fn not_capable<T>() -> Result<T, Status> {
-    Err(ServerError::NotCapable.into())
 }
 
 #[tonic::async_trait]

@@ -11,8 +11,15 @@ use keel_proto::etcd::{PbClusterServer, PbKvServer, PbMaintenanceServer};
 pub use kv::KvService;
 pub use maintenance::{MaintenanceService, API_VERSION};
 use tonic::transport::server::Router;
+use tonic::Status;
 
 use crate::server::Core;
+use crate::ServerError;
+
+/// etcd's answer to a request this server cannot serve (yet).
+fn not_capable<T>() -> Result<T, Status> {
+    Err(ServerError::NotCapable.into())
+}
 
 /// Every service on one router; requests above `max_message` bytes are refused by gRPC itself.
 pub fn router(core: Arc<Core>, max_message: usize) -> Router {
