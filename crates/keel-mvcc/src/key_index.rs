@@ -162,6 +162,15 @@ impl KeyIndex {
         }
     }
 
+    /// Records a put found on disk at start-up. Compaction may have removed the start of its
+    /// generation, so its creation and version come from the stored record, not from counting.
+    pub fn restore_put(&mut self, key: &[u8], rev: Revision, create_revision: i64, version: i64) {
+        self.put(key, rev);
+        let g = self.keys.get_mut(key).expect("just put").live_mut();
+        g.created = Revision::new(create_revision, g.created.sub);
+        g.version = version;
+    }
+
     /// Records the deletion of a live `key` at `rev`; returns false (and changes nothing) when the
     /// key is not live.
     pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> bool {

@@ -91,7 +91,7 @@ impl Store {
             if tombstone {
                 index.tombstone(&kv.key, rev);
             } else {
-                index.put(&kv.key, rev);
+                index.restore_put(&kv.key, rev, kv.create_revision, kv.version);
             }
             last = rev.main;
         }
@@ -580,5 +580,122 @@ mod tests {
             .kvs
             .remove(0);
         assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+    }
+
+    /// A tiny deterministic PRNG (xorshift), so the model test needs no extra crate and replays.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    type Snapshot = std::collections::BTreeMap<Vec<u8>, KeyValue>;
+
+    /// Random writes, deletes, multi-key transactions, compactions and reopenings, checked after every
+    /// step against a model that keeps the whole map at every revision.
+    #[test]
+    fn matches_a_model_of_every_revision() {
+        for seed in 1..=8u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = Store::open(dir.path()).unwrap();
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut history: Vec<Snapshot> = vec![Snapshot::new(), Snapshot::new()]; // revisions 0 and 1
+            let mut compacted = -1i64;
+            let mut applied = 0u64;
+            for step in 0..300 {
+                let mut state = history.last().unwrap().clone();
+                let rev = history.len() as i64;
+                let mut wb = store.write_batch();
+                match rng.below(10) {
+                    0..=5 => {
+                        wb.begin();
+                        for _ in 0..=rng.below(3) {
+                            let key = format!("k{}", rng.below(12)).into_bytes();
+                            let value = format!("v{step}").into_bytes();
+                            wb.put(&key, value.clone(), 0);
+                            let (create_revision, version) = state
+                                .get(&key)
+                                .map_or((rev, 1), |kv| (kv.create_revision, kv.version + 1));
+                            let kv = KeyValue {
+                                key: key.clone(),
+                                value,
+                                create_revision,
+                                mod_revision: rev,
+                                version,
+                                lease: 0,
+                            };
+                            state.insert(key, kv);
+                        }
+                        assert_eq!(wb.end(), rev);
+                        history.push(state);
+                    }
+                    6..=7 => {
+                        let (a, b) = (rng.below(12), rng.below(12));
+                        let (start, end) = (format!("k{}", a.min(b)), format!("k{}", a.max(b)));
+                        wb.begin();
+                        let deleted = wb
+                            .delete(KeySpan::from_etcd(start.as_bytes(), end.as_bytes()))
+                            .unwrap();
+                        let gone: Vec<_> = state
+                            .keys()
+                            .filter(|k| {
+                                k.as_slice() >= start.as_bytes() && k.as_slice() < end.as_bytes()
+                            })
+                            .cloned()
+                            .collect();
+                        assert_eq!(deleted.len(), gone.len(), "seed {seed} step {step}");
+                        for k in gone {
+                            state.remove(&k);
+                        }
+                        if wb.end() == rev {
+                            history.push(state);
+                        }
+                    }
+                    8 => {
+                        let current = history.len() as i64 - 1;
+                        let at = compacted.max(0)
+                            + rng.below((current - compacted.max(0)) as u64 + 1) as i64;
+                        match wb.compact(at) {
+                            Ok(()) => compacted = at,
+                            Err(MvccError::Compacted) => assert!(at <= compacted),
+                            Err(e) => panic!("seed {seed} step {step}: {e}"),
+                        }
+                    }
+                    _ => {
+                        drop(wb);
+                        drop(store);
+                        store = Store::open(dir.path()).unwrap();
+                        continue;
+                    }
+                }
+                applied += 1;
+                wb.commit(applied).unwrap();
+                let current = history.len() as i64 - 1;
+                assert_eq!(store.current_revision(), current, "seed {seed} step {step}");
+                for at in 1..=current {
+                    let res = store.range(
+                        KeySpan::from_etcd(b"\0", b"\0"),
+                        &RangeOptions {
+                            rev: at,
+                            ..Default::default()
+                        },
+                    );
+                    if at < compacted {
+                        assert!(
+                            matches!(res, Err(MvccError::Compacted)),
+                            "seed {seed} step {step} rev {at}"
+                        );
+                        continue;
+                    }
+                    let got = res.unwrap().kvs;
+                    let want: Vec<KeyValue> = history[at as usize].values().cloned().collect();
+                    assert_eq!(got, want, "seed {seed} step {step} rev {at}");
+                }
+            }
+        }
     }
 }
