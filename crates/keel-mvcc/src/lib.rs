@@ -8,7 +8,9 @@ mod store;
 
 pub use key_index::{KeyAt, KeyIndex, KeySpan};
 pub use revision::Revision;
-pub use store::{RangeOptions, RangeResult, ReadView, Store, StoreSize, StoreView, WriteBatch};
+pub use store::{
+    Change, RangeOptions, RangeResult, ReadView, Store, StoreSize, StoreView, WriteBatch,
+};
 
 /// Errors of the MVCC layer.
 #[derive(Debug, thiserror::Error)]

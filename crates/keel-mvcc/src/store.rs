@@ -228,7 +228,47 @@ impl Store {
             pending: HashMap::new(),
             rev: self.current_revision(),
             sub: 0,
+            changes: Vec::new(),
         }
+    }
+
+    /// The changes to keys in `span` from revision `from` (inclusive) through `to`, in revision order,
+    /// at most about `max` of them (whole revisions only). Deletions carry the key and the revision of
+    /// the deletion. Returns the changes and the last revision they cover.
+    pub fn changes(
+        &self,
+        span: KeySpan<'_>,
+        from: i64,
+        to: i64,
+        max: usize,
+    ) -> Result<(Vec<Change>, i64)> {
+        if from < self.compacted_revision() {
+            return Err(MvccError::Compacted);
+        }
+        let mut out = Vec::new();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(Revision::new(to + 1, 0).to_key(false));
+        let start = Revision::new(from.max(1), 0).to_key(false);
+        let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
+        let mut last = to;
+        for item in self.db.iterator_cf_opt(self.cf(CF_KV), ro, mode) {
+            let (k, v) = item?;
+            let (rev, deleted) = Revision::from_key(&k)
+                .ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
+            if out.len() >= max && rev.sub == 0 {
+                last = rev.main - 1;
+                break;
+            }
+            let mut kv = decode_kv(&v)?;
+            if !span.contains(&kv.key) {
+                continue;
+            }
+            if deleted {
+                kv.mod_revision = rev.main;
+            }
+            out.push(Change { kv, deleted });
+        }
+        Ok((out, last))
     }
 
     /// Makes every committed write durable (before the raft log behind it is dropped).
@@ -320,6 +360,15 @@ fn decode_kv(bytes: &[u8]) -> Result<KeyValue> {
     KeyValue::decode(bytes).map_err(|e| MvccError::Corrupt(format!("key-value record: {e}")))
 }
 
+/// One change to one key, as watchers see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// The key-value written; for a deletion, the key and the deletion's revision only.
+    pub kv: KeyValue,
+    /// Whether the key was deleted.
+    pub deleted: bool,
+}
+
 /// A group of write transactions committed to disk together. Inside it, each write transaction
 /// (`begin` .. `end`) gets one store revision; reads see the batch's own uncommitted changes.
 pub struct WriteBatch<'s> {
@@ -327,6 +376,8 @@ pub struct WriteBatch<'s> {
     batch: rocksdb::WriteBatch,
     /// Values written by this batch, not yet readable from RocksDB.
     pending: HashMap<Revision, KeyValue>,
+    /// Every change made by the batch, in order, for watchers.
+    changes: Vec<Change>,
     /// Revision of the last ended transaction in this batch.
     rev: i64,
     /// Changes made so far by the open transaction.
@@ -400,6 +451,10 @@ impl WriteBatch<'_> {
             .put_cf(self.store.cf(CF_KV), rev.to_key(false), kv.encode_to_vec());
         self.store.index.write().put(key, rev);
         self.pending.insert(rev, kv.clone());
+        self.changes.push(Change {
+            kv: kv.clone(),
+            deleted: false,
+        });
         kv
     }
 
@@ -415,6 +470,15 @@ impl WriteBatch<'_> {
             self.batch
                 .put_cf(self.store.cf(CF_KV), rev.to_key(true), tomb.encode_to_vec());
             self.store.index.write().tombstone(&kv.key, rev);
+            let tomb = KeyValue {
+                key: kv.key.clone(),
+                mod_revision: rev.main,
+                ..Default::default()
+            };
+            self.changes.push(Change {
+                kv: tomb,
+                deleted: true,
+            });
         }
         Ok(prev)
     }
@@ -460,7 +524,7 @@ impl WriteBatch<'_> {
 
     /// Commits the batch together with the raft index it brings the store to, then makes it visible.
     /// Not synced: the raft log is, and replay from the recorded applied index is idempotent.
-    pub fn commit(mut self, applied_index: u64) -> Result<()> {
+    pub fn commit(mut self, applied_index: u64) -> Result<Vec<Change>> {
         let meta = self.store.cf(CF_META);
         self.batch.put_cf(
             meta,
@@ -474,7 +538,7 @@ impl WriteBatch<'_> {
         self.store
             .applied_index
             .store(applied_index, Ordering::Release);
-        Ok(())
+        Ok(std::mem::take(&mut self.changes))
     }
 }
 

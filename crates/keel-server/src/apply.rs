@@ -106,6 +106,8 @@ pub struct ApplyLoop {
     pub registry: Arc<Registry>,
     /// Publishes the applied index (linearizable reads wait on it).
     pub applied: watch::Sender<u64>,
+    /// Where committed changes go for watchers.
+    pub hub: Arc<crate::watch::Hub>,
     /// Log compaction every this many applied entries.
     pub snapshot_count: u64,
     /// Called with an index up to which the raft log may be dropped.
@@ -164,7 +166,8 @@ impl ApplyLoop {
             }
             results.push((req.id, res));
         }
-        wb.commit(last)?;
+        let changes = wb.commit(last)?;
+        self.hub.publish(changes);
         self.applied.send_replace(last);
         self.registry.complete(results);
         Ok(last)

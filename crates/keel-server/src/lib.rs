@@ -11,6 +11,7 @@ pub mod service;
 mod txn;
 mod validate;
 mod wait;
+mod watch;
 
 pub use config::{ClusterState, ServerConfig};
 pub use error::ServerError;

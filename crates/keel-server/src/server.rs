@@ -59,6 +59,8 @@ pub struct Core {
     node: Node,
     registry: Arc<Registry>,
     applied: watch::Receiver<u64>,
+    /// Committed changes, for watchers.
+    pub hub: Arc<crate::watch::Hub>,
     /// Cluster identity and members.
     pub identity: Identity,
     /// Client URLs this member advertises.
@@ -183,10 +185,12 @@ impl Server {
         .map_err(|e| StartError::Storage(e.to_string()))?;
         let (applied_tx, applied_rx) = watch::channel(store.applied_index());
         let registry = Arc::new(Registry::default());
+        let hub = Arc::new(crate::watch::Hub::new(store.clone()));
         let core = Arc::new(Core {
             store: store.clone(),
             node,
             registry: registry.clone(),
+            hub: hub.clone(),
             applied: applied_rx,
             client_urls: cfg.advertise_client_urls.clone(),
             max_request_bytes: cfg.max_request_bytes,
@@ -200,6 +204,7 @@ impl Server {
             committed: committed_rx,
             registry,
             applied: applied_tx,
+            hub,
             snapshot_count: cfg.snapshot_count,
             compact_log: Box::new(move |index| {
                 if let Some(core) = weak.upgrade() {

@@ -3,15 +3,17 @@
 mod cluster;
 mod kv;
 mod maintenance;
+mod watch;
 
 use std::sync::Arc;
 
 pub use cluster::ClusterService;
-use keel_proto::etcd::{PbClusterServer, PbKvServer, PbMaintenanceServer};
+use keel_proto::etcd::{PbClusterServer, PbKvServer, PbMaintenanceServer, PbWatchServer};
 pub use kv::KvService;
 pub use maintenance::{MaintenanceService, API_VERSION};
 use tonic::transport::server::Router;
 use tonic::Status;
+pub use watch::WatchService;
 
 use crate::server::Core;
 use crate::ServerError;
@@ -32,6 +34,10 @@ pub fn router(core: Arc<Core>, max_message: usize) -> Router {
                 .max_decoding_message_size(max_message),
         )
         .add_service(
-            PbClusterServer::new(ClusterService::new(core)).max_decoding_message_size(max_message),
+            PbClusterServer::new(ClusterService::new(core.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            PbWatchServer::new(WatchService::new(core)).max_decoding_message_size(max_message),
         )
 }
