@@ -262,7 +262,14 @@ impl Server {
     ) -> Result<(), tonic::transport::Error> {
         let incoming = futures::stream::select_all(self.listeners.drain(..).map(|(url, l)| {
             tracing::info!(%url, "serving client requests");
-            TcpListenerStream::new(l).boxed()
+            // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+            TcpListenerStream::new(l)
+                .map(|conn| {
+                    conn.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                })
+                .boxed()
         }));
         let max = self.core.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let (stop_tx, mut stop_rx) = watch::channel(false);

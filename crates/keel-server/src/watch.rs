@@ -2,15 +2,17 @@
 //! first catches up from MVCC history, then follows the live feed; a watcher that falls more than the
 //! feed's bound behind goes back to catching up from history. Apply never blocks on a watcher.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use keel_mvcc::{Change, KeySpan, MvccError, RangeOptions, Store};
 use keel_proto::etcd::{PbEvent as Event, PbKeyValue as KeyValue};
-use tokio::sync::broadcast;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
 
-/// Batches of committed changes a lagging watcher may be behind before it reads history instead.
-const FEED_CAPACITY: usize = 1024;
+/// Batches a watcher may have queued before it is sent back to read history instead.
+const FEED_CAPACITY: usize = 64;
 /// Changes read from history per step of a catch-up.
 const CATCH_UP_CHUNK: usize = 1000;
 
@@ -19,10 +21,37 @@ const EVENT_DELETE: i32 = 1;
 const FILTER_NOPUT: i32 = 0;
 const FILTER_NODELETE: i32 = 1;
 
-/// Publishes committed changes to watchers.
+/// Publishes committed changes to the watchers whose keys they touch.
 pub struct Hub {
     store: Arc<Store>,
-    feed: broadcast::Sender<Arc<Vec<Change>>>,
+    watchers: Mutex<Watchers>,
+}
+
+/// The live watchers, grouped so that a change wakes only the watchers of its key.
+#[derive(Default)]
+struct Watchers {
+    next_id: u64,
+    by_key: HashMap<Vec<u8>, Vec<u64>>,
+    ranges: Vec<u64>,
+    entries: HashMap<u64, Feed>,
+}
+
+/// The hub's side of one watcher.
+struct Feed {
+    spec: WatchSpec,
+    tx: mpsc::Sender<Vec<Change>>,
+    state: Arc<FeedState>,
+}
+
+/// Shared between the hub and a watcher task.
+#[derive(Default)]
+struct FeedState {
+    /// The watcher follows the live feed (it is not reading history).
+    synced: AtomicBool,
+    /// A batch was dropped because the watcher's queue was full: it must read history again.
+    lagged: AtomicBool,
+    /// Batches queued or being emitted.
+    inflight: AtomicUsize,
 }
 
 /// What a watcher watches.
@@ -40,6 +69,8 @@ pub struct WatchSpec {
     pub no_put: bool,
     /// Skip deletes.
     pub no_delete: bool,
+    /// The revision through which every event has been emitted (for progress responses).
+    pub progress: Arc<AtomicI64>,
 }
 
 impl WatchSpec {
@@ -69,28 +100,114 @@ impl Hub {
     pub fn new(store: Arc<Store>) -> Self {
         Hub {
             store,
-            feed: broadcast::channel(FEED_CAPACITY).0,
+            watchers: Mutex::default(),
         }
     }
 
-    /// Called by the apply loop after a batch is committed; never blocks.
+    /// Called by the apply loop after a batch is committed; never blocks. Watchers whose queue is
+    /// full are marked lagged and read the batch from history later.
     pub fn publish(&self, changes: Vec<Change>) {
-        if !changes.is_empty() {
-            let _ = self.feed.send(Arc::new(changes));
+        let Some(last_rev) = changes.last().map(|c| c.kv.mod_revision) else {
+            return;
+        };
+        let w = self.watchers.lock();
+        let mut touched: HashMap<u64, Vec<Change>> = HashMap::new();
+        for c in &changes {
+            for id in w.by_key.get(&c.kv.key).into_iter().flatten() {
+                touched.entry(*id).or_default().push(c.clone());
+            }
+            for id in &w.ranges {
+                if w.entries[id].spec.span().contains(&c.kv.key) {
+                    touched.entry(*id).or_default().push(c.clone());
+                }
+            }
+        }
+        for (id, feed) in &w.entries {
+            let st = &feed.state;
+            match touched.remove(id) {
+                Some(batch) => {
+                    st.inflight.fetch_add(1, Ordering::AcqRel);
+                    if feed.tx.try_send(batch).is_err() {
+                        st.inflight.fetch_sub(1, Ordering::AcqRel);
+                        st.lagged.store(true, Ordering::Release);
+                    }
+                }
+                // Nothing for this watcher: if it has nothing queued either, it is current.
+                None if st.synced.load(Ordering::Acquire)
+                    && st.inflight.load(Ordering::Acquire) == 0
+                    && !st.lagged.load(Ordering::Acquire) =>
+                {
+                    feed.spec.progress.fetch_max(last_rev, Ordering::AcqRel);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn register(
+        &self,
+        spec: WatchSpec,
+        tx: mpsc::Sender<Vec<Change>>,
+        state: Arc<FeedState>,
+    ) -> u64 {
+        let mut w = self.watchers.lock();
+        w.next_id += 1;
+        let id = w.next_id;
+        match spec.span() {
+            KeySpan::Single(k) => w.by_key.entry(k.to_vec()).or_default().push(id),
+            KeySpan::Range { .. } => w.ranges.push(id),
+        }
+        w.entries.insert(id, Feed { spec, tx, state });
+        id
+    }
+
+    fn unregister(&self, id: u64) {
+        let mut w = self.watchers.lock();
+        let Some(feed) = w.entries.remove(&id) else {
+            return;
+        };
+        match feed.spec.span() {
+            KeySpan::Single(k) => {
+                if let Some(ids) = w.by_key.get_mut(k) {
+                    ids.retain(|i| *i != id);
+                    if ids.is_empty() {
+                        w.by_key.remove(k);
+                    }
+                }
+            }
+            KeySpan::Range { .. } => w.ranges.retain(|i| *i != id),
         }
     }
 
     /// Runs one watcher: calls `emit` with each group of events (whole revisions, in order, never
     /// repeated) and the store revision they were read at. `emit` returns false when the receiver
-    /// is gone. Returns how the watch ended.
-    /// `progress` is kept at the revision through which every event has been emitted.
-    pub async fn run<F, Fut>(&self, spec: WatchSpec, progress: &AtomicI64, mut emit: F) -> WatchEnd
+    /// is gone. `spec.progress` is kept at the revision through which every event has been emitted.
+    pub async fn run<F, Fut>(&self, spec: WatchSpec, emit: F) -> WatchEnd
     where
         F: FnMut(Vec<Event>, i64) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        // Subscribe before reading history: whatever commits after this is in the feed.
-        let mut feed = self.feed.subscribe();
+        let (tx, rx) = mpsc::channel(FEED_CAPACITY);
+        let state = Arc::new(FeedState::default());
+        // Registered before reading history: whatever commits after this reaches the queue.
+        let id = self.register(spec.clone(), tx, state.clone());
+        let end = self.follow(&spec, &state, rx, emit).await;
+        self.unregister(id);
+        end
+    }
+
+    async fn follow<F, Fut>(
+        &self,
+        spec: &WatchSpec,
+        state: &FeedState,
+        mut rx: mpsc::Receiver<Vec<Change>>,
+        mut emit: F,
+    ) -> WatchEnd
+    where
+        F: FnMut(Vec<Event>, i64) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let progress = &spec.progress;
         let mut next = if spec.start_revision > 0 {
             spec.start_revision
         } else {
@@ -99,6 +216,7 @@ impl Hub {
         progress.store(next - 1, Ordering::Release);
         loop {
             // Catch up from history to the current revision.
+            state.synced.store(false, Ordering::Release);
             loop {
                 let current = self.store.current_revision();
                 if next > current {
@@ -109,7 +227,7 @@ impl Hub {
                     .changes(spec.span(), next, current, CATCH_UP_CHUNK)
                 {
                     Ok((changes, last)) => {
-                        let events = self.events(&spec, changes.iter());
+                        let events = self.events(spec, changes.iter());
                         if !events.is_empty() && !emit(events, current).await {
                             return WatchEnd::Closed;
                         }
@@ -125,24 +243,26 @@ impl Hub {
                     }
                 }
             }
-            // Follow the live feed until it runs ahead of us.
-            loop {
-                match feed.recv().await {
-                    Ok(batch) => {
-                        let fresh = batch.iter().filter(|c| c.kv.mod_revision >= next);
-                        let events = self.events(&spec, fresh);
-                        if let Some(last) = batch.last() {
-                            next = next.max(last.kv.mod_revision + 1);
-                        }
-                        if !events.is_empty() && !emit(events, self.store.current_revision()).await
-                        {
-                            return WatchEnd::Closed;
-                        }
-                        progress.store(next - 1, Ordering::Release);
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return WatchEnd::Closed,
+            state.synced.store(true, Ordering::Release);
+            // Follow the live feed until it drops a batch for us.
+            while !state.lagged.swap(false, Ordering::AcqRel) {
+                let Some(batch) = rx.recv().await else {
+                    return WatchEnd::Closed;
+                };
+                let fresh = batch.iter().filter(|c| c.kv.mod_revision >= next);
+                let events = self.events(spec, fresh);
+                if let Some(last) = batch.last() {
+                    next = next.max(last.kv.mod_revision + 1);
                 }
+                if !events.is_empty() && !emit(events, self.store.current_revision()).await {
+                    return WatchEnd::Closed;
+                }
+                progress.fetch_max(next - 1, Ordering::AcqRel);
+                state.inflight.fetch_sub(1, Ordering::AcqRel);
+            }
+            // What is still queued is re-read from history.
+            while rx.try_recv().is_ok() {
+                state.inflight.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }

@@ -101,16 +101,11 @@ impl Stream {
                     prev_kv: c.prev_kv,
                     no_put: false,
                     no_delete: false,
+                    progress: Arc::new(AtomicI64::new(current)),
                 }
                 .with_filters(&c.filters);
-                let progress = Arc::new(AtomicI64::new(current));
-                let task = tokio::spawn(run_watcher(
-                    self.core.clone(),
-                    self.out.clone(),
-                    id,
-                    spec,
-                    progress.clone(),
-                ));
+                let progress = spec.progress.clone();
+                let task = tokio::spawn(run_watcher(self.core.clone(), self.out.clone(), id, spec));
                 self.watchers.insert(id, Watcher { task, progress });
                 true
             }
@@ -148,16 +143,10 @@ impl Drop for Stream {
     }
 }
 
-async fn run_watcher(
-    core: Arc<Core>,
-    out: Out,
-    id: i64,
-    spec: WatchSpec,
-    progress: Arc<AtomicI64>,
-) {
+async fn run_watcher(core: Arc<Core>, out: Out, id: i64, spec: WatchSpec) {
     let end = core
         .hub
-        .run(spec, &progress, |events, rev| {
+        .run(spec, |events, rev| {
             let r = WatchResponse {
                 header: core.header(rev),
                 watch_id: id,
