@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
+use keel_proto::etcd::PbEvent as Event;
 use keel_proto::etcd::{
     PbWatchRequest as WatchRequest, PbWatchRequestUnion as Union, PbWatchResponse as WatchResponse,
     PbWatchService,
 };
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,6 +23,8 @@ use crate::watch::{WatchEnd, WatchSpec};
 
 /// Responses buffered per stream before watchers wait for the client to read.
 const STREAM_BUFFER: usize = 256;
+/// Soft bound on the events carried by one response.
+const RESPONSE_BYTES: usize = 1024 * 1024;
 /// etcd's reason for a watch id already in use on the stream.
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
@@ -143,18 +147,51 @@ impl Drop for Stream {
     }
 }
 
+/// Splits events into responses of about `RESPONSE_BYTES` at most, never splitting a revision, so
+/// clients with gRPC's default 4 MiB receive limit can read any catch-up.
+fn split_by_size(events: Vec<Event>) -> Vec<Vec<Event>> {
+    let mut out: Vec<Vec<Event>> = Vec::new();
+    let mut size = 0;
+    let mut last_rev = 0;
+    for e in events {
+        let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+        let len = e.encoded_len();
+        let full = size + len > RESPONSE_BYTES && rev != last_rev;
+        match out.last_mut() {
+            Some(group) if !full => group.push(e),
+            _ => {
+                size = 0;
+                out.push(vec![e]);
+            }
+        }
+        size += len;
+        last_rev = rev;
+    }
+    out
+}
+
 async fn run_watcher(core: Arc<Core>, out: Out, id: i64, spec: WatchSpec) {
     let end = core
         .hub
         .run(spec, |events, rev| {
-            let r = WatchResponse {
-                header: core.header(rev),
-                watch_id: id,
-                events,
-                ..Default::default()
-            };
+            let responses: Vec<WatchResponse> = split_by_size(events)
+                .into_iter()
+                .map(|events| WatchResponse {
+                    header: core.header(rev),
+                    watch_id: id,
+                    events,
+                    ..Default::default()
+                })
+                .collect();
             let out = out.clone();
-            async move { out.send(Ok(r)).await.is_ok() }
+            async move {
+                for r in responses {
+                    if out.send(Ok(r)).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
         })
         .await;
     if let WatchEnd::Compacted(compacted) = end {
