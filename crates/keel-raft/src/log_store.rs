@@ -205,6 +205,7 @@ impl LogStore {
         self.db.write_opt(batch, &synced())?;
         self.truncated_index = index;
         self.truncated_term = term;
+        tracing::info!(index, term, "raft log compacted");
         while self.tail.front().is_some_and(|e| e.index <= index) {
             self.tail.pop_front();
         }

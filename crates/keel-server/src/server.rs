@@ -13,7 +13,6 @@ use keel_mvcc::Store;
 use keel_proto::etcd::{PbMember as Member, PbResponseHeader};
 use keel_proto::{InternalRequest, RequestBody};
 use keel_raft::{LogStore, Node, NodeConfig, RaftStatus};
-use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -144,7 +143,7 @@ impl Core {
 pub struct Server {
     core: Arc<Core>,
     listeners: Vec<(String, tokio::net::TcpListener)>,
-    apply_thread: Mutex<Option<JoinHandle<()>>>,
+    apply_thread: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -238,7 +237,7 @@ impl Server {
         Ok(Server {
             core,
             listeners,
-            apply_thread: Mutex::new(Some(apply_thread)),
+            apply_thread: Some(apply_thread),
         })
     }
 
@@ -291,7 +290,7 @@ impl Server {
         };
         // Stopping raft closes the apply loop's input; it finishes the batch it has, then ends.
         self.core.node.shutdown();
-        if let Some(t) = self.apply_thread.lock().take() {
+        if let Some(t) = self.apply_thread.take() {
             let _ = t.join();
         }
         res

@@ -111,6 +111,10 @@ impl Hub {
             return;
         };
         let w = self.watchers.lock();
+        // The common case on the apply path: nobody watches, nothing to do.
+        if w.entries.is_empty() {
+            return;
+        }
         let mut touched: HashMap<u64, Vec<Change>> = HashMap::new();
         for c in &changes {
             for id in w.by_key.get(&c.kv.key).into_iter().flatten() {

@@ -104,3 +104,47 @@ async fn graceful_restart_keeps_data_history_and_compaction() {
         23
     );
 }
+
+#[tokio::test]
+async fn restart_after_raft_log_compaction_keeps_everything() {
+    // With --snapshot-count=100 the log is compacted as soon as more than the 5,000 catch-up entries
+    // it always keeps are applied.
+    let mut m = Member::start_with(&["--snapshot-count=100"]).await;
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut c = m.client().await;
+        writers.push(tokio::spawn(async move {
+            for i in 0..800 {
+                c.put(format!("lc/{w}/{i}"), "v", None).await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(
+        m.log().contains("raft log compacted"),
+        "the raft log was never compacted"
+    );
+    m.kill9();
+    m.restart().await;
+    let mut c = m.client().await;
+    let all = c
+        .get(
+            "lc/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.count(), 6400);
+    assert_eq!(all.header().unwrap().revision(), 6401);
+    assert_eq!(
+        c.put("after", "1", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision(),
+        6402
+    );
+}

@@ -44,9 +44,10 @@ impl KvService {
     }
 }
 
-fn unexpected(r: Applied) -> Status {
+/// The state machine answered a request with another kind of response: a bug, never a user error.
+fn unexpected(request: &str) -> Status {
     Status::from(ServerError::Internal(format!(
-        "unexpected apply result {r:?}"
+        "state machine answered {request} with another response kind"
     )))
 }
 
@@ -80,13 +81,11 @@ impl PbKvService for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let r = req.into_inner();
         validate::check_put(&r)?;
-        match self.core.propose(RequestBody::Put(r)).await? {
-            Applied::Put(mut resp) => {
-                self.fill(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        let Applied::Put(mut resp) = self.core.propose(RequestBody::Put(r)).await? else {
+            return Err(unexpected("put"));
+        };
+        self.fill(&mut resp.header);
+        Ok(Response::new(resp))
     }
 
     async fn delete_range(
@@ -95,23 +94,22 @@ impl PbKvService for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let r = req.into_inner();
         validate::check_delete(&r)?;
-        match self.core.propose(RequestBody::DeleteRange(r)).await? {
-            Applied::DeleteRange(mut resp) => {
-                self.fill(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        let Applied::DeleteRange(mut resp) = self.core.propose(RequestBody::DeleteRange(r)).await?
+        else {
+            return Err(unexpected("delete_range"));
+        };
+        self.fill(&mut resp.header);
+        Ok(Response::new(resp))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let t = req.into_inner();
         validate::check_txn(&t, self.core.max_txn_ops)?;
         let mut resp = if txn::is_write(&t) {
-            match self.core.propose(RequestBody::Txn(t)).await? {
-                Applied::Txn(resp) => resp,
-                other => return Err(unexpected(other)),
-            }
+            let Applied::Txn(resp) = self.core.propose(RequestBody::Txn(t)).await? else {
+                return Err(unexpected("txn"));
+            };
+            resp
         } else {
             if !serializable(&t) {
                 self.core.linearizable_barrier().await?;
@@ -126,16 +124,14 @@ impl PbKvService for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        match self
+        let Applied::Compaction(mut resp) = self
             .core
             .propose(RequestBody::Compaction(req.into_inner()))
             .await?
-        {
-            Applied::Compaction(mut resp) => {
-                self.fill(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(unexpected(other)),
-        }
+        else {
+            return Err(unexpected("compaction"));
+        };
+        self.fill(&mut resp.header);
+        Ok(Response::new(resp))
     }
 }

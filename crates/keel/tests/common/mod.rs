@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -178,8 +178,4 @@ pub fn status(e: etcd_client::Error) -> (tonic::Code, String) {
         etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
         other => panic!("expected a gRPC status, got {other:?}"),
     }
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
