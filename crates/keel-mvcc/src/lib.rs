@@ -9,7 +9,7 @@ mod store;
 pub use key_index::{KeyAt, KeyIndex, KeySpan};
 pub use revision::Revision;
 pub use store::{
-    Change, RangeOptions, RangeResult, ReadView, Store, StoreSize, StoreView, WriteBatch,
+    Change, RangeOptions, RangeResult, ReadView, Store, StoreSize, StoreView, Table, WriteBatch,
 };
 
 /// Errors of the MVCC layer.

@@ -17,6 +17,9 @@ use crate::{MvccError, Result, Revision};
 
 const CF_KV: &str = "kv";
 const CF_META: &str = "meta";
+const CF_LEASE: &str = "lease";
+const CF_AUTH: &str = "auth";
+const FAMILIES: [&str; 4] = [CF_KV, CF_META, CF_LEASE, CF_AUTH];
 const META_APPLIED_INDEX: &[u8] = b"applied_index";
 const META_CURRENT_REV: &[u8] = b"current_rev";
 const META_COMPACT_REV: &[u8] = b"compact_rev";
@@ -52,6 +55,25 @@ pub struct StoreSize {
     pub in_use: u64,
 }
 
+/// State-machine records kept beside the key-values, written in the same batches so that they and
+/// the applied index always agree. Their keys and values are the caller's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    /// Leases.
+    Lease,
+    /// Users, roles and the auth revision.
+    Auth,
+}
+
+impl Table {
+    fn family(self) -> &'static str {
+        match self {
+            Table::Lease => CF_LEASE,
+            Table::Auth => CF_AUTH,
+        }
+    }
+}
+
 /// The revisioned key-value store.
 pub struct Store {
     db: DB,
@@ -67,7 +89,7 @@ impl Store {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [CF_KV, CF_META].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = FAMILIES.map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let store = Store {
             db,
@@ -124,7 +146,7 @@ impl Store {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        // Both families are created by `open` (create_missing_column_families).
+        // Every family is created by `open` (create_missing_column_families).
         self.db
             .cf_handle(name)
             .expect("column family opened at start")
@@ -168,6 +190,17 @@ impl Store {
         let mut batch = rocksdb::WriteBatch::default();
         batch.put_cf(self.cf(CF_META), key, value);
         Ok(self.db.write_opt(batch, &wo)?)
+    }
+
+    /// Every committed record of `table`, in key order.
+    pub fn records(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.db
+            .iterator_cf(self.cf(table.family()), IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.into_vec(), v.into_vec()))
+            })
+            .collect()
     }
 
     /// Reads the keys of `span` at a committed revision.
@@ -214,7 +247,7 @@ impl Store {
 
     /// Compacts RocksDB's files, reclaiming the space of deleted and compacted-away data.
     pub fn defragment(&self) {
-        for name in [CF_KV, CF_META] {
+        for name in FAMILIES {
             self.db
                 .compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
         }
@@ -279,7 +312,7 @@ impl Store {
     /// Bytes used on disk, for Status and the space quota.
     pub fn size(&self) -> StoreSize {
         let mut size = StoreSize::default();
-        for name in [CF_KV, CF_META] {
+        for name in FAMILIES {
             let prop = |p: &str| {
                 self.db
                     .property_int_value_cf(self.cf(name), p)
@@ -481,6 +514,16 @@ impl WriteBatch<'_> {
             });
         }
         Ok(prev)
+    }
+
+    /// Writes a record of `table` with the batch.
+    pub fn put_record(&mut self, table: Table, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(self.store.cf(table.family()), key, value);
+    }
+
+    /// Deletes a record of `table` with the batch.
+    pub fn delete_record(&mut self, table: Table, key: &[u8]) {
+        self.batch.delete_cf(self.store.cf(table.family()), key);
     }
 
     /// Compacts history at `rev`: reads below it fail with `Compacted` from now on, and every value

@@ -5,7 +5,10 @@
 //! Declared with prost's derive rather than a .proto file because its fields are etcd's own message
 //! types, which the `etcd-client` crate already generates; a .proto here would have to restate them.
 
-use crate::etcd::{PbCompactionRequest, PbDeleteRequest, PbPutRequest, PbTxnRequest};
+use crate::etcd::{
+    PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbLeaseRevokeRequest, PbPutRequest,
+    PbTxnRequest,
+};
 
 /// One client mutation with the id its proposer waits on.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -14,7 +17,7 @@ pub struct InternalRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The mutation.
-    #[prost(oneof = "RequestBody", tags = "10, 11, 12, 13")]
+    #[prost(oneof = "RequestBody", tags = "10, 11, 12, 13, 14, 15")]
     pub body: Option<RequestBody>,
 }
 
@@ -33,6 +36,23 @@ pub enum RequestBody {
     /// KV.Compact.
     #[prost(message, tag = "13")]
     Compaction(PbCompactionRequest),
+    /// Lease.LeaseGrant, with the id and TTL already chosen by the proposer.
+    #[prost(message, tag = "14")]
+    LeaseGrant(PbLeaseGrantRequest),
+    /// Lease.LeaseRevoke, from a client or from the leader's lessor when the lease expired.
+    #[prost(message, tag = "15")]
+    LeaseRevoke(PbLeaseRevokeRequest),
+}
+
+/// A lease as the state machine stores it (its keys are found from the key-values naming it).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseRecord {
+    /// The lease id.
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    /// The granted TTL, in seconds.
+    #[prost(int64, tag = "2")]
+    pub ttl: i64,
 }
 
 #[cfg(test)]

@@ -7,4 +7,4 @@ mod internal;
 /// etcd's v3 API types and service traits (wire-compatible with etcd 3.5+).
 pub use etcd_client::proto as etcd;
 
-pub use internal::{InternalRequest, RequestBody};
+pub use internal::{InternalRequest, LeaseRecord, RequestBody};

@@ -6,18 +6,20 @@
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use keel_mvcc::{Store, WriteBatch};
+use keel_mvcc::{KeySpan, Store, WriteBatch};
 use keel_proto::etcd::{
     PbCompactionRequest as CompactionRequest, PbCompactionResponse as CompactionResponse,
     PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse,
-    PbPutRequest as PutRequest, PbPutResponse as PutResponse, PbResponseHeader,
-    PbTxnResponse as TxnResponse,
+    PbLeaseGrantRequest as LeaseGrantRequest, PbLeaseGrantResponse as LeaseGrantResponse,
+    PbLeaseRevokeResponse as LeaseRevokeResponse, PbPutRequest as PutRequest,
+    PbPutResponse as PutResponse, PbResponseHeader, PbTxnResponse as TxnResponse,
 };
 use keel_proto::{InternalRequest, RequestBody};
 use keel_raft::{Entry, EntryType};
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::lease::Lessor;
 use crate::txn;
 use crate::wait::Registry;
 use crate::ServerError;
@@ -37,49 +39,91 @@ pub enum Response {
     Txn(TxnResponse),
     /// KV.Compact.
     Compaction(CompactionResponse),
+    /// Lease.LeaseGrant.
+    LeaseGrant(LeaseGrantResponse),
+    /// Lease.LeaseRevoke.
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 /// What a proposer receives once its entry is applied.
 pub type Applied = Result<Response, ServerError>;
 
 /// Applies one request to the write batch.
-pub fn apply(wb: &mut WriteBatch<'_>, body: &RequestBody) -> Applied {
+pub fn apply(wb: &mut WriteBatch<'_>, leases: &Lessor, body: &RequestBody) -> Applied {
     match body {
-        RequestBody::Put(p) => apply_put(wb, p).map(Response::Put),
-        RequestBody::DeleteRange(d) => apply_delete(wb, d).map(Response::DeleteRange),
-        RequestBody::Txn(t) => txn::txn_write(wb, t, lease_exists).map(Response::Txn),
+        RequestBody::Put(p) => apply_put(wb, leases, p).map(Response::Put),
+        RequestBody::DeleteRange(d) => apply_delete(wb, leases, d).map(Response::DeleteRange),
+        RequestBody::Txn(t) => txn::txn_write(wb, t, leases).map(Response::Txn),
         RequestBody::Compaction(c) => apply_compaction(wb, c).map(Response::Compaction),
+        RequestBody::LeaseGrant(g) => apply_lease_grant(wb, leases, g).map(Response::LeaseGrant),
+        RequestBody::LeaseRevoke(r) => {
+            apply_lease_revoke(wb, leases, r.id).map(Response::LeaseRevoke)
+        }
     }
 }
 
-/// No lease exists until the Lease service grants one; a put naming a lease is refused as etcd
-/// refuses an unknown lease.
-fn lease_exists(_id: i64) -> bool {
-    false
+fn header(revision: i64) -> Option<PbResponseHeader> {
+    Some(PbResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }
 
-fn apply_put(wb: &mut WriteBatch<'_>, p: &PutRequest) -> Result<PutResponse, ServerError> {
-    txn::check_put(wb, p, lease_exists)?;
+fn apply_put(
+    wb: &mut WriteBatch<'_>,
+    leases: &Lessor,
+    p: &PutRequest,
+) -> Result<PutResponse, ServerError> {
+    txn::check_put(wb, p, leases)?;
     wb.begin();
-    let mut resp = txn::put(wb, p)?;
-    resp.header = Some(PbResponseHeader {
-        revision: wb.end(),
-        ..Default::default()
-    });
+    let mut resp = txn::put(wb, leases, p)?;
+    resp.header = header(wb.end());
     Ok(resp)
 }
 
 fn apply_delete(
     wb: &mut WriteBatch<'_>,
+    leases: &Lessor,
     d: &DeleteRangeRequest,
 ) -> Result<DeleteRangeResponse, ServerError> {
     wb.begin();
-    let mut resp = txn::delete(wb, d)?;
-    resp.header = Some(PbResponseHeader {
-        revision: wb.end(),
-        ..Default::default()
-    });
+    let mut resp = txn::delete(wb, leases, d)?;
+    resp.header = header(wb.end());
     Ok(resp)
+}
+
+/// The proposer chose the id and the effective TTL, so every member grants the same lease.
+fn apply_lease_grant(
+    wb: &mut WriteBatch<'_>,
+    leases: &Lessor,
+    g: &LeaseGrantRequest,
+) -> Result<LeaseGrantResponse, ServerError> {
+    leases.grant(wb, g.id, g.ttl)?;
+    Ok(LeaseGrantResponse {
+        header: header(wb.read_revision()),
+        id: g.id,
+        ttl: g.ttl,
+        error: String::new(),
+    })
+}
+
+/// Deletes every key attached to the lease in one write transaction (one revision, none if it has
+/// no keys), in key order on every member, then forgets the lease.
+fn apply_lease_revoke(
+    wb: &mut WriteBatch<'_>,
+    leases: &Lessor,
+    id: i64,
+) -> Result<LeaseRevokeResponse, ServerError> {
+    let keys = leases.keys(id).ok_or(ServerError::LeaseNotFound)?;
+    wb.begin();
+    for key in &keys {
+        txn::delete_span(wb, leases, KeySpan::Single(key))?;
+    }
+    let revision = wb.end();
+    leases.remove(wb, id);
+    Ok(LeaseRevokeResponse {
+        header: header(revision),
+    })
 }
 
 fn apply_compaction(
@@ -89,10 +133,7 @@ fn apply_compaction(
     // Physical compaction happens in this same batch, so `physical` needs no extra wait.
     wb.compact(c.revision)?;
     Ok(CompactionResponse {
-        header: Some(PbResponseHeader {
-            revision: wb.end(),
-            ..Default::default()
-        }),
+        header: header(wb.end()),
     })
 }
 
@@ -108,6 +149,8 @@ pub struct ApplyLoop {
     pub applied: watch::Sender<u64>,
     /// Where committed changes go for watchers.
     pub hub: Arc<crate::watch::Hub>,
+    /// The leases and their keys.
+    pub leases: Arc<Lessor>,
     /// Log compaction every this many applied entries.
     pub snapshot_count: u64,
     /// Called with an index up to which the raft log may be dropped.
@@ -160,7 +203,7 @@ impl ApplyLoop {
                 }
             };
             let Some(body) = req.body else { continue };
-            let res = apply(&mut wb, &body);
+            let res = apply(&mut wb, &self.leases, &body);
             if let Err(ServerError::Internal(msg)) = &res {
                 return Err(ServerError::Internal(msg.clone()));
             }

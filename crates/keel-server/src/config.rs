@@ -1,6 +1,7 @@
 //! What a member needs to know to start: the etcd configuration Keel honours, already parsed.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Whether the member bootstraps a new cluster or joins an existing one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub struct ServerConfig {
     pub quota_backend_bytes: u64,
     /// Raft log compaction every this many applied entries.
     pub snapshot_count: u64,
+    /// How often an idle watcher that asked for progress notifications gets one.
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             max_txn_ops: 128,
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,
             snapshot_count: 100_000,
+            watch_progress_notify_interval: Duration::from_secs(600),
         }
     }
 }

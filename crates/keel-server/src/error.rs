@@ -32,6 +32,15 @@ pub enum ServerError {
     /// A lease id that does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// A grant of a lease id already in use.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// A grant with a TTL above MaxLeaseTTL.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    /// A request only the leader can serve, on a member that is not (or no longer) the leader.
+    #[error("etcdserver: not leader")]
+    NotLeader,
     /// A read or compaction below the compacted revision.
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
@@ -83,7 +92,8 @@ impl ServerError {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | RequestTooLarge => Code::InvalidArgument,
             LeaseNotFound => Code::NotFound,
-            Compacted | FutureRevision => Code::OutOfRange,
+            LeaseExists | NotLeader => Code::FailedPrecondition,
+            Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             NoLeader | Timeout | Stopped | NotCapable => Code::Unavailable,
             Internal(_) => Code::Unknown,
         }

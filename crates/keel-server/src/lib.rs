@@ -4,6 +4,8 @@
 mod apply;
 mod config;
 mod error;
+mod expiry;
+mod lease;
 mod membership;
 mod range;
 mod server;

@@ -19,13 +19,14 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::apply::{ApplyLoop, Response};
 use crate::config::{ClusterState, ServerConfig};
+use crate::lease::Lessor;
 use crate::membership::{cluster_id, member_id, Identity};
 use crate::wait::Registry;
 use crate::{service, ServerError};
 
 /// How long a proposal may take to apply before the client gets `request timed out` (etcd: 5 s plus
 /// two election timeouts).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 /// How long in-flight requests may run after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// gRPC message size allowed above --max-request-bytes, so an oversized request reaches the server
@@ -60,6 +61,8 @@ pub struct Core {
     applied: watch::Receiver<u64>,
     /// Committed changes, for watchers.
     pub hub: Arc<crate::watch::Hub>,
+    /// The leases.
+    pub leases: Arc<Lessor>,
     /// Cluster identity and members.
     pub identity: Identity,
     /// Client URLs this member advertises.
@@ -68,6 +71,8 @@ pub struct Core {
     pub max_request_bytes: usize,
     /// Most ops per txn.
     pub max_txn_ops: usize,
+    /// How often watchers that asked for progress notifications get one when idle.
+    pub watch_progress_notify_interval: Duration,
     next_id: AtomicU64,
 }
 
@@ -87,6 +92,12 @@ impl Core {
         })
     }
 
+    /// Completes a header the state machine filled with a revision only.
+    pub fn fill_header(&self, header: &mut Option<PbResponseHeader>) {
+        let revision = header.as_ref().map_or(0, |h| h.revision);
+        *header = self.header(revision);
+    }
+
     /// The members, with this member's advertised client URLs.
     pub fn members(&self) -> Vec<Member> {
         let mut members = self.identity.members.clone();
@@ -99,9 +110,14 @@ impl Core {
         members
     }
 
+    /// A fresh id, unique across members and restarts.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Proposes a mutation through raft and waits until it is applied.
     pub async fn propose(&self, body: RequestBody) -> Result<Response, ServerError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id();
         let data = InternalRequest {
             id,
             body: Some(body),
@@ -185,15 +201,19 @@ impl Server {
         let (applied_tx, applied_rx) = watch::channel(store.applied_index());
         let registry = Arc::new(Registry::default());
         let hub = Arc::new(crate::watch::Hub::new(store.clone()));
+        let leases =
+            Arc::new(Lessor::restore(&store).map_err(|e| StartError::Storage(e.to_string()))?);
         let core = Arc::new(Core {
             store: store.clone(),
             node,
             registry: registry.clone(),
             hub: hub.clone(),
+            leases: leases.clone(),
             applied: applied_rx,
             client_urls: cfg.advertise_client_urls.clone(),
             max_request_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
+            watch_progress_notify_interval: cfg.watch_progress_notify_interval,
             next_id: AtomicU64::new(first_request_id(identity.member_id)),
             identity,
         });
@@ -204,6 +224,7 @@ impl Server {
             registry,
             applied: applied_tx,
             hub,
+            leases,
             snapshot_count: cfg.snapshot_count,
             compact_log: Box::new(move |index| {
                 if let Some(core) = weak.upgrade() {
@@ -270,6 +291,7 @@ impl Server {
                 })
                 .boxed()
         }));
+        let expiry = tokio::spawn(crate::expiry::run(self.core.clone()));
         let max = self.core.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let serve = service::router(self.core.clone(), max).serve_with_incoming_shutdown(
@@ -288,6 +310,7 @@ impl Server {
                 tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await.unwrap_or(Ok(()))
             }
         };
+        expiry.abort();
         // Stopping raft closes the apply loop's input; it finishes the batch it has, then ends.
         self.core.node.shutdown();
         if let Some(t) = self.apply_thread.take() {

@@ -12,6 +12,7 @@ use keel_proto::etcd::{
     PbTxnRequest as TxnRequest, PbTxnResponse as TxnResponse,
 };
 
+use crate::lease::Lessor;
 use crate::range::range;
 use crate::ServerError;
 
@@ -126,11 +127,7 @@ fn int_target(c: &Compare, is_kind: impl Fn(&Target) -> bool) -> i64 {
 
 /// Checks a put against the state before it runs: ignore_value/ignore_lease need an existing key,
 /// a lease must exist.
-pub fn check_put(
-    view: &impl ReadView,
-    p: &PutRequest,
-    lease_exists: impl Fn(i64) -> bool,
-) -> Result<(), ServerError> {
+pub fn check_put(view: &impl ReadView, p: &PutRequest, leases: &Lessor) -> Result<(), ServerError> {
     if p.ignore_value || p.ignore_lease {
         let res = view.range(
             KeySpan::Single(&p.key),
@@ -143,7 +140,7 @@ pub fn check_put(
             return Err(ServerError::KeyNotFound);
         }
     }
-    if p.lease != 0 && !lease_exists(p.lease) {
+    if p.lease != 0 && !leases.contains(p.lease) {
         return Err(ServerError::LeaseNotFound);
     }
     Ok(())
@@ -154,12 +151,12 @@ fn check_path(
     view: &impl ReadView,
     t: &TxnRequest,
     path: &Path,
-    lease_exists: &impl Fn(i64) -> bool,
+    leases: &Lessor,
 ) -> Result<(), ServerError> {
     let mut nested = path.nested.iter();
     for op in branch(t, path.succeeded) {
         match &op.request {
-            Some(Op::RequestPut(p)) => check_put(view, p, lease_exists)?,
+            Some(Op::RequestPut(p)) => check_put(view, p, leases)?,
             Some(Op::RequestRange(r)) => {
                 if r.revision > view.revision() {
                     return Err(ServerError::FutureRevision);
@@ -174,7 +171,7 @@ fn check_path(
                     view,
                     n,
                     nested.next().expect("path has every nested txn"),
-                    lease_exists,
+                    leases,
                 )?
             }
             Some(Op::RequestDeleteRange(_)) | None => {}
@@ -206,26 +203,38 @@ pub fn txn_read(view: &impl ReadView, t: &TxnRequest) -> Result<TxnResponse, Ser
 pub fn txn_write(
     wb: &mut WriteBatch<'_>,
     t: &TxnRequest,
-    lease_exists: impl Fn(i64) -> bool,
+    leases: &Lessor,
 ) -> Result<TxnResponse, ServerError> {
     let path = Path::decide(wb, t);
-    check_path(wb, t, &path, &lease_exists)?;
+    check_path(wb, t, &path, leases)?;
     wb.begin();
-    let mut resp = exec(wb, t, &path)?;
+    let mut resp = exec(wb, leases, t, &path)?;
     resp.header = header(wb.end());
     Ok(resp)
 }
 
-fn exec(wb: &mut WriteBatch<'_>, t: &TxnRequest, path: &Path) -> Result<TxnResponse, ServerError> {
+fn exec(
+    wb: &mut WriteBatch<'_>,
+    leases: &Lessor,
+    t: &TxnRequest,
+    path: &Path,
+) -> Result<TxnResponse, ServerError> {
     let mut nested = path.nested.iter();
     let mut responses = Vec::new();
     for op in branch(t, path.succeeded) {
         let response = match &op.request {
             Some(Op::RequestRange(r)) => OpResponse::ResponseRange(range(wb, r)?),
-            Some(Op::RequestPut(p)) => OpResponse::ResponsePut(put(wb, p)?),
-            Some(Op::RequestDeleteRange(d)) => OpResponse::ResponseDeleteRange(delete(wb, d)?),
+            Some(Op::RequestPut(p)) => OpResponse::ResponsePut(put(wb, leases, p)?),
+            Some(Op::RequestDeleteRange(d)) => {
+                OpResponse::ResponseDeleteRange(delete(wb, leases, d)?)
+            }
             Some(Op::RequestTxn(n)) => {
-                let mut r = exec(wb, n, nested.next().expect("path has every nested txn"))?;
+                let mut r = exec(
+                    wb,
+                    leases,
+                    n,
+                    nested.next().expect("path has every nested txn"),
+                )?;
                 r.header = Some(PbResponseHeader::default());
                 OpResponse::ResponseTxn(r)
             }
@@ -243,7 +252,11 @@ fn exec(wb: &mut WriteBatch<'_>, t: &TxnRequest, path: &Path) -> Result<TxnRespo
 }
 
 /// A put inside the open write transaction (already checked with `check_put`).
-pub fn put(wb: &mut WriteBatch<'_>, p: &PutRequest) -> Result<PutResponse, ServerError> {
+pub fn put(
+    wb: &mut WriteBatch<'_>,
+    leases: &Lessor,
+    p: &PutRequest,
+) -> Result<PutResponse, ServerError> {
     let prev = if p.prev_kv || p.ignore_value || p.ignore_lease {
         wb.get(&p.key)?
     } else {
@@ -258,6 +271,7 @@ pub fn put(wb: &mut WriteBatch<'_>, p: &PutRequest) -> Result<PutResponse, Serve
         _ => p.lease,
     };
     wb.put(&p.key, value, lease);
+    leases.attach(&p.key, lease);
     Ok(PutResponse {
         header: header(wb.read_revision()),
         prev_kv: if p.prev_kv { prev } else { None },
@@ -267,12 +281,27 @@ pub fn put(wb: &mut WriteBatch<'_>, p: &PutRequest) -> Result<PutResponse, Serve
 /// A delete inside the open write transaction.
 pub fn delete(
     wb: &mut WriteBatch<'_>,
+    leases: &Lessor,
     d: &DeleteRangeRequest,
 ) -> Result<DeleteRangeResponse, ServerError> {
-    let prev = wb.delete(KeySpan::from_etcd(&d.key, &d.range_end))?;
+    let prev = delete_span(wb, leases, KeySpan::from_etcd(&d.key, &d.range_end))?;
     Ok(DeleteRangeResponse {
         header: header(wb.read_revision()),
         deleted: prev.len() as i64,
         prev_kvs: if d.prev_kv { prev } else { Vec::new() },
     })
+}
+
+/// Deletes the live keys of `span` in the open write transaction and detaches them from their
+/// leases; returns them as they were.
+pub fn delete_span(
+    wb: &mut WriteBatch<'_>,
+    leases: &Lessor,
+    span: KeySpan<'_>,
+) -> Result<Vec<KeyValue>, ServerError> {
+    let prev = wb.delete(span)?;
+    for kv in &prev {
+        leases.detach(&kv.key, kv.lease);
+    }
+    Ok(prev)
 }

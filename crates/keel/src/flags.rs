@@ -3,6 +3,7 @@
 //! name rather than silently ignored.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use keel_server::{ClusterState, ServerConfig};
@@ -73,6 +74,14 @@ pub struct EtcdFlags {
     /// Number of committed transactions to trigger a raft log compaction.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
+    /// Duration of periodic watch progress notifications (Go syntax: 10m, 500ms).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_duration
+    )]
+    pub experimental_watch_progress_notify_interval: Duration,
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -106,7 +115,6 @@ const NOT_YET: &[&str] = &[
     "proxy",
     "strict-reconfig-check",
     "pre-vote",
-    "experimental-watch-progress-notify-interval",
     "experimental-enable-lease-checkpoint",
     "experimental-initial-corrupt-check",
     "wal-dir",
@@ -193,7 +201,17 @@ impl EtcdFlags {
                 self.quota_backend_bytes
             },
             snapshot_count: self.snapshot_count,
+            watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
         })
+    }
+}
+
+/// Parses a Go-style duration; zero is refused (it would notify continuously).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{s:?} is not a duration like 10m or 500ms: {e}")),
     }
 }
 
@@ -246,6 +264,15 @@ mod tests {
             .unwrap_err()
             .contains("ETCD_CERT_FILE"));
         assert!(check_not_implemented(&args[..1], std::iter::empty()).is_ok());
+    }
+
+    #[test]
+    fn durations_read_like_go() {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
     }
 
     #[test]

@@ -241,3 +241,68 @@ async fn a_watcher_that_does_not_read_never_blocks_writes_and_loses_nothing() {
     }
     assert_eq!(revs, (2..1002).collect::<Vec<i64>>());
 }
+
+#[tokio::test]
+async fn idle_watchers_that_ask_get_progress_notifications() {
+    let m = Member::start_with(&["--experimental-watch-progress-notify-interval=300ms"]).await;
+    let mut c = m.client().await;
+    let mut notified = c
+        .watch("quiet", Some(WatchOptions::new().with_progress_notify()))
+        .await
+        .unwrap();
+    assert!(next(&mut notified).await.created());
+    let mut silent = c.watch("quiet", None).await.unwrap();
+    assert!(next(&mut silent).await.created());
+    // Writes elsewhere move the revision; the watched key stays quiet.
+    let rev = c
+        .put("other", "v", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let r = loop {
+        let r = next(&mut notified).await;
+        if r.header().unwrap().revision() >= rev {
+            break r;
+        }
+    };
+    assert!(r.events().is_empty() && !r.created() && !r.canceled());
+    assert_eq!(r.header().unwrap().revision(), rev);
+    // A watcher that did not ask gets nothing.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(900), silent.message())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn fragment_splits_a_large_revision_across_responses() {
+    let m = Member::start_with(&["--max-request-bytes=65536"]).await;
+    let mut c = m.client().await;
+    let value = "x".repeat(40 * 1024);
+    for i in 0..6 {
+        c.put(format!("big/{i}"), value.as_str(), None)
+            .await
+            .unwrap();
+    }
+    let opts = || WatchOptions::new().with_prefix().with_prev_key();
+    let mut whole = c.watch("big/", Some(opts())).await.unwrap();
+    let mut pieces = c.watch("big/", Some(opts().with_fragment())).await.unwrap();
+    assert!(next(&mut whole).await.created());
+    assert!(next(&mut pieces).await.created());
+    // One revision deletes six keys; with prev_kv each event carries 40 KiB.
+    c.delete(
+        "big/",
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next(&mut whole).await.events().len(), 6);
+    let mut sizes = Vec::new();
+    while sizes.iter().sum::<usize>() < 6 {
+        sizes.push(next(&mut pieces).await.events().len());
+    }
+    assert!(sizes.len() >= 3, "one revision in {sizes:?} pieces");
+}

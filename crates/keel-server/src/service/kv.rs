@@ -7,12 +7,13 @@ use keel_proto::etcd::{
     PbCompactionRequest as CompactionRequest, PbCompactionResponse as CompactionResponse,
     PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse, PbKvService,
     PbPutRequest as PutRequest, PbPutResponse as PutResponse, PbRangeRequest as RangeRequest,
-    PbRangeResponse as RangeResponse, PbRangeStreamResponse, PbResponseHeader,
-    PbTxnOpRequest as Op, PbTxnRequest as TxnRequest, PbTxnResponse as TxnResponse,
+    PbRangeResponse as RangeResponse, PbRangeStreamResponse, PbTxnOpRequest as Op,
+    PbTxnRequest as TxnRequest, PbTxnResponse as TxnResponse,
 };
 use keel_proto::RequestBody;
 use tonic::{Request, Response, Status};
 
+use super::unexpected;
 use crate::apply::Response as Applied;
 use crate::server::Core;
 use crate::{range, txn, validate, ServerError};
@@ -28,27 +29,15 @@ impl KvService {
         KvService { core }
     }
 
-    fn fill(&self, header: &mut Option<PbResponseHeader>) {
-        let revision = header.as_ref().map_or(0, |h| h.revision);
-        *header = self.core.header(revision);
-    }
-
     async fn do_range(&self, r: RangeRequest) -> Result<RangeResponse, ServerError> {
         validate::check_range(&r)?;
         if !r.serializable {
             self.core.linearizable_barrier().await?;
         }
         let mut resp = range::range(&self.core.store.view(), &r)?;
-        self.fill(&mut resp.header);
+        self.core.fill_header(&mut resp.header);
         Ok(resp)
     }
-}
-
-/// The state machine answered a request with another kind of response: a bug, never a user error.
-fn unexpected(request: &str) -> Status {
-    Status::from(ServerError::Internal(format!(
-        "state machine answered {request} with another response kind"
-    )))
 }
 
 /// A txn whose every op is a serializable range needs no read barrier.
@@ -84,7 +73,7 @@ impl PbKvService for KvService {
         let Applied::Put(mut resp) = self.core.propose(RequestBody::Put(r)).await? else {
             return Err(unexpected("put"));
         };
-        self.fill(&mut resp.header);
+        self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
 
@@ -98,7 +87,7 @@ impl PbKvService for KvService {
         else {
             return Err(unexpected("delete_range"));
         };
-        self.fill(&mut resp.header);
+        self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
 
@@ -116,7 +105,7 @@ impl PbKvService for KvService {
             }
             txn::txn_read(&self.core.store.view(), &t)?
         };
-        self.fill(&mut resp.header);
+        self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
 
@@ -131,7 +120,7 @@ impl PbKvService for KvService {
         else {
             return Err(unexpected("compaction"));
         };
-        self.fill(&mut resp.header);
+        self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
 }

@@ -2,14 +2,18 @@
 
 mod cluster;
 mod kv;
+mod lease;
 mod maintenance;
 mod watch;
 
 use std::sync::Arc;
 
 pub use cluster::ClusterService;
-use keel_proto::etcd::{PbClusterServer, PbKvServer, PbMaintenanceServer, PbWatchServer};
+use keel_proto::etcd::{
+    PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
+};
 pub use kv::KvService;
+pub use lease::LeaseService;
 pub use maintenance::{MaintenanceService, API_VERSION};
 use tonic::transport::server::Router;
 use tonic::Status;
@@ -21,6 +25,13 @@ use crate::ServerError;
 /// etcd's answer to a request this server cannot serve (yet).
 fn not_capable<T>() -> Result<T, Status> {
     Err(ServerError::NotCapable.into())
+}
+
+/// The state machine answered a request with another kind of response: a bug, never a user error.
+fn unexpected(request: &str) -> Status {
+    Status::from(ServerError::Internal(format!(
+        "state machine answered {request} with another response kind"
+    )))
 }
 
 /// Every service on one router; requests above `max_message` bytes are refused by gRPC itself.
@@ -35,6 +46,10 @@ pub fn router(core: Arc<Core>, max_message: usize) -> Router {
         )
         .add_service(
             PbClusterServer::new(ClusterService::new(core.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            PbLeaseServer::new(LeaseService::new(core.clone()))
                 .max_decoding_message_size(max_message),
         )
         .add_service(

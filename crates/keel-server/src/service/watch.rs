@@ -1,9 +1,12 @@
 //! etcd's Watch service: one bidirectional stream carries many watchers. Creating a watcher answers
 //! `created` before any of its events; events come in revision order, each revision whole; a watcher
-//! whose start revision is compacted gets `compact_revision` and is canceled, as in etcd.
+//! whose start revision is compacted gets `compact_revision` and is canceled, as in etcd. Watchers
+//! created with `progress_notify` get an empty response carrying their progress revision after each
+//! `--experimental-watch-progress-notify-interval` in which they sent nothing; with `fragment`, a
+//! response above --max-request-bytes is sent in pieces flagged `fragment` but the last.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -45,6 +48,18 @@ type Out = mpsc::Sender<Result<WatchResponse, Status>>;
 struct Watcher {
     task: JoinHandle<()>,
     progress: Arc<AtomicI64>,
+    /// Responses with events sent so far, and that count at the last progress tick (None when the
+    /// watcher did not ask for progress notifications).
+    sent: Arc<AtomicU64>,
+    sent_at_tick: Option<u64>,
+}
+
+/// How a watcher's events are put into responses.
+#[derive(Clone, Copy)]
+struct Delivery {
+    id: i64,
+    fragment: bool,
+    max_request_bytes: usize,
 }
 
 /// One client stream: its watchers by id.
@@ -109,8 +124,29 @@ impl Stream {
                 }
                 .with_filters(&c.filters);
                 let progress = spec.progress.clone();
-                let task = tokio::spawn(run_watcher(self.core.clone(), self.out.clone(), id, spec));
-                self.watchers.insert(id, Watcher { task, progress });
+                let sent = Arc::new(AtomicU64::new(0));
+                let delivery = Delivery {
+                    id,
+                    fragment: c.fragment,
+                    max_request_bytes: self.core.max_request_bytes,
+                };
+                let task = tokio::spawn(run_watcher(
+                    self.core.clone(),
+                    self.out.clone(),
+                    delivery,
+                    spec,
+                    sent.clone(),
+                ));
+                let sent_at_tick = c.progress_notify.then_some(0);
+                self.watchers.insert(
+                    id,
+                    Watcher {
+                        task,
+                        progress,
+                        sent,
+                        sent_at_tick,
+                    },
+                );
                 true
             }
             Some(Union::CancelRequest(c)) => match self.watchers.remove(&c.watch_id) {
@@ -136,6 +172,28 @@ impl Stream {
             }
             None => true,
         }
+    }
+
+    /// Sends a progress notification to each watcher that asked for them and sent nothing since
+    /// the last tick.
+    async fn progress_tick(&mut self) -> bool {
+        let mut idle = Vec::new();
+        for (id, w) in &mut self.watchers {
+            let Some(at_tick) = w.sent_at_tick.as_mut() else {
+                continue;
+            };
+            let sent = w.sent.load(Ordering::Acquire);
+            if sent == *at_tick {
+                idle.push((*id, w.progress.load(Ordering::Acquire)));
+            }
+            *at_tick = sent;
+        }
+        for (id, rev) in idle {
+            if !self.send(self.response(id, rev)).await {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -170,7 +228,45 @@ fn split_by_size(events: Vec<Event>) -> Vec<Vec<Event>> {
     out
 }
 
-async fn run_watcher(core: Arc<Core>, out: Out, id: i64, spec: WatchSpec) {
+/// Splits one response's events into pieces below `max_bytes` (at least one event each), all but
+/// the last flagged as fragments, as etcd's sendFragments does; clients join them back.
+fn fragment(r: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
+    if r.encoded_len() < max_bytes || r.events.len() < 2 {
+        return vec![r];
+    }
+    let mut pieces: Vec<WatchResponse> = Vec::new();
+    let mut size = 0;
+    for e in r.events {
+        let len = e.encoded_len();
+        match pieces.last_mut() {
+            Some(p) if size + len < max_bytes => p.events.push(e),
+            _ => {
+                size = 0;
+                pieces.push(WatchResponse {
+                    header: r.header,
+                    watch_id: r.watch_id,
+                    fragment: true,
+                    events: vec![e],
+                    ..Default::default()
+                });
+            }
+        }
+        size += len;
+    }
+    if let Some(last) = pieces.last_mut() {
+        last.fragment = false;
+    }
+    pieces
+}
+
+async fn run_watcher(
+    core: Arc<Core>,
+    out: Out,
+    delivery: Delivery,
+    spec: WatchSpec,
+    sent: Arc<AtomicU64>,
+) {
+    let id = delivery.id;
     let end = core
         .hub
         .run(spec, |events, rev| {
@@ -182,7 +278,15 @@ async fn run_watcher(core: Arc<Core>, out: Out, id: i64, spec: WatchSpec) {
                     events,
                     ..Default::default()
                 })
+                .flat_map(|r| {
+                    if delivery.fragment {
+                        fragment(r, delivery.max_request_bytes)
+                    } else {
+                        vec![r]
+                    }
+                })
                 .collect();
+            sent.fetch_add(1, Ordering::AcqRel);
             let out = out.clone();
             async move {
                 for r in responses {
@@ -222,13 +326,63 @@ impl PbWatchService for WatchService {
             watchers: HashMap::new(),
             next_id: 0,
         };
+        let interval = self.core.watch_progress_notify_interval;
         tokio::spawn(async move {
-            while let Some(Ok(req)) = inbound.next().await {
-                if !stream.handle(req).await {
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            loop {
+                let alive = tokio::select! {
+                    req = inbound.next() => match req {
+                        Some(Ok(req)) => stream.handle(req).await,
+                        _ => false,
+                    },
+                    _ = tick.tick() => stream.progress_tick().await,
+                };
+                if !alive {
                     break;
                 }
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_proto::etcd::PbKeyValue as KeyValue;
+
+    fn event(key: &str, value_len: usize) -> Event {
+        Event {
+            kv: Some(KeyValue {
+                key: key.into(),
+                value: vec![b'v'; value_len],
+                mod_revision: 5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fragments_flag_all_pieces_but_the_last() {
+        let r = WatchResponse {
+            watch_id: 3,
+            events: (0..5).map(|i| event(&format!("k{i}"), 100)).collect(),
+            ..Default::default()
+        };
+        let pieces = fragment(r.clone(), 250);
+        assert!(pieces.len() >= 3);
+        let flags: Vec<bool> = pieces.iter().map(|p| p.fragment).collect();
+        assert!(flags[..flags.len() - 1].iter().all(|f| *f) && !flags[flags.len() - 1]);
+        let joined: Vec<Event> = pieces.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(joined, r.events);
+        // Small enough, or a single event: sent whole.
+        assert_eq!(fragment(r.clone(), 1 << 20), vec![r.clone()]);
+        let one = WatchResponse {
+            events: vec![event("k", 1000)],
+            ..Default::default()
+        };
+        assert_eq!(fragment(one.clone(), 10), vec![one]);
     }
 }

@@ -1,0 +1,65 @@
+//! The primary lessor's clock. Leadership decides which member's lessor keeps deadlines; that
+//! member proposes a LeaseRevoke through raft for every lease that runs out, so expiry reaches every
+//! member as an ordinary log entry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_proto::etcd::PbLeaseRevokeRequest as LeaseRevokeRequest;
+use keel_proto::RequestBody;
+use keel_raft::Role;
+
+use crate::server::Core;
+use crate::ServerError;
+
+/// How often leadership is checked (a new leader's lessor starts within this).
+const ROLE_CHECK: Duration = Duration::from_millis(100);
+/// How often the primary looks for expired leases (etcd: 500 ms).
+const EXPIRY_CHECK: Duration = Duration::from_millis(500);
+/// Revokes proposed per expiry check: etcd's 1,000 per second, so a mass expiry cannot flood raft.
+const REVOKES_PER_CHECK: usize = 500;
+/// Added to every lease's TTL when a member becomes primary (etcd: one election timeout), so a
+/// lease kept alive through an election does not expire in the hand-over.
+pub const PROMOTE_EXTEND: Duration = Duration::from_secs(1);
+
+impl Core {
+    /// Makes the lessor primary exactly while this member leads. Returns whether it is primary.
+    pub fn sync_lessor_role(&self) -> bool {
+        let leading = self.raft_status().role == Role::Leader;
+        if leading {
+            self.leases.promote(PROMOTE_EXTEND);
+        } else {
+            self.leases.demote();
+        }
+        leading
+    }
+}
+
+/// Runs until aborted.
+pub async fn run(core: Arc<Core>) {
+    let mut tick = tokio::time::interval(ROLE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_check = Instant::now();
+    loop {
+        tick.tick().await;
+        if !core.sync_lessor_role() || last_check.elapsed() < EXPIRY_CHECK {
+            continue;
+        }
+        last_check = Instant::now();
+        for id in core.leases.expired(last_check, REVOKES_PER_CHECK) {
+            let core = core.clone();
+            tokio::spawn(async move {
+                let revoke = RequestBody::LeaseRevoke(LeaseRevokeRequest { id });
+                match core.propose(revoke).await {
+                    Ok(_) => tracing::debug!(lease = id, "expired lease revoked"),
+                    // Revoked meanwhile by a client: nothing left to do.
+                    Err(ServerError::LeaseNotFound) => {}
+                    // Still expired at the next check after the retry interval: tried again then.
+                    Err(e) => {
+                        tracing::warn!(lease = id, error = %e, "revoking an expired lease failed")
+                    }
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The lessor. Two kinds of state live here:
+//! - which leases exist, their TTLs and the keys attached to each: replicated state, changed only by
+//!   the apply loop (grant, revoke, and the puts and deletes of attached keys);
+//! - when each lease expires: local state of the leader's lessor (the *primary*). Only the primary
+//!   keeps deadlines; it renews them on keep-alives and proposes a revoke through raft for each lease
+//!   that runs out. Followers keep no deadlines, so a lease cannot expire on a member's own clock.
+//!
+//! When a member becomes primary (start-up, leader change) every lease gets its full TTL again plus
+//! an election timeout, as etcd does: downtime and elections never expire a lease early.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use keel_mvcc::{KeySpan, RangeOptions, Store, Table, WriteBatch};
+use keel_proto::LeaseRecord;
+use parking_lot::Mutex;
+use prost::Message;
+
+use crate::ServerError;
+
+/// The largest TTL a lease may be granted, in seconds (etcd's MaxLeaseTTL).
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+/// How long after proposing the revoke of an expired lease the primary proposes it again if the
+/// lease is still there (etcd's expiredLeaseRetryInterval).
+const REVOKE_RETRY: Duration = Duration::from_secs(3);
+/// Keys read per page while re-attaching keys to leases at start-up.
+const RESTORE_PAGE: usize = 1000;
+
+struct Lease {
+    ttl: i64,
+    keys: BTreeSet<Vec<u8>>,
+    /// When the lease runs out; `None` unless this lessor is primary.
+    expiry: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Inner {
+    leases: HashMap<i64, Lease>,
+    /// Which lease each attached key belongs to.
+    items: HashMap<Vec<u8>, i64>,
+    primary: bool,
+    /// (expiry, lease) for every lease with a deadline, soonest first.
+    deadlines: BTreeSet<(Instant, i64)>,
+}
+
+impl Inner {
+    fn set_expiry(&mut self, id: i64, expiry: Option<Instant>) {
+        let Some(l) = self.leases.get_mut(&id) else {
+            return;
+        };
+        if let Some(old) = l.expiry.take() {
+            self.deadlines.remove(&(old, id));
+        }
+        if let Some(new) = expiry {
+            self.deadlines.insert((new, id));
+        }
+        l.expiry = expiry;
+    }
+
+    fn detach(&mut self, key: &[u8]) {
+        if let Some(id) = self.items.remove(key) {
+            if let Some(l) = self.leases.get_mut(&id) {
+                l.keys.remove(key);
+            }
+        }
+    }
+}
+
+/// Why a keep-alive was not served here.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RenewError {
+    /// The lease does not exist.
+    NotFound,
+    /// The lease ran out; its revoke is on its way through raft.
+    Expired,
+    /// This member's lessor is not the primary one.
+    NotPrimary,
+}
+
+/// What LeaseTimeToLive reports.
+#[derive(Debug)]
+pub struct TimeToLive {
+    /// The TTL the lease was granted with, in seconds.
+    pub granted: i64,
+    /// Seconds left (truncated, as etcd reports it).
+    pub remaining: i64,
+    /// The attached keys, in key order.
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// The leases of one member.
+#[derive(Default)]
+pub struct Lessor {
+    inner: Mutex<Inner>,
+}
+
+fn record_key(id: i64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+impl Lessor {
+    /// Loads the leases from the store and re-attaches the keys that name them. No lease has a
+    /// deadline until this member becomes primary.
+    pub fn restore(store: &Store) -> Result<Lessor, ServerError> {
+        let mut inner = Inner::default();
+        for (_, v) in store.records(Table::Lease)? {
+            let r = LeaseRecord::decode(v.as_slice())
+                .map_err(|e| ServerError::Internal(format!("corrupt lease record: {e}")))?;
+            inner.leases.insert(
+                r.id,
+                Lease {
+                    ttl: r.ttl,
+                    keys: BTreeSet::new(),
+                    expiry: None,
+                },
+            );
+        }
+        let mut start = Vec::new();
+        loop {
+            let page = store.range(
+                KeySpan::Range {
+                    start: &start,
+                    end: None,
+                },
+                &RangeOptions {
+                    limit: RESTORE_PAGE,
+                    ..Default::default()
+                },
+            )?;
+            for kv in page.kvs.iter().filter(|kv| kv.lease != 0) {
+                match inner.leases.get_mut(&kv.lease) {
+                    Some(l) => {
+                        l.keys.insert(kv.key.clone());
+                        inner.items.insert(kv.key.clone(), kv.lease);
+                    }
+                    None => tracing::error!(lease = kv.lease, "key attached to a missing lease"),
+                }
+            }
+            match page.kvs.last() {
+                Some(last) if page.kvs.len() == RESTORE_PAGE => {
+                    start = last.key.clone();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        tracing::info!(leases = inner.leases.len(), "leases restored");
+        Ok(Lessor {
+            inner: Mutex::new(inner),
+        })
+    }
+
+    /// Whether lease `id` exists.
+    pub fn contains(&self, id: i64) -> bool {
+        self.inner.lock().leases.contains_key(&id)
+    }
+
+    /// Applies a grant: records the lease in the batch; the primary starts its clock.
+    pub fn grant(&self, wb: &mut WriteBatch<'_>, id: i64, ttl: i64) -> Result<(), ServerError> {
+        let mut inner = self.inner.lock();
+        if inner.leases.contains_key(&id) {
+            return Err(ServerError::LeaseExists);
+        }
+        inner.leases.insert(
+            id,
+            Lease {
+                ttl,
+                keys: BTreeSet::new(),
+                expiry: None,
+            },
+        );
+        if inner.primary {
+            let expiry = Instant::now() + secs(ttl);
+            inner.set_expiry(id, Some(expiry));
+        }
+        wb.put_record(
+            Table::Lease,
+            &record_key(id),
+            &LeaseRecord { id, ttl }.encode_to_vec(),
+        );
+        Ok(())
+    }
+
+    /// The keys attached to lease `id`, in key order (the order every member deletes them in).
+    pub fn keys(&self, id: i64) -> Option<Vec<Vec<u8>>> {
+        let inner = self.inner.lock();
+        let l = inner.leases.get(&id)?;
+        Some(l.keys.iter().cloned().collect())
+    }
+
+    /// Applies the end of a revoke, once its keys are deleted: forgets the lease.
+    pub fn remove(&self, wb: &mut WriteBatch<'_>, id: i64) {
+        let mut inner = self.inner.lock();
+        inner.set_expiry(id, None);
+        if let Some(l) = inner.leases.remove(&id) {
+            for k in l.keys {
+                inner.items.remove(&k);
+            }
+        }
+        wb.delete_record(Table::Lease, &record_key(id));
+    }
+
+    /// Applies a put of `key` with `lease` (0 = none): moves the key to its new lease.
+    pub fn attach(&self, key: &[u8], lease: i64) {
+        let mut inner = self.inner.lock();
+        let old = inner.items.get(key).copied().unwrap_or(0);
+        if old == lease {
+            return;
+        }
+        inner.detach(key);
+        if lease != 0 {
+            if let Some(l) = inner.leases.get_mut(&lease) {
+                l.keys.insert(key.to_vec());
+                inner.items.insert(key.to_vec(), lease);
+            }
+        }
+    }
+
+    /// Applies the deletion of `key`, which named lease `lease`.
+    pub fn detach(&self, key: &[u8], lease: i64) {
+        if lease != 0 {
+            self.inner.lock().detach(key);
+        }
+    }
+
+    /// Whether this lessor keeps the deadlines.
+    pub fn is_primary(&self) -> bool {
+        self.inner.lock().primary
+    }
+
+    /// Makes this lessor primary: every lease runs for its full TTL plus `extend` from now.
+    pub fn promote(&self, extend: Duration) {
+        let mut inner = self.inner.lock();
+        if inner.primary {
+            return;
+        }
+        inner.primary = true;
+        let now = Instant::now();
+        let all: Vec<(i64, i64)> = inner.leases.iter().map(|(id, l)| (*id, l.ttl)).collect();
+        for (id, ttl) in all {
+            inner.set_expiry(id, Some(now + extend + secs(ttl)));
+        }
+        tracing::info!(leases = inner.leases.len(), "lessor promoted");
+    }
+
+    /// Makes this lessor a follower's: no deadlines.
+    pub fn demote(&self) {
+        let mut inner = self.inner.lock();
+        if !inner.primary {
+            return;
+        }
+        inner.primary = false;
+        inner.deadlines.clear();
+        for l in inner.leases.values_mut() {
+            l.expiry = None;
+        }
+        tracing::info!("lessor demoted");
+    }
+
+    /// A keep-alive: the lease runs for its full TTL from now. Returns the TTL.
+    pub fn renew(&self, id: i64) -> Result<i64, RenewError> {
+        let mut inner = self.inner.lock();
+        if !inner.primary {
+            return Err(RenewError::NotPrimary);
+        }
+        let (ttl, expiry) = match inner.leases.get(&id) {
+            Some(l) => (l.ttl, l.expiry),
+            None => return Err(RenewError::NotFound),
+        };
+        let now = Instant::now();
+        if expiry.is_some_and(|e| e <= now) {
+            return Err(RenewError::Expired);
+        }
+        inner.set_expiry(id, Some(now + secs(ttl)));
+        Ok(ttl)
+    }
+
+    /// The granted and remaining TTL of lease `id`, and its keys if asked.
+    pub fn time_to_live(&self, id: i64, with_keys: bool) -> Option<TimeToLive> {
+        let inner = self.inner.lock();
+        let l = inner.leases.get(&id)?;
+        let remaining = match l.expiry {
+            Some(e) => {
+                let now = Instant::now();
+                if e > now {
+                    (e - now).as_secs() as i64
+                } else {
+                    -((now - e).as_secs() as i64)
+                }
+            }
+            None => l.ttl,
+        };
+        Some(TimeToLive {
+            granted: l.ttl,
+            remaining,
+            keys: if with_keys {
+                l.keys.iter().cloned().collect()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// The ids of every lease.
+    pub fn leases(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.inner.lock().leases.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Up to `limit` leases that ran out by `now`, for the primary to revoke. Each is given
+    /// `REVOKE_RETRY` more before it is reported again, so a revoke in flight is not re-proposed
+    /// at every check.
+    pub fn expired(&self, now: Instant, limit: usize) -> Vec<i64> {
+        let mut inner = self.inner.lock();
+        let due: Vec<i64> = inner
+            .deadlines
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in &due {
+            inner.set_expiry(*id, Some(now + REVOKE_RETRY));
+        }
+        due
+    }
+}
+
+fn secs(ttl: i64) -> Duration {
+    Duration::from_secs(ttl.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn keys_follow_puts_and_deletes() {
+        let (_dir, store) = store();
+        let lessor = Lessor::default();
+        let mut wb = store.write_batch();
+        lessor.grant(&mut wb, 1, 10).unwrap();
+        lessor.grant(&mut wb, 2, 10).unwrap();
+        assert!(matches!(
+            lessor.grant(&mut wb, 1, 5),
+            Err(ServerError::LeaseExists)
+        ));
+        lessor.attach(b"b", 1);
+        lessor.attach(b"a", 1);
+        lessor.attach(b"c", 2);
+        assert_eq!(lessor.keys(1).unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
+        // Re-put without a lease, and onto another lease, detach from the first.
+        lessor.attach(b"a", 0);
+        lessor.attach(b"b", 2);
+        assert!(lessor.keys(1).unwrap().is_empty());
+        assert_eq!(lessor.keys(2).unwrap(), vec![b"b".to_vec(), b"c".to_vec()]);
+        lessor.detach(b"c", 2);
+        assert_eq!(lessor.keys(2).unwrap(), vec![b"b".to_vec()]);
+        lessor.remove(&mut wb, 2);
+        assert!(!lessor.contains(2));
+        assert_eq!(lessor.leases(), vec![1]);
+    }
+
+    #[test]
+    fn only_the_primary_keeps_deadlines() {
+        let (_dir, store) = store();
+        let lessor = Lessor::default();
+        let mut wb = store.write_batch();
+        lessor.grant(&mut wb, 7, 1).unwrap();
+        assert_eq!(lessor.renew(7), Err(RenewError::NotPrimary));
+        let far = Instant::now() + Duration::from_secs(3600);
+        assert!(lessor.expired(far, 10).is_empty());
+
+        lessor.promote(Duration::from_secs(1));
+        let now = Instant::now();
+        assert!(lessor.expired(now, 10).is_empty());
+        // TTL 1 s plus the 1 s extension.
+        assert_eq!(
+            lessor.expired(now + Duration::from_millis(2100), 10),
+            vec![7]
+        );
+        // Reported once, then again only after the retry interval.
+        assert!(lessor
+            .expired(now + Duration::from_millis(2200), 10)
+            .is_empty());
+        assert_eq!(lessor.renew(8), Err(RenewError::NotFound));
+
+        lessor.demote();
+        assert!(lessor.expired(far, 10).is_empty());
+        assert_eq!(lessor.time_to_live(7, false).unwrap().remaining, 1);
+    }
+
+    #[test]
+    fn restore_reattaches_keys_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let lessor = Lessor::default();
+            let mut wb = store.write_batch();
+            lessor.grant(&mut wb, 5, 30).unwrap();
+            wb.begin();
+            wb.put(b"held", b"v".to_vec(), 5);
+            wb.put(b"free", b"v".to_vec(), 0);
+            wb.end();
+            wb.commit(1).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let lessor = Lessor::restore(&store).unwrap();
+        assert_eq!(lessor.keys(5).unwrap(), vec![b"held".to_vec()]);
+        let ttl = lessor.time_to_live(5, true).unwrap();
+        assert_eq!((ttl.granted, ttl.keys.len()), (30, 1));
+    }
+}
