@@ -2,7 +2,7 @@
 //! first catches up from MVCC history, then follows the live feed; a watcher that falls more than the
 //! feed's bound behind goes back to catching up from history. Apply never blocks on a watcher.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -20,6 +20,9 @@ const CATCH_UP_CHUNK: usize = 1000;
 const EVENT_DELETE: i32 = 1;
 const FILTER_NOPUT: i32 = 0;
 const FILTER_NODELETE: i32 = 1;
+
+/// One committed batch of changes, shared by every watcher it touches.
+type Batch = Arc<[Change]>;
 
 /// Publishes committed changes to the watchers whose keys they touch.
 pub struct Hub {
@@ -39,7 +42,7 @@ struct Watchers {
 /// The hub's side of one watcher.
 struct Feed {
     spec: WatchSpec,
-    tx: mpsc::Sender<Vec<Change>>,
+    tx: mpsc::Sender<Batch>,
     state: Arc<FeedState>,
 }
 
@@ -115,45 +118,36 @@ impl Hub {
         if w.entries.is_empty() {
             return;
         }
-        let mut touched: HashMap<u64, Vec<Change>> = HashMap::new();
+        // One shared copy of the batch: each touched watcher picks its own changes out of it.
+        let mut touched: HashSet<u64> = HashSet::new();
         for c in &changes {
-            for id in w.by_key.get(&c.kv.key).into_iter().flatten() {
-                touched.entry(*id).or_default().push(c.clone());
-            }
+            touched.extend(w.by_key.get(&c.kv.key).into_iter().flatten());
             for id in &w.ranges {
                 if w.entries[id].spec.span().contains(&c.kv.key) {
-                    touched.entry(*id).or_default().push(c.clone());
+                    touched.insert(*id);
                 }
             }
         }
+        let batch: Batch = changes.into();
         for (id, feed) in &w.entries {
             let st = &feed.state;
-            match touched.remove(id) {
-                Some(batch) => {
-                    st.inflight.fetch_add(1, Ordering::AcqRel);
-                    if feed.tx.try_send(batch).is_err() {
-                        st.inflight.fetch_sub(1, Ordering::AcqRel);
-                        st.lagged.store(true, Ordering::Release);
-                    }
+            if touched.contains(id) {
+                st.inflight.fetch_add(1, Ordering::AcqRel);
+                if feed.tx.try_send(batch.clone()).is_err() {
+                    st.inflight.fetch_sub(1, Ordering::AcqRel);
+                    st.lagged.store(true, Ordering::Release);
                 }
-                // Nothing for this watcher: if it has nothing queued either, it is current.
-                None if st.synced.load(Ordering::Acquire)
-                    && st.inflight.load(Ordering::Acquire) == 0
-                    && !st.lagged.load(Ordering::Acquire) =>
-                {
-                    feed.spec.progress.fetch_max(last_rev, Ordering::AcqRel);
-                }
-                None => {}
+            } else if st.synced.load(Ordering::Acquire)
+                && st.inflight.load(Ordering::Acquire) == 0
+                && !st.lagged.load(Ordering::Acquire)
+            {
+                // Nothing for this watcher and nothing queued: it is current.
+                feed.spec.progress.fetch_max(last_rev, Ordering::AcqRel);
             }
         }
     }
 
-    fn register(
-        &self,
-        spec: WatchSpec,
-        tx: mpsc::Sender<Vec<Change>>,
-        state: Arc<FeedState>,
-    ) -> u64 {
+    fn register(&self, spec: WatchSpec, tx: mpsc::Sender<Batch>, state: Arc<FeedState>) -> u64 {
         let mut w = self.watchers.lock();
         w.next_id += 1;
         let id = w.next_id;
@@ -204,7 +198,7 @@ impl Hub {
         &self,
         spec: &WatchSpec,
         state: &FeedState,
-        mut rx: mpsc::Receiver<Vec<Change>>,
+        mut rx: mpsc::Receiver<Batch>,
         mut emit: F,
     ) -> WatchEnd
     where

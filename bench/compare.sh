@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Put throughput, Keel vs etcd (Debian's etcd-server), single member each, same machine, same run,
-# same client (`keel bench put`). Usage: bench/compare-put.sh [clients] [conns] [total]
+# Keel vs etcd (Debian's etcd-server), single member each, same machine, same run, same client
+# (`keel bench`), two rounds alternating. Usage: bench/compare.sh <workload> [keel bench options]
+#   bench/compare.sh put --clients=100 --conns=10 --total=30000 --val-size=256
+#   bench/compare.sh lease-keepalive --clients=100 --conns=10 --total=100000
+#   bench/compare.sh watch-latency --streams=10 --watchers-per-stream=100 --put-total=500
 set -euo pipefail
 cd "$(dirname "$0")/.."
-clients=${1:-100}; conns=${2:-10}; total=${3:-50000}
+[ $# -ge 1 ] || { sed -n 2,7p "$0"; exit 2; }
 cargo build --release --bin keel >/dev/null
 keel=target/release/keel
 work=$(mktemp -d)
@@ -19,11 +22,12 @@ etcd --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:23791 --adver
   --initial-cluster default=http://127.0.0.1:23801 2>"$work/etcd.log" &
 wait_ready 127.0.0.1:23790
 wait_ready 127.0.0.1:23791
+echo "etcd: $(etcd --version | head -1)"
 
 for round in 1 2; do
   for target in keel:23790 etcd:23791; do
     name=${target%%:*}; port=${target##*:}
     printf '%s (round %s): ' "$name" "$round"
-    $keel bench put --endpoints=127.0.0.1:$port --clients=$clients --conns=$conns --total=$total --val-size=256 --json
+    $keel bench "$@" --endpoints=127.0.0.1:$port --json
   done
 done
