@@ -1,13 +1,15 @@
-//! Keel's consensus layer: the raft-rs driver and its RocksDB log store. It orders opaque entries;
+//! Keel's consensus layer: the raft-rs driver, its RocksDB log store and the peer transport. It orders opaque entries;
 //! what they mean (etcd's API) is the state machine's business above it.
 
 mod log_store;
 mod logger;
 mod node;
+mod transport;
 
 pub use log_store::LogStore;
-pub use node::{Node, NodeConfig, RaftStatus, Role};
+pub use node::{Node, NodeConfig, RaftStatus, Role, Stepper};
 pub use raft::eraftpb::{Entry, EntryType};
+pub use transport::{PeerService, Transport};
 
 /// Errors of the consensus layer.
 #[derive(Debug, thiserror::Error)]

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
 use tokio::sync::oneshot;
 
 use crate::logger::raft_logger;
+use crate::transport::Transport;
 use crate::{LogStore, RaftError, Result};
 
 /// Most messages taken from the queue per loop turn, so one turn's batch stays bounded.
@@ -84,10 +85,24 @@ pub struct RaftStatus {
 }
 
 enum Msg {
+    Step(Message),
     Propose(Vec<u8>, oneshot::Sender<Result<()>>),
     ReadIndex(oneshot::Sender<Result<u64>>),
     CompactLog(u64),
     Shutdown,
+}
+
+/// Feeds raft messages from peers into the local node.
+#[derive(Clone)]
+pub struct Stepper {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Stepper {
+    /// Hands a message from a peer to raft.
+    pub fn step(&self, m: Message) {
+        let _ = self.tx.send(Msg::Step(m));
+    }
 }
 
 /// Handle to the raft driver thread.
@@ -103,6 +118,7 @@ impl Node {
         cfg: NodeConfig,
         mut store: LogStore,
         committed: mpsc::Sender<Vec<Entry>>,
+        transport: Arc<Transport>,
     ) -> Result<Node> {
         if store.is_empty() {
             store.set_conf_state(ConfState {
@@ -141,6 +157,7 @@ impl Node {
             raw,
             rx,
             committed,
+            transport,
             status: status.clone(),
             tick: cfg.tick_interval,
             pending_reads: Vec::new(),
@@ -155,6 +172,13 @@ impl Node {
             status,
             thread: parking_lot::Mutex::new(Some(thread)),
         })
+    }
+
+    /// The handle the peer service steps incoming messages through.
+    pub fn stepper(&self) -> Stepper {
+        Stepper {
+            tx: self.tx.clone(),
+        }
     }
 
     /// Proposes `data` as a normal entry. Resolves once raft accepted it into the leader's log;
@@ -206,6 +230,7 @@ struct Driver {
     raw: RawNode<LogStore>,
     rx: mpsc::Receiver<Msg>,
     committed: mpsc::Sender<Vec<Entry>>,
+    transport: Arc<Transport>,
     status: Arc<RwLock<RaftStatus>>,
     tick: Duration,
     /// Read requests not yet sent as a ReadIndex round.
@@ -264,8 +289,15 @@ impl Driver {
     /// Returns false on shutdown.
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
+            Msg::Step(m) => {
+                // Messages from removed members or stale terms are refused by raft; nothing to do.
+                if let Err(e) = self.raw.step(m) {
+                    tracing::debug!(error = %e, "raft message not stepped");
+                }
+            }
             Msg::Propose(data, done) => {
-                let res = if self.raw.raft.state != StateRole::Leader {
+                // A follower forwards the proposal to the leader inside raft.
+                let res = if self.raw.raft.leader_id == raft::INVALID_ID {
                     Err(RaftError::NoLeader)
                 } else {
                     self.raw.propose(vec![], data).map_err(RaftError::from)
@@ -325,11 +357,8 @@ impl Driver {
         Ok(())
     }
 
-    fn send(&mut self, msgs: Vec<raft::eraftpb::Message>) {
-        // A single member has no peers to talk to; the peer transport arrives with clusters.
-        for m in msgs {
-            tracing::debug!(to = m.to, kind = ?m.msg_type, "dropping raft message: no peer transport");
-        }
+    fn send(&mut self, msgs: Vec<Message>) {
+        self.transport.send(msgs);
     }
 
     fn hand_off(&mut self, entries: Vec<Entry>) -> Result<()> {
@@ -389,7 +418,7 @@ impl Driver {
         let mut s = self.status.write();
         if s.leader_id != next.leader_id {
             tracing::info!(
-                leader = next.leader_id,
+                leader = format!("{:x}", next.leader_id),
                 term = next.term,
                 "raft leader changed"
             );

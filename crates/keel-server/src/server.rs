@@ -12,7 +12,7 @@ use futures::StreamExt;
 use keel_mvcc::Store;
 use keel_proto::etcd::{PbMember as Member, PbResponseHeader};
 use keel_proto::{InternalRequest, RequestBody};
-use keel_raft::{LogStore, Node, NodeConfig, RaftStatus};
+use keel_raft::{LogStore, Node, NodeConfig, PeerService, RaftStatus, Transport};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -159,6 +159,8 @@ impl Core {
 pub struct Server {
     core: Arc<Core>,
     listeners: Vec<(String, tokio::net::TcpListener)>,
+    peer_listeners: Vec<(String, tokio::net::TcpListener)>,
+    transport: Arc<Transport>,
     apply_thread: Option<JoinHandle<()>>,
 }
 
@@ -191,11 +193,20 @@ impl Server {
             .filter(|m| !m.is_learner)
             .map(|m| m.id)
             .collect();
+        let transport = Transport::new(tokio::runtime::Handle::current(), identity.cluster_id);
+        for m in identity
+            .members
+            .iter()
+            .filter(|m| m.id != identity.member_id)
+        {
+            transport.add_peer(m.id, m.peer_ur_ls.clone());
+        }
         let (committed_tx, committed_rx) = mpsc::channel();
         let node = Node::start(
             NodeConfig::new(identity.member_id, voters, store.applied_index()),
             log,
             committed_tx,
+            transport.clone(),
         )
         .map_err(|e| StartError::Storage(e.to_string()))?;
         let (applied_tx, applied_rx) = watch::channel(store.applied_index());
@@ -236,17 +247,8 @@ impl Server {
             .name("apply".into())
             .spawn(move || apply.run())
             .map_err(|e| StartError::Storage(e.to_string()))?;
-        let mut listeners = Vec::new();
-        for url in &cfg.listen_client_urls {
-            let addr = socket_addr(url).await?;
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Listen {
-                    url: url.clone(),
-                    source,
-                })?;
-            listeners.push((url.clone(), l));
-        }
+        let listeners = bind_all(&cfg.listen_client_urls).await?;
+        let peer_listeners = bind_all(&cfg.listen_peer_urls).await?;
         tracing::info!(
             name = %cfg.name,
             member_id = format!("{:x}", core.identity.member_id),
@@ -258,6 +260,8 @@ impl Server {
         Ok(Server {
             core,
             listeners,
+            peer_listeners,
+            transport,
             apply_thread: Some(apply_thread),
         })
     }
@@ -280,22 +284,27 @@ impl Server {
         mut self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let incoming = futures::stream::select_all(self.listeners.drain(..).map(|(url, l)| {
-            tracing::info!(%url, "serving client requests");
-            // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
-            TcpListenerStream::new(l)
-                .map(|conn| {
-                    conn.inspect(|s| {
-                        let _ = s.set_nodelay(true);
-                    })
-                })
-                .boxed()
-        }));
+        let clients = incoming(
+            std::mem::take(&mut self.listeners),
+            "serving client requests",
+        );
+        let peers = incoming(std::mem::take(&mut self.peer_listeners), "serving peers");
+        let (peer_stop_tx, mut peer_stop_rx) = watch::channel(false);
+        let peer_server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PeerService::server(
+                    self.core.node.stepper(),
+                    self.core.identity.cluster_id,
+                ))
+                .serve_with_incoming_shutdown(peers, async move {
+                    let _ = peer_stop_rx.wait_for(|&stop| stop).await;
+                }),
+        );
         let expiry = tokio::spawn(crate::expiry::run(self.core.clone()));
         let max = self.core.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let serve = service::router(self.core.clone(), max).serve_with_incoming_shutdown(
-            incoming,
+            clients,
             async move {
                 let _ = stop_rx.wait_for(|&stop| stop).await;
             },
@@ -311,6 +320,9 @@ impl Server {
             }
         };
         expiry.abort();
+        let _ = peer_stop_tx.send(true);
+        peer_server.abort();
+        self.transport.shutdown();
         // Stopping raft closes the apply loop's input; it finishes the batch it has, then ends.
         self.core.node.shutdown();
         if let Some(t) = self.apply_thread.take() {
@@ -363,18 +375,46 @@ fn bootstrap_identity(cfg: &ServerConfig) -> Result<Identity, StartError> {
             advertised.join(",")
         )));
     }
-    if members.len() > 1 {
-        return Err(StartError::Config(format!(
-            "--initial-cluster names {} members; this build runs single-member clusters only",
-            members.len()
-        )));
-    }
     let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     Ok(Identity {
         cluster_id: cluster_id(&ids),
         member_id: me.id,
         members,
     })
+}
+
+/// Binds a listener for each URL.
+async fn bind_all(urls: &[String]) -> Result<Vec<(String, tokio::net::TcpListener)>, StartError> {
+    let mut listeners = Vec::new();
+    for url in urls {
+        let addr = socket_addr(url).await?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                url: url.clone(),
+                source,
+            })?;
+        listeners.push((url.clone(), l));
+    }
+    Ok(listeners)
+}
+
+/// The connections accepted by `listeners`, with TCP_NODELAY set: small gRPC frames must not wait
+/// for Nagle's algorithm (40 ms with delayed ACKs).
+fn incoming(
+    listeners: Vec<(String, tokio::net::TcpListener)>,
+    what: &'static str,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::select_all(listeners.into_iter().map(move |(url, l)| {
+        tracing::info!(%url, "{what}");
+        TcpListenerStream::new(l)
+            .map(|conn| {
+                conn.inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                })
+            })
+            .boxed()
+    }))
 }
 
 /// Resolves `http://host:port` to the address to bind.

@@ -20,7 +20,7 @@ fn unimplemented_etcd_flags_are_refused_by_name() {
 }
 
 #[test]
-fn multi_member_bootstrap_is_refused_clearly() {
+fn bootstrap_mistakes_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
         .current_dir(dir.path())
@@ -28,13 +28,14 @@ fn multi_member_bootstrap_is_refused_clearly() {
             "--name=a",
             "--initial-advertise-peer-urls=http://127.0.0.1:1",
             "--listen-client-urls=http://127.0.0.1:0",
+            "--initial-cluster-state=existing",
         ])
         .arg("--initial-cluster=a=http://127.0.0.1:1,b=http://127.0.0.1:2")
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("single-member"),
+        String::from_utf8_lossy(&out.stderr).contains("joining a running cluster"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 /// A `keel` member process with its own data dir and ports.
 pub struct Member {
     pub dir: tempfile::TempDir,
+    pub name: String,
     pub port: u16,
     pub peer_port: u16,
+    /// `--initial-cluster`; a single-member cluster of this member when `None`.
+    initial_cluster: Option<String>,
     child: Option<Child>,
     extra: Vec<String>,
 }
@@ -32,16 +35,31 @@ impl Member {
 
     /// Starts with extra flags.
     pub async fn start_with(extra: &[&str]) -> Member {
-        let mut m = Member {
-            dir: tempfile::tempdir().unwrap(),
-            port: free_port(),
-            peer_port: free_port(),
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
+        let mut m = Member::new("m1", extra);
         m.spawn();
         m.wait_ready().await;
         m
+    }
+
+    /// A member not started yet.
+    fn new(name: &str, extra: &[&str]) -> Member {
+        Member {
+            dir: tempfile::tempdir().unwrap(),
+            name: name.to_string(),
+            port: free_port(),
+            peer_port: free_port(),
+            initial_cluster: None,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -54,20 +72,24 @@ impl Member {
 
     fn spawn(&mut self) {
         let url = format!("http://127.0.0.1:{}", self.port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = self.peer_url();
+        let cluster = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={peer}", self.name));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("keel.log"))
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .arg("--name=m1")
+            .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={url}"))
             .arg(format!("--advertise-client-urls={url}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=m1={peer}"))
+            .arg(format!("--initial-cluster={cluster}"))
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -143,6 +165,82 @@ impl Member {
 impl Drop for Member {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Members of one cluster, each a `keel` process.
+pub struct Cluster {
+    pub members: Vec<Member>,
+}
+
+impl Cluster {
+    /// Starts `n` members bootstrapping one cluster and waits until every one serves.
+    pub async fn start(n: usize) -> Cluster {
+        let cluster = Self::spawn_with(n, |_| Vec::new());
+        for m in &cluster.members {
+            m.wait_ready().await;
+        }
+        cluster
+    }
+
+    /// Spawns `n` members, member `i` with the extra flags `extra(i)`, without waiting for them.
+    pub fn spawn_with(n: usize, extra: impl Fn(usize) -> Vec<String>) -> Cluster {
+        let mut members: Vec<Member> = (0..n)
+            .map(|i| {
+                let flags = extra(i);
+                let flags: Vec<&str> = flags.iter().map(|f| f.as_str()).collect();
+                Member::new(&format!("m{i}"), &flags)
+            })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.initial_cluster = Some(initial.clone());
+            m.spawn();
+        }
+        Cluster { members }
+    }
+
+    /// Every running member's endpoint.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(|m| m.endpoint())
+            .collect()
+    }
+
+    /// A client balancing over every running member.
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect(self.endpoints(), None)
+            .await
+            .unwrap()
+    }
+
+    /// The index of the member that leads, as the running members report it (waits for an
+    /// election to settle).
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for (i, m) in self.members.iter().enumerate() {
+                if !m.is_running() {
+                    continue;
+                }
+                let Ok(mut c) = etcd_client::Client::connect([m.endpoint()], None).await else {
+                    continue;
+                };
+                if let Ok(s) = c.status().await {
+                    if s.leader() != 0 && s.leader() == s.header().map_or(0, |h| h.member_id()) {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader elected");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

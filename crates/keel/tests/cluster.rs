@@ -1,0 +1,187 @@
+//! Multi-member clusters of real `keel` processes on loopback: replication, reads from any member,
+//! leader failover, a minority that never acknowledges, and restarted members catching up.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{etcdctl_at, stdout, Cluster};
+use etcd_client::GetOptions;
+
+/// Puts through `endpoint` until one is acknowledged (an election may be under way).
+async fn put_eventually(endpoint: &str, key: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let attempt = async {
+            let mut c = etcd_client::Client::connect([endpoint], None).await.ok()?;
+            c.put(key, value, None).await.ok()
+        };
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(3), attempt).await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write acknowledged through {endpoint}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A serializable (local) read of `key` on one member.
+async fn local_value(endpoint: &str, key: &str) -> Option<Vec<u8>> {
+    let mut c = etcd_client::Client::connect([endpoint], None).await.ok()?;
+    let r = c
+        .get(key, Some(GetOptions::new().with_serializable()))
+        .await
+        .ok()?;
+    r.kvs().first().map(|kv| kv.value().to_vec())
+}
+
+/// Waits until `endpoint` has applied `key` = `value` locally.
+async fn wait_local(endpoint: &str, key: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while local_value(endpoint, key).await.as_deref() != Some(value.as_bytes()) {
+        assert!(Instant::now() < deadline, "{endpoint} never applied {key}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_members_replicate_and_serve_linearizable_reads_anywhere() {
+    let cluster = Cluster::start(3).await;
+    // A write through each member (followers forward to the leader) ...
+    for (i, m) in cluster.members.iter().enumerate() {
+        let mut c = m.client().await;
+        c.put(format!("k{i}"), format!("v{i}"), None).await.unwrap();
+    }
+    // ... is visible to a linearizable read on every member at once.
+    for m in &cluster.members {
+        let mut c = m.client().await;
+        let r = c
+            .get("k", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        assert_eq!(r.kvs().len(), 3, "on {}", m.endpoint());
+        assert_eq!(r.header().unwrap().revision(), 4);
+    }
+    // etcdctl against all endpoints: one leader, the same raft index everywhere after a write.
+    let all = cluster.endpoints().join(",");
+    let out = etcdctl_at(&all, &["endpoint", "status", "-w", "table"], None);
+    let table = stdout(&out);
+    assert_eq!(table.matches(" true |").count(), 1, "{table}");
+    let out = etcdctl_at(&all, &["member", "list"], None);
+    assert_eq!(stdout(&out).lines().count(), 3, "{out:?}");
+}
+
+#[tokio::test]
+async fn leader_failover_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3).await;
+    let mut c = cluster.client().await;
+    for i in 0..50 {
+        c.put(format!("before/{i}"), "v", None).await.unwrap();
+    }
+    let leader = cluster.leader().await;
+    cluster.members[leader].kill9();
+    let survivor = (leader + 1) % 3;
+    let started = Instant::now();
+    put_eventually(&cluster.members[survivor].endpoint(), "after", "1").await;
+    let failover = started.elapsed();
+    assert!(
+        failover < Duration::from_secs(10),
+        "failover took {failover:?}"
+    );
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    let mut c = cluster.members[survivor].client().await;
+    let r = c
+        .get(
+            "before/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.count(), 50);
+    // The old leader comes back as a follower and catches up from the log.
+    cluster.members[leader].restart().await;
+    wait_local(&cluster.members[leader].endpoint(), "after", "1").await;
+    assert_eq!(cluster.leader().await, new_leader);
+}
+
+#[tokio::test]
+async fn a_minority_never_acknowledges_a_write() {
+    let mut cluster = Cluster::start(3).await;
+    let mut c = cluster.client().await;
+    c.put("k", "majority", None).await.unwrap();
+    let leader = cluster.leader().await;
+    // Cut the leader off from both followers by stopping them.
+    for i in 0..3 {
+        if i != leader {
+            cluster.members[i].kill9();
+        }
+    }
+    let lone = cluster.members[leader].endpoint();
+    let mut c = cluster.members[leader].client().await;
+    let write = tokio::time::timeout(Duration::from_secs(15), c.put("k", "minority", None)).await;
+    assert!(
+        !matches!(write, Ok(Ok(_))),
+        "a lone member acknowledged a write: {write:?}"
+    );
+    // Within an election timeout the cut-off leader steps down (check-quorum).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = etcd_client::Client::connect([lone.as_str()], None)
+            .await
+            .unwrap();
+        let s = c.status().await.unwrap();
+        if s.leader() == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "isolated leader kept leading");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The majority returns: writes are acknowledged again.
+    for i in 0..3 {
+        if i != leader {
+            cluster.members[i].restart().await;
+        }
+    }
+    put_eventually(&lone, "k", "again").await;
+}
+
+#[tokio::test]
+async fn five_members_survive_losing_two_including_the_leader() {
+    let mut cluster = Cluster::start(5).await;
+    let leader = cluster.leader().await;
+    cluster.members[leader].kill9();
+    cluster.members[(leader + 1) % 5].kill9();
+    let survivor = cluster.members[(leader + 2) % 5].endpoint();
+    put_eventually(&survivor, "k", "v").await;
+    for i in 2..5 {
+        wait_local(&cluster.members[(leader + i) % 5].endpoint(), "k", "v").await;
+    }
+}
+
+#[tokio::test]
+async fn a_member_of_another_cluster_is_refused() {
+    // m2 was bootstrapped with another token: its ids, and its cluster id, differ.
+    let cluster = Cluster::spawn_with(3, |i| {
+        if i == 2 {
+            vec!["--initial-cluster-token=other".to_string()]
+        } else {
+            Vec::new()
+        }
+    });
+    cluster.members[0].wait_ready().await;
+    cluster.members[1].wait_ready().await;
+    put_eventually(&cluster.members[0].endpoint(), "k", "v").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.members[2].log().contains("another cluster") {
+        assert!(
+            Instant::now() < deadline,
+            "m2 log:\n{}",
+            cluster.members[2].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(local_value(&cluster.members[2].endpoint(), "k").await, None);
+}
