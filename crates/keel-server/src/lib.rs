@@ -5,6 +5,7 @@ mod apply;
 mod config;
 mod error;
 mod expiry;
+mod forward;
 mod lease;
 mod membership;
 mod range;

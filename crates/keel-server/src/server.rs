@@ -63,6 +63,8 @@ pub struct Core {
     pub hub: Arc<crate::watch::Hub>,
     /// The leases.
     pub leases: Arc<Lessor>,
+    /// Where leader-only requests are forwarded.
+    pub(crate) leader_link: crate::forward::LeaderLink,
     /// Cluster identity and members.
     pub identity: Identity,
     /// Client URLs this member advertises.
@@ -220,6 +222,7 @@ impl Server {
             registry: registry.clone(),
             hub: hub.clone(),
             leases: leases.clone(),
+            leader_link: Default::default(),
             applied: applied_rx,
             client_urls: cfg.advertise_client_urls.clone(),
             max_request_bytes: cfg.max_request_bytes,
@@ -295,6 +298,10 @@ impl Server {
                 .add_service(PeerService::server(
                     self.core.node.stepper(),
                     self.core.identity.cluster_id,
+                ))
+                // Followers forward keep-alives and time-to-live here (see forward.rs).
+                .add_service(keel_proto::etcd::PbLeaseServer::new(
+                    service::LeaseService::new(self.core.clone()),
                 ))
                 .serve_with_incoming_shutdown(peers, async move {
                     let _ = peer_stop_rx.wait_for(|&stop| stop).await;

@@ -185,3 +185,50 @@ async fn a_member_of_another_cluster_is_refused() {
     }
     assert_eq!(local_value(&cluster.members[2].endpoint(), "k").await, None);
 }
+
+#[tokio::test]
+async fn leases_work_through_followers_and_survive_leader_failover() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.members[(leader + 1) % 3].endpoint();
+    let mut c = etcd_client::Client::connect([follower.as_str()], None)
+        .await
+        .unwrap();
+    let lease = c.lease_grant(3, None).await.unwrap().id();
+    c.put(
+        "held",
+        "v",
+        Some(etcd_client::PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .unwrap();
+    // Keep-alives sent to a follower reach the leader's lessor: the key outlives its TTL.
+    let (mut keeper, _responses) = c.lease_keep_alive(lease).await.unwrap();
+    for _ in 0..10 {
+        keeper.keep_alive().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ttl = c
+        .lease_time_to_live(
+            lease,
+            Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+        )
+        .await
+        .unwrap();
+    assert_eq!((ttl.granted_ttl(), ttl.keys().len()), (3, 1));
+    assert!(ttl.ttl() >= 1, "remaining {}", ttl.ttl());
+    drop(keeper);
+    // The leader dies; the new leader's lessor takes over with a full TTL, then expires the lease,
+    // and every surviving member deletes the key.
+    cluster.members[leader].kill9();
+    let survivors: Vec<String> = (1..3)
+        .map(|i| cluster.members[(leader + i) % 3].endpoint())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for s in &survivors {
+        while local_value(s, "held").await.is_some() {
+            assert!(Instant::now() < deadline, "lease never expired on {s}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

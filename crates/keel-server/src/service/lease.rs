@@ -1,5 +1,5 @@
 //! etcd's Lease service. Grants and revokes go through raft; keep-alives and TTL queries are served
-//! by the primary lessor (the leader's) from its clock, as in etcd.
+//! by the primary lessor (the leader's) from its clock, as in etcd: a follower forwards them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +57,7 @@ async fn renew(core: &Core, id: i64) -> Result<i64, ServerError> {
             Err(RenewError::Expired) => return wait_revoked(core, id).await.map(|()| 0),
             // Leadership may have arrived since the last role check.
             Err(RenewError::NotPrimary) if core.sync_lessor_role() => continue,
-            Err(RenewError::NotPrimary) => return Err(ServerError::NotLeader),
+            Err(RenewError::NotPrimary) => return core.forward_renew(id).await,
         }
     }
 }
@@ -140,12 +140,14 @@ impl PbLeaseService for LeaseService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = req.into_inner();
         self.core.linearizable_barrier().await?;
-        if !self.core.sync_lessor_role() {
-            return Err(ServerError::NotLeader.into());
-        }
+        let ttl = if self.core.sync_lessor_role() {
+            self.core.leases.time_to_live(r.id, r.keys)
+        } else {
+            self.core.forward_time_to_live(r.id, r.keys).await?
+        };
         let header = self.core.header(self.core.store.current_revision());
         // A lease that does not exist is TTL -1, not an error, as etcd answers.
-        let resp = match self.core.leases.time_to_live(r.id, r.keys) {
+        let resp = match ttl {
             Some(t) => LeaseTimeToLiveResponse {
                 header,
                 id: r.id,

@@ -1,0 +1,83 @@
+//! Requests only the leader can serve (lease keep-alives and time-to-live: the leader's lessor owns
+//! the clocks), forwarded by a follower to the leader. The leader serves etcd's Lease service on its
+//! peer URLs too, so the follower reaches it there with an ordinary etcd client, as etcd forwards
+//! over its peer URLs.
+
+use etcd_client::{Client, LeaseTimeToLiveOptions};
+use parking_lot::Mutex;
+
+use crate::lease::TimeToLive;
+use crate::server::Core;
+use crate::ServerError;
+
+/// A client to the current leader, reused while it leads.
+#[derive(Default)]
+pub struct LeaderLink {
+    cached: Mutex<Option<(u64, Client)>>,
+}
+
+fn unavailable(e: etcd_client::Error) -> ServerError {
+    match e {
+        etcd_client::Error::GRpcStatus(s) if s.message() == ServerError::NotLeader.to_string() => {
+            ServerError::NotLeader
+        }
+        other => ServerError::Internal(format!("forwarding to the leader: {other}")),
+    }
+}
+
+impl Core {
+    async fn leader_client(&self) -> Result<Client, ServerError> {
+        let leader = self.raft_status().leader_id;
+        if leader == 0 {
+            return Err(ServerError::NoLeader);
+        }
+        if leader == self.identity.member_id {
+            // Leading, but the lessor has not been promoted yet: the caller retries locally.
+            return Err(ServerError::NotLeader);
+        }
+        if let Some((id, c)) = self.leader_link.cached.lock().as_ref() {
+            if *id == leader {
+                return Ok(c.clone());
+            }
+        }
+        let urls = self
+            .identity
+            .members
+            .iter()
+            .find(|m| m.id == leader)
+            .map(|m| m.peer_ur_ls.clone())
+            .ok_or(ServerError::NoLeader)?;
+        let client = Client::connect(urls, None).await.map_err(unavailable)?;
+        *self.leader_link.cached.lock() = Some((leader, client.clone()));
+        Ok(client)
+    }
+
+    /// Renews lease `id` on the leader; 0 if it does not exist there.
+    pub async fn forward_renew(&self, id: i64) -> Result<i64, ServerError> {
+        let mut c = self.leader_client().await?;
+        match c.lease_keep_alive(id).await {
+            Ok(_) => {}
+            Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Ok(0),
+            Err(e) => return Err(unavailable(e)),
+        }
+        // The keep-alive answer carries the granted TTL; the client keeps it, so ask for it.
+        let ttl = c.lease_time_to_live(id, None).await.map_err(unavailable)?;
+        Ok(ttl.granted_ttl().max(0))
+    }
+
+    /// Lease `id`'s time to live as the leader's lessor sees it.
+    pub async fn forward_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> Result<Option<TimeToLive>, ServerError> {
+        let mut c = self.leader_client().await?;
+        let opts = keys.then(|| LeaseTimeToLiveOptions::new().with_keys());
+        let r = c.lease_time_to_live(id, opts).await.map_err(unavailable)?;
+        Ok((r.ttl() != -1).then(|| TimeToLive {
+            granted: r.granted_ttl(),
+            remaining: r.ttl(),
+            keys: r.keys().to_vec(),
+        }))
+    }
+}
