@@ -306,6 +306,7 @@ impl Driver {
             }
             Msg::ReadIndex(done) => self.pending_reads.push(done),
             Msg::CompactLog(index) => {
+                let index = self.compactable(index);
                 if let Err(e) = self.raw.mut_store().compact(index) {
                     tracing::warn!(error = %e, index, "raft log compaction failed");
                 }
@@ -313,6 +314,24 @@ impl Driver {
             Msg::Shutdown => return false,
         }
         true
+    }
+
+    /// A leader keeps every entry some member still needs: without raft snapshots (not built yet),
+    /// a member behind the compacted log could never catch up. The log then grows while a member
+    /// is down, which is the lesser harm.
+    fn compactable(&self, index: u64) -> u64 {
+        if self.raw.raft.state != StateRole::Leader {
+            return index;
+        }
+        let behind = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(_, p)| p.matched)
+            .min()
+            .unwrap_or(index);
+        index.min(behind)
     }
 
     fn start_read_round(&mut self) {
