@@ -516,6 +516,11 @@ impl WriteBatch<'_> {
         Ok(prev)
     }
 
+    /// Writes a caller-owned metadata record with the batch.
+    pub fn put_meta(&mut self, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(self.store.cf(CF_META), key, value);
+    }
+
     /// Writes a record of `table` with the batch.
     pub fn put_record(&mut self, table: Table, key: &[u8], value: &[u8]) {
         self.batch.put_cf(self.store.cf(table.family()), key, value);

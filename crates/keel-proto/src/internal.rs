@@ -17,7 +17,7 @@ pub struct InternalRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The mutation.
-    #[prost(oneof = "RequestBody", tags = "10, 11, 12, 13, 14, 15")]
+    #[prost(oneof = "RequestBody", tags = "10, 11, 12, 13, 14, 15, 16")]
     pub body: Option<RequestBody>,
 }
 
@@ -42,6 +42,23 @@ pub enum RequestBody {
     /// Lease.LeaseRevoke, from a client or from the leader's lessor when the lease expired.
     #[prost(message, tag = "15")]
     LeaseRevoke(PbLeaseRevokeRequest),
+    /// A member publishing its name and client URLs (etcd's member attributes).
+    #[prost(message, tag = "16")]
+    MemberAttributes(MemberAttributes),
+}
+
+/// What a member tells the cluster about itself once it runs.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberAttributes {
+    /// The member.
+    #[prost(uint64, tag = "1")]
+    pub member_id: u64,
+    /// Its name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// Where its clients connect.
+    #[prost(string, repeated, tag = "3")]
+    pub client_urls: Vec<String>,
 }
 
 /// A lease as the state machine stores it (its keys are found from the key-values naming it).

@@ -14,4 +14,4 @@ pub mod peer {
 /// etcd's v3 API types and service traits (wire-compatible with etcd 3.5+).
 pub use etcd_client::proto as etcd;
 
-pub use internal::{InternalRequest, LeaseRecord, RequestBody};
+pub use internal::{InternalRequest, LeaseRecord, MemberAttributes, RequestBody};

@@ -20,6 +20,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::lease::Lessor;
+use crate::membership::Directory;
 use crate::txn;
 use crate::wait::Registry;
 use crate::ServerError;
@@ -43,13 +44,24 @@ pub enum Response {
     LeaseGrant(LeaseGrantResponse),
     /// Lease.LeaseRevoke.
     LeaseRevoke(LeaseRevokeResponse),
+    /// A member's attributes were recorded.
+    MemberAttributes,
+}
+
+/// The parts of the state machine beside the key-value store.
+pub struct Machine {
+    /// The leases and their keys.
+    pub leases: Arc<Lessor>,
+    /// What each member published about itself.
+    pub members: Arc<Directory>,
 }
 
 /// What a proposer receives once its entry is applied.
 pub type Applied = Result<Response, ServerError>;
 
 /// Applies one request to the write batch.
-pub fn apply(wb: &mut WriteBatch<'_>, leases: &Lessor, body: &RequestBody) -> Applied {
+pub fn apply(wb: &mut WriteBatch<'_>, machine: &Machine, body: &RequestBody) -> Applied {
+    let leases = &*machine.leases;
     match body {
         RequestBody::Put(p) => apply_put(wb, leases, p).map(Response::Put),
         RequestBody::DeleteRange(d) => apply_delete(wb, leases, d).map(Response::DeleteRange),
@@ -58,6 +70,10 @@ pub fn apply(wb: &mut WriteBatch<'_>, leases: &Lessor, body: &RequestBody) -> Ap
         RequestBody::LeaseGrant(g) => apply_lease_grant(wb, leases, g).map(Response::LeaseGrant),
         RequestBody::LeaseRevoke(r) => {
             apply_lease_revoke(wb, leases, r.id).map(Response::LeaseRevoke)
+        }
+        RequestBody::MemberAttributes(a) => {
+            machine.members.record(wb, a);
+            Ok(Response::MemberAttributes)
         }
     }
 }
@@ -149,8 +165,8 @@ pub struct ApplyLoop {
     pub applied: watch::Sender<u64>,
     /// Where committed changes go for watchers.
     pub hub: Arc<crate::watch::Hub>,
-    /// The leases and their keys.
-    pub leases: Arc<Lessor>,
+    /// Leases and member attributes.
+    pub machine: Machine,
     /// Log compaction every this many applied entries.
     pub snapshot_count: u64,
     /// Called with an index up to which the raft log may be dropped.
@@ -203,7 +219,7 @@ impl ApplyLoop {
                 }
             };
             let Some(body) = req.body else { continue };
-            let res = apply(&mut wb, &self.leases, &body);
+            let res = apply(&mut wb, &self.machine, &body);
             if let Err(ServerError::Internal(msg)) = &res {
                 return Err(ServerError::Internal(msg.clone()));
             }

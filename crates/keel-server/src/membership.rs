@@ -1,8 +1,12 @@
 //! Cluster identity: member and cluster ids derived from peer URLs and the cluster token exactly as
 //! etcd derives them, and the member list recorded at bootstrap.
 
-use keel_mvcc::Store;
+use std::collections::HashMap;
+
+use keel_mvcc::{Store, WriteBatch};
 use keel_proto::etcd::{PbMember as Member, PbMemberListResponse};
+use keel_proto::MemberAttributes;
+use parking_lot::RwLock;
 use prost::Message;
 use sha1::{Digest, Sha1};
 
@@ -11,6 +15,8 @@ use crate::ServerError;
 const META_CLUSTER_ID: &[u8] = b"cluster_id";
 const META_MEMBER_ID: &[u8] = b"member_id";
 const META_MEMBERS: &[u8] = b"members";
+/// Followed by the member id (8 bytes, big-endian): its published attributes.
+const META_ATTRIBUTES: &[u8] = b"attributes/";
 
 /// A member's id: the first 8 bytes (big-endian) of sha1(sorted peer URLs ++ cluster token).
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
@@ -85,6 +91,56 @@ impl Identity {
         store.put_meta(META_MEMBER_ID, &self.member_id.to_be_bytes())?;
         store.put_meta(META_CLUSTER_ID, &self.cluster_id.to_be_bytes())?;
         Ok(())
+    }
+}
+
+/// The attributes each member published through raft (replicated state, changed by apply).
+#[derive(Default)]
+pub struct Directory {
+    published: RwLock<HashMap<u64, MemberAttributes>>,
+}
+
+fn attributes_key(id: u64) -> Vec<u8> {
+    [META_ATTRIBUTES, &id.to_be_bytes()].concat()
+}
+
+impl Directory {
+    /// The attributes recorded in the store for `members`.
+    pub fn load(store: &Store, members: &[Member]) -> Result<Directory, ServerError> {
+        let mut published = HashMap::new();
+        for m in members {
+            if let Some(v) = store.get_meta(&attributes_key(m.id))? {
+                let a = MemberAttributes::decode(v.as_slice()).map_err(|e| {
+                    ServerError::Internal(format!("corrupt member attributes: {e}"))
+                })?;
+                published.insert(m.id, a);
+            }
+        }
+        Ok(Directory {
+            published: RwLock::new(published),
+        })
+    }
+
+    /// Applies a member's published attributes.
+    pub fn record(&self, wb: &mut WriteBatch<'_>, a: &MemberAttributes) {
+        wb.put_meta(&attributes_key(a.member_id), &a.encode_to_vec());
+        self.published.write().insert(a.member_id, a.clone());
+    }
+
+    /// What member `id` published, if anything.
+    pub fn get(&self, id: u64) -> Option<MemberAttributes> {
+        self.published.read().get(&id).cloned()
+    }
+
+    /// `members` with the client URLs they published.
+    pub fn fill(&self, mut members: Vec<Member>) -> Vec<Member> {
+        let published = self.published.read();
+        for m in &mut members {
+            if let Some(a) = published.get(&m.id) {
+                m.client_ur_ls = a.client_urls.clone();
+            }
+        }
+        members
     }
 }
 

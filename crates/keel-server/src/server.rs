@@ -11,16 +11,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use keel_mvcc::Store;
 use keel_proto::etcd::{PbMember as Member, PbResponseHeader};
-use keel_proto::{InternalRequest, RequestBody};
+use keel_proto::{InternalRequest, MemberAttributes, RequestBody};
 use keel_raft::{LogStore, Node, NodeConfig, PeerService, RaftStatus, Transport};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::apply::{ApplyLoop, Response};
+use crate::apply::{ApplyLoop, Machine, Response};
 use crate::config::{ClusterState, ServerConfig};
 use crate::lease::Lessor;
-use crate::membership::{cluster_id, member_id, Identity};
+use crate::membership::{cluster_id, member_id, Directory, Identity};
 use crate::wait::Registry;
 use crate::{service, ServerError};
 
@@ -67,6 +67,10 @@ pub struct Core {
     pub(crate) leader_link: crate::forward::LeaderLink,
     /// Cluster identity and members.
     pub identity: Identity,
+    /// This member's name.
+    pub name: String,
+    /// What each member published about itself (client URLs).
+    pub directory: Arc<Directory>,
     /// Client URLs this member advertises.
     pub client_urls: Vec<String>,
     /// Largest proposal accepted.
@@ -100,9 +104,9 @@ impl Core {
         *header = self.header(revision);
     }
 
-    /// The members, with this member's advertised client URLs.
+    /// The members, with the client URLs each published (this member's own always current).
     pub fn members(&self) -> Vec<Member> {
-        let mut members = self.identity.members.clone();
+        let mut members = self.directory.fill(self.identity.members.clone());
         for m in members
             .iter_mut()
             .filter(|m| m.id == self.identity.member_id)
@@ -216,6 +220,10 @@ impl Server {
         let hub = Arc::new(crate::watch::Hub::new(store.clone()));
         let leases =
             Arc::new(Lessor::restore(&store).map_err(|e| StartError::Storage(e.to_string()))?);
+        let directory = Arc::new(
+            Directory::load(&store, &identity.members)
+                .map_err(|e| StartError::Storage(e.to_string()))?,
+        );
         let core = Arc::new(Core {
             store: store.clone(),
             node,
@@ -223,6 +231,8 @@ impl Server {
             hub: hub.clone(),
             leases: leases.clone(),
             leader_link: Default::default(),
+            name: cfg.name.clone(),
+            directory: directory.clone(),
             applied: applied_rx,
             client_urls: cfg.advertise_client_urls.clone(),
             max_request_bytes: cfg.max_request_bytes,
@@ -238,7 +248,10 @@ impl Server {
             registry,
             applied: applied_tx,
             hub,
-            leases,
+            machine: Machine {
+                leases,
+                members: directory,
+            },
             snapshot_count: cfg.snapshot_count,
             compact_log: Box::new(move |index| {
                 if let Some(core) = weak.upgrade() {
@@ -308,6 +321,7 @@ impl Server {
                 }),
         );
         let expiry = tokio::spawn(crate::expiry::run(self.core.clone()));
+        let publish = tokio::spawn(publish_attributes(self.core.clone()));
         let max = self.core.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let serve = service::router(self.core.clone(), max).serve_with_incoming_shutdown(
@@ -327,6 +341,7 @@ impl Server {
             }
         };
         expiry.abort();
+        publish.abort();
         let _ = peer_stop_tx.send(true);
         peer_server.abort();
         self.transport.shutdown();
@@ -336,6 +351,31 @@ impl Server {
             let _ = t.join();
         }
         res
+    }
+}
+
+/// Publishes this member's name and client URLs through raft (as etcd does once it serves), so
+/// every member lists them; retried until it is applied.
+async fn publish_attributes(core: Arc<Core>) {
+    let mine = MemberAttributes {
+        member_id: core.identity.member_id,
+        name: core.name.clone(),
+        client_urls: core.client_urls.clone(),
+    };
+    loop {
+        if core.directory.get(mine.member_id).as_ref() == Some(&mine) {
+            return;
+        }
+        match core
+            .propose(RequestBody::MemberAttributes(mine.clone()))
+            .await
+        {
+            Ok(_) => tracing::info!(client_urls = ?mine.client_urls, "published member attributes"),
+            Err(e) => {
+                tracing::debug!(error = %e, "publishing member attributes; will retry");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }
 

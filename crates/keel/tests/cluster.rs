@@ -69,8 +69,26 @@ async fn three_members_replicate_and_serve_linearizable_reads_anywhere() {
     let out = etcdctl_at(&all, &["endpoint", "status", "-w", "table"], None);
     let table = stdout(&out);
     assert_eq!(table.matches(" true |").count(), 1, "{table}");
-    let out = etcdctl_at(&all, &["member", "list"], None);
-    assert_eq!(stdout(&out).lines().count(), 3, "{out:?}");
+    // Every member lists every member with the client URL it published.
+    for m in &cluster.members {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let list = stdout(&etcdctl_at(&m.endpoint(), &["member", "list"], None));
+            let published = cluster
+                .members
+                .iter()
+                .all(|o| list.contains(&format!("{}, http://{}", o.peer_url(), o.endpoint())));
+            if list.lines().count() == 3 && published {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member list on {}:\n{list}",
+                m.endpoint()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 #[tokio::test]
