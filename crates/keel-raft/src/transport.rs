@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_proto::peer::peer_client::PeerClient;
 use keel_proto::peer::peer_server::{Peer, PeerServer};
@@ -102,30 +102,37 @@ impl Transport {
 
 type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>>;
 
-/// Keeps one stream open to the peer and feeds it from the queue, reconnecting on failure.
+/// Keeps one stream open to the peer and feeds it from the queue, reconnecting whenever it ends
+/// (the peer restarting ends it cleanly; a network fault ends it with an error).
 async fn run_peer(id: u64, urls: Vec<String>, cluster_id: u64, rx: mpsc::Receiver<Vec<u8>>) {
+    if urls.is_empty() {
+        tracing::error!(
+            peer = format!("{id:x}"),
+            "peer has no URL; not sending to it"
+        );
+        return;
+    }
     let queue: Queue = Arc::new(tokio::sync::Mutex::new(rx));
     let mut backoff = BACKOFF_MIN;
-    let mut attempt = 0usize;
-    loop {
-        let url = &urls[attempt % urls.len().max(1)];
-        attempt += 1;
-        match stream_to(url, cluster_id, queue.clone()).await {
-            Ok(()) => return,
-            Err(e) => {
-                if backoff == BACKOFF_MIN {
-                    tracing::warn!(peer = format!("{id:x}"), %url, error = %e, "peer unreachable; retrying");
-                }
-                // What queued up while the peer was away is stale; raft resends what it needs.
-                let mut rx = queue.lock().await;
-                while rx.try_recv().is_ok() {}
+    for url in urls.iter().cycle() {
+        let started = Instant::now();
+        let ended = stream_to(url, cluster_id, queue.clone()).await;
+        // A stream that ran for a while was healthy: the next failure starts a fresh backoff.
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        }
+        if let Err(e) = ended {
+            if backoff == BACKOFF_MIN {
+                tracing::warn!(peer = format!("{id:x}"), %url, error = %e, "peer unreachable; retrying");
             }
+        }
+        // What queued up while the peer was away is stale; raft resends what it needs.
+        {
+            let mut rx = queue.lock().await;
+            while rx.try_recv().is_ok() {}
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
-        if attempt > urls.len() * 8 {
-            backoff = BACKOFF_MAX;
-        }
     }
 }
 

@@ -223,11 +223,6 @@ impl Lessor {
         }
     }
 
-    /// Whether this lessor keeps the deadlines.
-    pub fn is_primary(&self) -> bool {
-        self.inner.lock().primary
-    }
-
     /// Makes this lessor primary: every lease runs for its full TTL plus `extend` from now.
     pub fn promote(&self, extend: Duration) {
         let mut inner = self.inner.lock();

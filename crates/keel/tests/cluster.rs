@@ -294,3 +294,17 @@ async fn a_member_down_through_log_compactions_catches_up() {
         .unwrap();
     assert_eq!(r.count(), 8000);
 }
+
+#[tokio::test]
+async fn a_cleanly_restarted_member_rejoins() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    assert!(cluster.members[follower].stop().success());
+    put_eventually(&cluster.members[leader].endpoint(), "while-down", "1").await;
+    cluster.members[follower].restart().await;
+    wait_local(&cluster.members[follower].endpoint(), "while-down", "1").await;
+    // And the leader's stream to it keeps flowing after the restart.
+    put_eventually(&cluster.members[leader].endpoint(), "after-restart", "2").await;
+    wait_local(&cluster.members[follower].endpoint(), "after-restart", "2").await;
+}
