@@ -19,12 +19,21 @@ pub struct Member {
     extra: Vec<String>,
 }
 
+/// A port no other test of this run uses. Ports the kernel picks (port 0) come from the ephemeral
+/// range, which outgoing connections (clients, peer streams) also draw from, so one could be taken
+/// between picking it and the member binding it. These come from below that range (Linux: from
+/// 32768), handed out by a counter so that parallel tests never share one; the start depends on the
+/// process so that test binaries run one after another do not reuse each other's ports at once.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 10_000 + (std::process::id() % 40) as u16 * 500;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 500;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Member {
