@@ -89,6 +89,7 @@ enum Msg {
     Propose(Vec<u8>, oneshot::Sender<Result<()>>),
     ReadIndex(oneshot::Sender<Result<u64>>),
     CompactLog(u64),
+    TransferLeader(u64),
     Shutdown,
 }
 
@@ -201,6 +202,11 @@ impl Node {
         rx.await.map_err(|_| RaftError::Stopped)?
     }
 
+    /// Asks raft to hand leadership to `target` (effective only on the leader; watch `status`).
+    pub fn transfer_leader(&self, target: u64) {
+        let _ = self.tx.send(Msg::TransferLeader(target));
+    }
+
     /// Drops the raft log up to `index`; the caller has made the state machine durable up to it.
     pub fn compact_log(&self, index: u64) {
         let _ = self.tx.send(Msg::CompactLog(index));
@@ -311,6 +317,7 @@ impl Driver {
                     tracing::warn!(error = %e, index, "raft log compaction failed");
                 }
             }
+            Msg::TransferLeader(target) => self.raw.transfer_leader(target),
             Msg::Shutdown => return false,
         }
         true

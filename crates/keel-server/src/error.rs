@@ -41,6 +41,12 @@ pub enum ServerError {
     /// A request only the leader can serve, on a member that is not (or no longer) the leader.
     #[error("etcdserver: not leader")]
     NotLeader,
+    /// MoveLeader to a member that is not a voter of this cluster.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// MoveLeader did not see the target lead in time.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     /// A read or compaction below the compacted revision.
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
@@ -92,10 +98,10 @@ impl ServerError {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | RequestTooLarge => Code::InvalidArgument,
             LeaseNotFound => Code::NotFound,
-            LeaseExists | NotLeader => Code::FailedPrecondition,
+            LeaseExists | NotLeader | BadLeaderTransferee => Code::FailedPrecondition,
             Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             NoLeader | Timeout | Stopped | NotCapable => Code::Unavailable,
-            Internal(_) => Code::Unknown,
+            Internal(_) | LeaderTransferTimeout => Code::Unknown,
         }
     }
 }

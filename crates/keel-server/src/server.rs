@@ -147,6 +147,38 @@ impl Core {
         }
     }
 
+    /// Hands leadership to member `target`, as etcd's MoveLeader: only the leader may, only to a
+    /// voting member; returns once `target` leads.
+    pub async fn move_leader(&self, target: u64) -> Result<(), ServerError> {
+        let status = self.raft_status();
+        if status.leader_id != self.identity.member_id {
+            return Err(ServerError::NotLeader);
+        }
+        let voter = self
+            .identity
+            .members
+            .iter()
+            .any(|m| m.id == target && !m.is_learner);
+        if !voter {
+            return Err(ServerError::BadLeaderTransferee);
+        }
+        if target == self.identity.member_id {
+            return Ok(());
+        }
+        tracing::info!(
+            target = format!("{target:x}"),
+            "leadership transfer starting"
+        );
+        self.node.transfer_leader(target);
+        let moved = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            while self.raft_status().leader_id != target {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        moved.map_err(|_| ServerError::LeaderTransferTimeout)
+    }
+
     /// Waits until this member has applied everything committed when the call began (ReadIndex).
     pub async fn linearizable_barrier(&self) -> Result<(), ServerError> {
         let index = self.node.read_index().await?;

@@ -308,3 +308,41 @@ async fn a_cleanly_restarted_member_rejoins() {
     put_eventually(&cluster.members[leader].endpoint(), "after-restart", "2").await;
     wait_local(&cluster.members[follower].endpoint(), "after-restart", "2").await;
 }
+
+#[tokio::test]
+async fn move_leader_hands_leadership_to_the_chosen_member() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let target = (leader + 1) % 3;
+    let target_id = {
+        let mut c = cluster.members[target].client().await;
+        c.status().await.unwrap().header().unwrap().member_id()
+    };
+    // etcdctl finds the leader among the endpoints and asks it.
+    let all = cluster.endpoints().join(",");
+    let out = etcdctl_at(&all, &["move-leader", &format!("{target_id:x}")], None);
+    assert!(stdout(&out).contains("Leadership transferred"), "{out:?}");
+    assert_eq!(cluster.leader().await, target);
+    // Only the leader may move leadership, and only to a member.
+    let other = (target + 1) % 3;
+    let mut c = cluster.members[other].client().await;
+    let err = c.move_leader(target_id).await.unwrap_err();
+    assert_eq!(
+        common::status(err),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: not leader".into()
+        )
+    );
+    let mut c = cluster.members[target].client().await;
+    let err = c.move_leader(12345).await.unwrap_err();
+    assert_eq!(
+        common::status(err),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: bad leader transferee".into()
+        )
+    );
+    // Writes keep working under the new leader.
+    put_eventually(&cluster.members[other].endpoint(), "after-move", "1").await;
+}

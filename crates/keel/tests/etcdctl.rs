@@ -118,7 +118,8 @@ async fn etcdctl_maintenance_defrag_alarms_and_unsupported_requests() {
     let alarms = m.etcdctl(&["alarm", "list"]);
     assert!(alarms.status.success());
     assert_eq!(stdout(&alarms), "");
-    // What this build cannot do yet answers with etcd's own error, and the member keeps serving.
+    // A transfer to a member that does not exist is refused; what this build cannot do yet answers
+    // with etcd's own error; the member keeps serving.
     let moved = m.etcdctl(&["move-leader", "1"]);
     assert!(!moved.status.success());
     let hash = m.etcdctl(&["endpoint", "hashkv"]);

@@ -104,9 +104,12 @@ impl PbMaintenanceService for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        not_capable()
+        self.core.move_leader(req.into_inner().target_id).await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.core.header(self.core.store.current_revision()),
+        }))
     }
 
     async fn downgrade(
