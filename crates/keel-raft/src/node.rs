@@ -161,6 +161,7 @@ impl Node {
             transport,
             status: status.clone(),
             tick: cfg.tick_interval,
+            election_ticks: cfg.election_ticks,
             pending_reads: Vec::new(),
             reads_in_flight: HashMap::new(),
             next_read_id: 0,
@@ -232,6 +233,9 @@ impl Drop for Node {
     }
 }
 
+/// A linearizable read waiting for its read index.
+type Reader = oneshot::Sender<Result<u64>>;
+
 struct Driver {
     raw: RawNode<LogStore>,
     rx: mpsc::Receiver<Msg>,
@@ -239,10 +243,11 @@ struct Driver {
     transport: Arc<Transport>,
     status: Arc<RwLock<RaftStatus>>,
     tick: Duration,
+    election_ticks: usize,
     /// Read requests not yet sent as a ReadIndex round.
-    pending_reads: Vec<oneshot::Sender<Result<u64>>>,
-    /// ReadIndex rounds under way, by the id carried in their context.
-    reads_in_flight: HashMap<u64, Vec<oneshot::Sender<Result<u64>>>>,
+    pending_reads: Vec<Reader>,
+    /// ReadIndex rounds under way, by the id carried in their context, with when they were sent.
+    reads_in_flight: HashMap<u64, (Instant, Vec<Reader>)>,
     next_read_id: u64,
 }
 
@@ -275,6 +280,7 @@ impl Driver {
                 self.raw.tick();
                 next_tick = Instant::now() + self.tick;
             }
+            self.retry_lost_reads();
             self.start_read_round();
             if let Err(e) = self.on_ready() {
                 tracing::error!(error = %e, "raft driver stopped: storage failed");
@@ -354,8 +360,31 @@ impl Driver {
         self.next_read_id += 1;
         self.raw
             .read_index(self.next_read_id.to_be_bytes().to_vec());
-        self.reads_in_flight
-            .insert(self.next_read_id, std::mem::take(&mut self.pending_reads));
+        self.reads_in_flight.insert(
+            self.next_read_id,
+            (Instant::now(), std::mem::take(&mut self.pending_reads)),
+        );
+    }
+
+    /// A round whose answer has not come within an election timeout was lost (sent to a leader
+    /// that died, or dropped on the way): its readers join the next round, once a leader is known.
+    fn retry_lost_reads(&mut self) {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let lost_before = Instant::now() - self.tick * self.election_ticks as u32;
+        let lost: Vec<u64> = self
+            .reads_in_flight
+            .iter()
+            .filter(|(_, (sent, _))| *sent < lost_before)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            if let Some((_, waiters)) = self.reads_in_flight.remove(&id) {
+                tracing::debug!(readers = waiters.len(), "ReadIndex round lost; retrying");
+                self.pending_reads.extend(waiters);
+            }
+        }
     }
 
     /// Handles one `Ready` in the order raft requires.
@@ -416,11 +445,8 @@ impl Driver {
             let Ok(id) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
                 continue;
             };
-            for done in self
-                .reads_in_flight
-                .remove(&u64::from_be_bytes(id))
-                .unwrap_or_default()
-            {
+            let waiters = self.reads_in_flight.remove(&u64::from_be_bytes(id));
+            for done in waiters.map(|(_, w)| w).unwrap_or_default() {
                 let _ = done.send(Ok(rs.index));
             }
         }

@@ -181,15 +181,18 @@ impl Core {
 
     /// Waits until this member has applied everything committed when the call began (ReadIndex).
     pub async fn linearizable_barrier(&self) -> Result<(), ServerError> {
-        let index = self.node.read_index().await?;
-        let mut applied = self.applied.clone();
-        let reached =
-            tokio::time::timeout(REQUEST_TIMEOUT, applied.wait_for(|&a| a >= index)).await;
-        match reached {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(ServerError::Stopped),
-            Err(_) => Err(ServerError::Timeout),
-        }
+        let reached = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let index = self.node.read_index().await?;
+            let mut applied = self.applied.clone();
+            let reached = applied.wait_for(|&a| a >= index).await.is_ok();
+            if reached {
+                Ok(())
+            } else {
+                Err(ServerError::Stopped)
+            }
+        })
+        .await;
+        reached.unwrap_or(Err(ServerError::Timeout))
     }
 }
 

@@ -346,3 +346,25 @@ async fn move_leader_hands_leadership_to_the_chosen_member() {
     // Writes keep working under the new leader.
     put_eventually(&cluster.members[other].endpoint(), "after-move", "1").await;
 }
+
+#[tokio::test]
+async fn a_linearizable_read_in_flight_when_the_leader_dies_is_answered_by_the_next() {
+    let mut cluster = Cluster::start(3).await;
+    let mut c = cluster.client().await;
+    c.put("k", "v", None).await.unwrap();
+    let leader = cluster.leader().await;
+    let follower = cluster.members[(leader + 1) % 3].endpoint();
+    let mut reader = etcd_client::Client::connect([follower.as_str()], None)
+        .await
+        .unwrap();
+    cluster.members[leader].kill9();
+    // The follower still believes in the dead leader: its ReadIndex request is lost and must be
+    // sent again to whoever leads next.
+    let started = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(6), reader.get("k", None))
+        .await
+        .expect("read answered before the request timeout")
+        .unwrap();
+    assert_eq!(read.kvs()[0].value(), b"v");
+    assert!(started.elapsed() < Duration::from_secs(6));
+}
