@@ -12,7 +12,7 @@ use keel_proto::etcd::{
     PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse,
     PbLeaseGrantRequest as LeaseGrantRequest, PbLeaseGrantResponse as LeaseGrantResponse,
     PbLeaseRevokeResponse as LeaseRevokeResponse, PbPutRequest as PutRequest,
-    PbPutResponse as PutResponse, PbResponseHeader, PbTxnResponse as TxnResponse,
+    PbPutResponse as PutResponse, PbTxnResponse as TxnResponse,
 };
 use keel_proto::{InternalRequest, RequestBody};
 use keel_raft::{Entry, EntryType};
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::lease::Lessor;
 use crate::membership::Directory;
-use crate::txn;
+use crate::txn::{self, header};
 use crate::wait::Registry;
 use crate::ServerError;
 
@@ -76,13 +76,6 @@ pub fn apply(wb: &mut WriteBatch<'_>, machine: &Machine, body: &RequestBody) -> 
             Ok(Response::MemberAttributes)
         }
     }
-}
-
-fn header(revision: i64) -> Option<PbResponseHeader> {
-    Some(PbResponseHeader {
-        revision,
-        ..Default::default()
-    })
 }
 
 fn apply_put(

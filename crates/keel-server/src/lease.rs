@@ -9,6 +9,7 @@
 //! an election timeout, as etcd does: downtime and elections never expire a lease early.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use keel_mvcc::{KeySpan, RangeOptions, Store, Table, WriteBatch};
@@ -92,6 +93,9 @@ pub struct TimeToLive {
 #[derive(Default)]
 pub struct Lessor {
     inner: Mutex<Inner>,
+    /// Whether any key is attached to a lease: a put without a lease then has nothing to detach and
+    /// skips the lock (the apply path, contended by keep-alives).
+    attached: AtomicBool,
 }
 
 fn record_key(id: i64) -> [u8; 8] {
@@ -146,6 +150,7 @@ impl Lessor {
         }
         tracing::info!(leases = inner.leases.len(), "leases restored");
         Ok(Lessor {
+            attached: AtomicBool::new(!inner.items.is_empty()),
             inner: Mutex::new(inner),
         })
     }
@@ -197,11 +202,16 @@ impl Lessor {
                 inner.items.remove(&k);
             }
         }
+        self.attached
+            .store(!inner.items.is_empty(), Ordering::Release);
         wb.delete_record(Table::Lease, &record_key(id));
     }
 
     /// Applies a put of `key` with `lease` (0 = none): moves the key to its new lease.
     pub fn attach(&self, key: &[u8], lease: i64) {
+        if lease == 0 && !self.attached.load(Ordering::Acquire) {
+            return;
+        }
         let mut inner = self.inner.lock();
         let old = inner.items.get(key).copied().unwrap_or(0);
         if old == lease {
@@ -214,12 +224,17 @@ impl Lessor {
                 inner.items.insert(key.to_vec(), lease);
             }
         }
+        self.attached
+            .store(!inner.items.is_empty(), Ordering::Release);
     }
 
     /// Applies the deletion of `key`, which named lease `lease`.
     pub fn detach(&self, key: &[u8], lease: i64) {
         if lease != 0 {
-            self.inner.lock().detach(key);
+            let mut inner = self.inner.lock();
+            inner.detach(key);
+            self.attached
+                .store(!inner.items.is_empty(), Ordering::Release);
         }
     }
 

@@ -19,7 +19,8 @@ use crate::ServerError;
 // etcdserverpb.Compare.CompareTarget (VERSION 0, CREATE 1, MOD 2, VALUE 3, LEASE 4).
 const TARGET_VALUE: i32 = 3;
 
-fn header(revision: i64) -> Option<PbResponseHeader> {
+/// A header carrying only the revision; the service fills in the member's part.
+pub fn header(revision: i64) -> Option<PbResponseHeader> {
     Some(PbResponseHeader {
         revision,
         ..Default::default()
