@@ -4,10 +4,12 @@
 
 mod key_index;
 mod revision;
+mod snapshot;
 mod store;
 
 pub use key_index::{KeyAt, KeyIndex, KeySpan};
 pub use revision::Revision;
+pub use snapshot::{CheckpointReader, LOCAL_META_PREFIX};
 pub use store::{
     Change, RangeOptions, RangeResult, ReadView, Store, StoreSize, StoreView, Table, WriteBatch,
 };

@@ -16,11 +16,11 @@ use crate::key_index::{KeyAt, KeyIndex, KeySpan};
 use crate::{MvccError, Result, Revision};
 
 const CF_KV: &str = "kv";
-const CF_META: &str = "meta";
+pub(crate) const CF_META: &str = "meta";
 const CF_LEASE: &str = "lease";
 const CF_AUTH: &str = "auth";
-const FAMILIES: [&str; 4] = [CF_KV, CF_META, CF_LEASE, CF_AUTH];
-const META_APPLIED_INDEX: &[u8] = b"applied_index";
+pub(crate) const FAMILIES: [&str; 4] = [CF_KV, CF_META, CF_LEASE, CF_AUTH];
+pub(crate) const META_APPLIED_INDEX: &[u8] = b"applied_index";
 const META_CURRENT_REV: &[u8] = b"current_rev";
 const META_COMPACT_REV: &[u8] = b"compact_rev";
 
@@ -76,10 +76,10 @@ impl Table {
 
 /// The revisioned key-value store.
 pub struct Store {
-    db: DB,
-    index: RwLock<KeyIndex>,
+    pub(crate) db: DB,
+    pub(crate) index: RwLock<KeyIndex>,
     current_rev: AtomicI64,
-    compact_rev: AtomicI64,
+    pub(crate) compact_rev: AtomicI64,
     applied_index: AtomicU64,
 }
 
@@ -98,12 +98,14 @@ impl Store {
             compact_rev: AtomicI64::new(-1),
             applied_index: AtomicU64::new(0),
         };
-        store.restore()?;
+        store.resume_install()?;
+        store.rebuild(&mut store.index.write())?;
         Ok(store)
     }
 
-    fn restore(&self) -> Result<()> {
-        let mut index = self.index.write();
+    /// Rebuilds the in-memory state (key index, revisions, applied index) from what is on disk.
+    pub(crate) fn rebuild(&self, index: &mut KeyIndex) -> Result<()> {
+        *index = KeyIndex::default();
         let mut last = 0;
         for item in self.db.iterator_cf(self.cf(CF_KV), IteratorMode::Start) {
             let (k, v) = item?;
@@ -145,7 +147,7 @@ impl Store {
         Ok(())
     }
 
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         // Every family is created by `open` (create_missing_column_families).
         self.db
             .cf_handle(name)

@@ -6,8 +6,8 @@
 //! types, which the `etcd-client` crate already generates; a .proto here would have to restate them.
 
 use crate::etcd::{
-    PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbLeaseRevokeRequest, PbPutRequest,
-    PbTxnRequest,
+    PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbLeaseRevokeRequest, PbMember,
+    PbMemberUpdateRequest, PbPutRequest, PbTxnRequest,
 };
 
 /// One client mutation with the id its proposer waits on.
@@ -17,7 +17,7 @@ pub struct InternalRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The mutation.
-    #[prost(oneof = "RequestBody", tags = "10, 11, 12, 13, 14, 15, 16")]
+    #[prost(oneof = "RequestBody", tags = "10, 11, 12, 13, 14, 15, 16, 17")]
     pub body: Option<RequestBody>,
 }
 
@@ -45,6 +45,21 @@ pub enum RequestBody {
     /// A member publishing its name and client URLs (etcd's member attributes).
     #[prost(message, tag = "16")]
     MemberAttributes(MemberAttributes),
+    /// Cluster.MemberUpdate: a member's new peer URLs (no raft membership change).
+    #[prost(message, tag = "17")]
+    MemberUpdate(PbMemberUpdateRequest),
+}
+
+/// The context of a raft conf change entry: which member it is about, as the state machine records
+/// it, and the proposal id its proposer waits on.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberChange {
+    /// Unique per proposal, as `InternalRequest::id`.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// The member added, promoted or removed.
+    #[prost(message, optional, tag = "2")]
+    pub member: Option<PbMember>,
 }
 
 /// What a member tells the cluster about itself once it runs.

@@ -1,7 +1,7 @@
 //! Keel's own protocol. etcd's API (messages and service traits) is re-exported from the `etcd-client`
 //! crate, built with its `build-server` feature; this crate adds what etcd's API does not define: the
 //! encoding of client requests as raft entries, and the peer protocol members exchange raft
-//! messages over.
+//! messages, snapshots and membership over.
 
 mod internal;
 
@@ -14,4 +14,4 @@ pub mod peer {
 /// etcd's v3 API types and service traits (wire-compatible with etcd 3.5+).
 pub use etcd_client::proto as etcd;
 
-pub use internal::{InternalRequest, LeaseRecord, MemberAttributes, RequestBody};
+pub use internal::{InternalRequest, LeaseRecord, MemberAttributes, MemberChange, RequestBody};

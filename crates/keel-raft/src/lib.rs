@@ -6,9 +6,24 @@ mod logger;
 mod node;
 mod transport;
 
-pub use log_store::LogStore;
-pub use node::{Node, NodeConfig, RaftStatus, Role, Stepper};
-pub use raft::eraftpb::{Entry, EntryType};
+pub use log_store::{LogStore, SnapshotImage, SnapshotSource, BOOTSTRAP_INDEX};
+pub use node::{
+    Committed, InstallSnapshot, Node, NodeConfig, PeerProgress, RaftStatus, Replication, Role,
+    Stepper,
+};
+pub use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, SnapshotMetadata,
+};
+
+/// The membership change a conf change entry carries, if it is one (single changes only: Keel
+/// proposes one at a time).
+pub fn conf_change(e: &Entry) -> Option<ConfChange> {
+    use protobuf::Message as _;
+    match e.get_entry_type() {
+        EntryType::EntryConfChange if !e.data.is_empty() => ConfChange::parse_from_bytes(&e.data).ok(),
+        _ => None,
+    }
+}
 pub use transport::{PeerService, Transport};
 
 /// Errors of the consensus layer.
@@ -17,6 +32,9 @@ pub enum RaftError {
     /// There is no leader to accept the request (election under way, or quorum lost).
     #[error("no leader")]
     NoLeader,
+    /// The leader has a membership change that is not applied yet.
+    #[error("a membership change is still in progress")]
+    ConfChangePending,
     /// The node has stopped.
     #[error("raft node stopped")]
     Stopped,

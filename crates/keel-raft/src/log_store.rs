@@ -5,9 +5,10 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::Arc;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 
@@ -21,6 +22,26 @@ const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_TRUNCATED: &[u8] = b"truncated";
 /// Entries kept in the in-memory tail.
 const TAIL_CAPACITY: usize = 4096;
+/// A bootstrapped log starts as if compacted through this index (term 1): the state machine was
+/// created at it, so a member that joins later, with an empty log, is sent a snapshot rather than
+/// entries it could not make sense of.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+
+/// A state-machine snapshot raft can send to a member behind the compacted log.
+pub struct SnapshotImage {
+    /// The raft index the state machine image was applied through.
+    pub index: u64,
+    /// The membership as of `index`.
+    pub conf_state: ConfState,
+    /// Where the image is (a directory the transport streams).
+    pub data: Vec<u8>,
+}
+
+/// Makes state-machine snapshots on request (the state machine's side of raft's `Storage::snapshot`).
+pub trait SnapshotSource: Send + Sync {
+    /// An image applied through at least `min_index`, made now if none is recent enough.
+    fn snapshot(&self, min_index: u64) -> std::result::Result<SnapshotImage, String>;
+}
 
 /// The raft log store.
 pub struct LogStore {
@@ -32,6 +53,8 @@ pub struct LogStore {
     last_index: u64,
     /// The newest entries, contiguous and ending at `last_index`.
     tail: VecDeque<Entry>,
+    /// Where snapshots for lagging members come from.
+    snapshots: Option<Arc<dyn SnapshotSource>>,
 }
 
 fn storage_err(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
@@ -54,6 +77,7 @@ impl LogStore {
             truncated_term: 0,
             last_index: 0,
             tail: VecDeque::new(),
+            snapshots: None,
         };
         store.load()?;
         Ok(store)
@@ -96,6 +120,57 @@ impl LogStore {
         self.conf_state.voters.is_empty()
             && self.conf_state.learners.is_empty()
             && self.last_index == 0
+    }
+
+    /// Sets where snapshots come from.
+    pub fn set_snapshot_source(&mut self, source: Arc<dyn SnapshotSource>) {
+        self.snapshots = Some(source);
+    }
+
+    /// Initializes an empty store as a new cluster's: `conf_state` as the membership, and the log
+    /// starting after [`BOOTSTRAP_INDEX`].
+    pub fn bootstrap(&mut self, conf_state: ConfState) -> Result<()> {
+        let meta = SnapshotMetadata {
+            index: BOOTSTRAP_INDEX,
+            term: 1,
+            conf_state: Some(conf_state).into(),
+            ..Default::default()
+        };
+        self.apply_snapshot(&meta)
+    }
+
+    /// Replaces the log with a snapshot's position: every entry goes, the log continues after
+    /// `meta.index`, and the membership is the snapshot's. The state machine has installed the
+    /// image already.
+    pub fn apply_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range_cf(
+            self.cf(CF_LOG),
+            0u64.to_be_bytes(),
+            u64::MAX.to_be_bytes(),
+        );
+        let mut marker = meta.index.to_be_bytes().to_vec();
+        marker.extend_from_slice(&meta.term.to_be_bytes());
+        batch.put_cf(self.cf(CF_STATE), KEY_TRUNCATED, marker);
+        let cs = meta.get_conf_state();
+        batch.put_cf(self.cf(CF_STATE), KEY_CONF_STATE, cs.write_to_bytes()?);
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        batch.put_cf(self.cf(CF_STATE), KEY_HARD_STATE, hs.write_to_bytes()?);
+        self.db.write_opt(batch, &synced())?;
+        self.hard_state = hs;
+        self.conf_state = cs.clone();
+        self.truncated_index = meta.index;
+        self.truncated_term = meta.term;
+        self.last_index = meta.index;
+        self.tail.clear();
+        Ok(())
+    }
+
+    /// The last index in the log (or of the snapshot it starts after).
+    pub fn last_index(&self) -> u64 {
+        self.last_index
     }
 
     /// The current HardState (as last persisted or about to be).
@@ -334,11 +409,35 @@ impl raft::Storage for LogStore {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Snapshot transfer arrives with multi-member clusters; a single member never needs one.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let source = self.snapshots.as_ref().ok_or_else(unavailable)?;
+        // The receiver continues from the log after the image: it must not be older than the log.
+        let image = source
+            .snapshot(request_index.max(self.truncated_index))
+            .map_err(|e| {
+                tracing::warn!(error = %e, to = format!("{to:x}"), "making a snapshot failed");
+                unavailable()
+            })?;
+        let term = raft::Storage::term(self, image.index).map_err(|_| unavailable())?;
+        let snap = Snapshot {
+            data: image.data.into(),
+            metadata: Some(SnapshotMetadata {
+                index: image.index,
+                term,
+                conf_state: Some(image.conf_state).into(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        tracing::info!(
+            to = format!("{to:x}"),
+            index = image.index,
+            term,
+            "sending a snapshot"
+        );
+        Ok(snap)
     }
 }
 
@@ -373,7 +472,7 @@ mod tests {
             s.append(&[entry(4, 2)], None).unwrap();
         }
         let s = LogStore::open(dir.path()).unwrap();
-        assert_eq!(s.last_index().unwrap(), 4);
+        assert_eq!(s.last_index(), 4);
         assert_eq!(s.term(4).unwrap(), 2);
         assert_eq!(s.hard_state().commit, 3);
         let got = s

@@ -6,6 +6,7 @@
 //! (conf changes excepted: raft must learn the new membership from the driver).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
+use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
 use crate::logger::raft_logger;
@@ -29,7 +32,8 @@ const MAX_DRAIN: usize = 8192;
 pub struct NodeConfig {
     /// This member's raft id.
     pub id: u64,
-    /// The voters to bootstrap with when the log store is empty.
+    /// The voters to bootstrap with when the log store is empty; none for a member joining a
+    /// running cluster (it waits for the leader's snapshot).
     pub voters: Vec<u64>,
     /// The raft index the state machine has already applied (replay starts after it).
     pub applied: u64,
@@ -69,8 +73,38 @@ pub enum Role {
     Leader,
 }
 
+/// How the leader replicates to one member (raft-rs's progress).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replication {
+    /// Finding where the member's log matches.
+    Probing,
+    /// Streaming entries.
+    Replicating,
+    /// Receiving a snapshot.
+    Snapshot,
+}
+
+/// What the leader knows of one member's replication.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerProgress {
+    /// The member.
+    pub id: u64,
+    /// Highest index known to be in its log.
+    pub matched: u64,
+    /// How entries are sent to it.
+    pub state: Replication,
+    /// The snapshot index being sent to it (0 when none).
+    pub pending_snapshot: u64,
+    /// Whether it responded within the last election timeout.
+    pub active: bool,
+    /// Whether it is a learner.
+    pub learner: bool,
+    /// When it last responded to the leader, if since this member led.
+    pub last_contact: Option<Instant>,
+}
+
 /// What the node last knew of raft's state.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RaftStatus {
     /// This member's id.
     pub id: u64,
@@ -82,11 +116,37 @@ pub struct RaftStatus {
     pub commit_index: u64,
     /// This member's role.
     pub role: Role,
+    /// The last index in this member's log.
+    pub last_index: u64,
+    /// On the leader: every member's replication, refreshed every tick.
+    pub progress: Vec<PeerProgress>,
+}
+
+/// A snapshot the state machine must install before raft goes on.
+pub struct InstallSnapshot {
+    /// The raft index the image was applied through.
+    pub index: u64,
+    /// The term of that index.
+    pub term: u64,
+    /// Where the received image is.
+    pub dir: PathBuf,
+    /// Answered once the image is installed (or failed to).
+    pub done: mpsc::Sender<std::result::Result<(), String>>,
+}
+
+/// What the driver hands the state machine, in log order.
+pub enum Committed {
+    /// Committed entries to apply.
+    Entries(Vec<Entry>),
+    /// A snapshot replacing the state.
+    Snapshot(InstallSnapshot),
 }
 
 enum Msg {
     Step(Message),
     Propose(Vec<u8>, oneshot::Sender<Result<()>>),
+    ProposeConfChange(ConfChange, oneshot::Sender<Result<()>>),
+    ReportSnapshot(u64, bool),
     ReadIndex(oneshot::Sender<Result<u64>>),
     CompactLog(u64),
     TransferLeader(u64),
@@ -104,6 +164,11 @@ impl Stepper {
     pub fn step(&self, m: Message) {
         let _ = self.tx.send(Msg::Step(m));
     }
+
+    /// Tells raft whether the snapshot sent to `to` arrived.
+    pub fn report_snapshot(&self, to: u64, delivered: bool) {
+        let _ = self.tx.send(Msg::ReportSnapshot(to, delivered));
+    }
 }
 
 /// Handle to the raft driver thread.
@@ -118,11 +183,11 @@ impl Node {
     pub fn start(
         cfg: NodeConfig,
         mut store: LogStore,
-        committed: mpsc::Sender<Vec<Entry>>,
+        committed: mpsc::Sender<Committed>,
         transport: Arc<Transport>,
     ) -> Result<Node> {
-        if store.is_empty() {
-            store.set_conf_state(ConfState {
+        if store.is_empty() && !cfg.voters.is_empty() {
+            store.bootstrap(ConfState {
                 voters: cfg.voters.clone(),
                 ..Default::default()
             })?;
@@ -157,6 +222,8 @@ impl Node {
         let driver = Driver {
             raw,
             rx,
+            reporter: Stepper { tx: tx.clone() },
+            last_contact: HashMap::new(),
             committed,
             transport,
             status: status.clone(),
@@ -203,6 +270,16 @@ impl Node {
         rx.await.map_err(|_| RaftError::Stopped)?
     }
 
+    /// Proposes a membership change. Resolves once raft accepted it; the caller learns the outcome
+    /// when the entry is applied. A leader with a change still unapplied refuses another.
+    pub async fn propose_conf_change(&self, cc: ConfChange) -> Result<()> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::ProposeConfChange(cc, done))
+            .map_err(|_| RaftError::Stopped)?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
     /// Asks raft to hand leadership to `target` (effective only on the leader; watch `status`).
     pub fn transfer_leader(&self, target: u64) {
         let _ = self.tx.send(Msg::TransferLeader(target));
@@ -213,9 +290,14 @@ impl Node {
         let _ = self.tx.send(Msg::CompactLog(index));
     }
 
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.status.read().term
+    }
+
     /// What raft's state was after the last turn of the driver.
     pub fn status(&self) -> RaftStatus {
-        *self.status.read()
+        self.status.read().clone()
     }
 
     /// Stops the driver and waits for it; committed entries already handed off still get applied.
@@ -239,7 +321,11 @@ type Reader = oneshot::Sender<Result<u64>>;
 struct Driver {
     raw: RawNode<LogStore>,
     rx: mpsc::Receiver<Msg>,
-    committed: mpsc::Sender<Vec<Entry>>,
+    /// The driver's own input, for transfers that report back (snapshots).
+    reporter: Stepper,
+    /// When each member last answered, while this member leads.
+    last_contact: HashMap<u64, Instant>,
+    committed: mpsc::Sender<Committed>,
     transport: Arc<Transport>,
     status: Arc<RwLock<RaftStatus>>,
     tick: Duration,
@@ -276,7 +362,8 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            if Instant::now() >= next_tick {
+            let ticked = Instant::now() >= next_tick;
+            if ticked {
                 self.raw.tick();
                 next_tick = Instant::now() + self.tick;
             }
@@ -286,7 +373,7 @@ impl Driver {
                 tracing::error!(error = %e, "raft driver stopped: storage failed");
                 break;
             }
-            self.publish_status();
+            self.publish_status(ticked);
         }
         self.stop();
     }
@@ -302,6 +389,9 @@ impl Driver {
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Step(m) => {
+                if self.raw.raft.state == StateRole::Leader {
+                    self.last_contact.insert(m.from, Instant::now());
+                }
                 // Messages from removed members or stale terms are refused by raft; nothing to do.
                 if let Err(e) = self.raw.step(m) {
                     tracing::debug!(error = %e, "raft message not stepped");
@@ -316,9 +406,32 @@ impl Driver {
                 };
                 let _ = done.send(res);
             }
+            Msg::ProposeConfChange(cc, done) => {
+                let res = if self.raw.raft.leader_id == raft::INVALID_ID {
+                    Err(RaftError::NoLeader)
+                } else if self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf()
+                {
+                    Err(RaftError::ConfChangePending)
+                } else {
+                    self.raw
+                        .propose_conf_change(vec![], cc)
+                        .map_err(RaftError::from)
+                };
+                let _ = done.send(res);
+            }
+            Msg::ReportSnapshot(to, delivered) => {
+                let status = if delivered {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+                if !delivered {
+                    self.raw.report_unreachable(to);
+                }
+            }
             Msg::ReadIndex(done) => self.pending_reads.push(done),
             Msg::CompactLog(index) => {
-                let index = self.compactable(index);
                 if let Err(e) = self.raw.mut_store().compact(index) {
                     tracing::warn!(error = %e, index, "raft log compaction failed");
                 }
@@ -327,24 +440,6 @@ impl Driver {
             Msg::Shutdown => return false,
         }
         true
-    }
-
-    /// A leader keeps every entry some member still needs: without raft snapshots (not built yet),
-    /// a member behind the compacted log could never catch up. The log then grows while a member
-    /// is down, which is the lesser harm.
-    fn compactable(&self, index: u64) -> u64 {
-        if self.raw.raft.state != StateRole::Leader {
-            return index;
-        }
-        let behind = self
-            .raw
-            .raft
-            .prs()
-            .iter()
-            .map(|(_, p)| p.matched)
-            .min()
-            .unwrap_or(index);
-        index.min(behind)
     }
 
     fn start_read_round(&mut self) {
@@ -395,6 +490,9 @@ impl Driver {
         let mut ready = self.raw.ready();
         // Messages a leader may send before its own append is durable (raft thesis 10.2.1).
         self.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot())?;
+        }
         // Committed entries go to the state machine; they are durable already.
         self.hand_off(ready.take_committed_entries())?;
         self.finish_reads(ready.take_read_states());
@@ -412,8 +510,42 @@ impl Driver {
         Ok(())
     }
 
-    fn send(&mut self, msgs: Vec<Message>) {
+    fn send(&mut self, mut msgs: Vec<Message>) {
+        // Snapshots travel on their own stream: a large image must not hold up heartbeats.
+        msgs.retain(|m| {
+            if m.get_msg_type() != MessageType::MsgSnapshot {
+                return true;
+            }
+            self.transport.send_snapshot(m.clone(), self.reporter.clone());
+            false
+        });
         self.transport.send(msgs);
+    }
+
+    /// Has the state machine install the received image, then moves the log past it. In that
+    /// order: a crash in between leaves a state machine ahead of the log, which start-up repairs;
+    /// the reverse would leave a log that no longer holds what the state machine lacks.
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let meta = snap.get_metadata();
+        tracing::info!(index = meta.index, term = meta.term, "installing a snapshot");
+        let (done, installed) = mpsc::channel();
+        let install = InstallSnapshot {
+            index: meta.index,
+            term: meta.term,
+            dir: PathBuf::from(String::from_utf8_lossy(&snap.data).into_owned()),
+            done,
+        };
+        self.committed
+            .send(Committed::Snapshot(install))
+            .map_err(|_| RaftError::Stopped)?;
+        match installed.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(RaftError::Corrupt(format!("installing a snapshot: {e}"))),
+            Err(_) => return Err(RaftError::Stopped),
+        }
+        self.raw.mut_store().apply_snapshot(meta)?;
+        tracing::info!(index = meta.index, "snapshot installed");
+        Ok(())
     }
 
     fn hand_off(&mut self, entries: Vec<Entry>) -> Result<()> {
@@ -423,7 +555,9 @@ impl Driver {
         for e in &entries {
             self.apply_conf_change(e)?;
         }
-        self.committed.send(entries).map_err(|_| RaftError::Stopped)
+        self.committed
+            .send(Committed::Entries(entries))
+            .map_err(|_| RaftError::Stopped)
     }
 
     fn apply_conf_change(&mut self, e: &Entry) -> Result<()> {
@@ -452,7 +586,10 @@ impl Driver {
         }
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self, ticked: bool) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.last_contact.clear();
+        }
         let r = &self.raw.raft;
         let role = match r.state {
             StateRole::Follower => Role::Follower,
@@ -460,14 +597,39 @@ impl Driver {
             StateRole::PreCandidate => Role::PreCandidate,
             StateRole::Leader => Role::Leader,
         };
+        let mut s = self.status.write();
+        let progress = if !ticked {
+            std::mem::take(&mut s.progress)
+        } else if role == Role::Leader {
+            let learners = r.prs().conf().learners();
+            r.prs()
+                .iter()
+                .map(|(&id, p)| PeerProgress {
+                    id,
+                    matched: p.matched,
+                    state: match p.state {
+                        ProgressState::Probe => Replication::Probing,
+                        ProgressState::Replicate => Replication::Replicating,
+                        ProgressState::Snapshot => Replication::Snapshot,
+                    },
+                    pending_snapshot: p.pending_snapshot,
+                    active: p.recent_active,
+                    learner: learners.contains(&id),
+                    last_contact: self.last_contact.get(&id).copied(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let next = RaftStatus {
             id: r.id,
             leader_id: r.leader_id,
             term: r.term,
             commit_index: r.raft_log.committed,
             role,
+            last_index: r.raft_log.last_index(),
+            progress,
         };
-        let mut s = self.status.write();
         if s.leader_id != next.leader_id {
             tracing::info!(
                 leader = format!("{:x}", next.leader_id),

@@ -5,17 +5,22 @@
 //! which batches whatever is queued into one stream message. A peer that is slow or down only loses
 //! its own messages (raft retransmits what matters); the other peers are unaffected. A broken stream
 //! is reconnected with exponential backoff.
+//!
+//! Snapshots go on a stream of their own (`Peer/Snapshot`), one per transfer: the image's files in
+//! chunks, the raft message first. The receiver steps the message only once every file is on disk.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_proto::peer::peer_client::PeerClient;
 use keel_proto::peer::peer_server::{Peer, PeerServer};
-use keel_proto::peer::{RaftAck, RaftBatch};
+use keel_proto::peer::{RaftAck, RaftBatch, SnapshotAck, SnapshotChunk};
 use parking_lot::Mutex;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status, Streaming};
@@ -29,10 +34,15 @@ const BATCH: usize = 512;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bytes per snapshot chunk.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// A snapshot transfer logs its progress every this many bytes.
+const SNAPSHOT_LOG_EVERY: u64 = 64 * 1024 * 1024;
 
 struct PeerQueue {
     tx: mpsc::Sender<Vec<u8>>,
     task: JoinHandle<()>,
+    urls: Vec<String>,
 }
 
 /// Outgoing raft messages, by destination member.
@@ -55,10 +65,53 @@ impl Transport {
     /// Starts (or restarts) sending to member `id` at `urls`.
     pub fn add_peer(&self, id: u64, urls: Vec<String>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = self.runtime.spawn(run_peer(id, urls, self.cluster_id, rx));
-        if let Some(old) = self.peers.lock().insert(id, PeerQueue { tx, task }) {
+        let task = self
+            .runtime
+            .spawn(run_peer(id, urls.clone(), self.cluster_id, rx));
+        if let Some(old) = self.peers.lock().insert(id, PeerQueue { tx, task, urls }) {
             old.task.abort();
         }
+    }
+
+    /// The members messages are sent to, with their URLs.
+    pub fn peers(&self) -> Vec<(u64, Vec<String>)> {
+        let peers = self.peers.lock();
+        peers.iter().map(|(id, p)| (*id, p.urls.clone())).collect()
+    }
+
+    /// Streams the snapshot of `msg` (its data names the image directory) to its destination on a
+    /// stream of its own, then reports the outcome to raft through `reporter`.
+    pub fn send_snapshot(&self, msg: Message, reporter: Stepper) {
+        let to = msg.to;
+        let Some(urls) = self.peers.lock().get(&to).map(|p| p.urls.clone()) else {
+            reporter.report_snapshot(to, false);
+            return;
+        };
+        let cluster_id = self.cluster_id;
+        self.runtime.spawn(async move {
+            let index = msg.get_snapshot().get_metadata().index;
+            let started = Instant::now();
+            let mut result = Err("no peer URL".into());
+            for url in &urls {
+                result = stream_snapshot(url, cluster_id, &msg).await;
+                if result.is_ok() {
+                    break;
+                }
+            }
+            match &result {
+                Ok(bytes) => tracing::info!(
+                    to = format!("{to:x}"),
+                    index,
+                    bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "snapshot sent"
+                ),
+                Err(e) => {
+                    tracing::warn!(to = format!("{to:x}"), index, error = %e, "sending a snapshot failed")
+                }
+            }
+            reporter.report_snapshot(to, result.is_ok());
+        });
     }
 
     /// Stops sending to member `id`.
@@ -173,17 +226,167 @@ async fn stream_to(
     Ok(())
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Streams the image directory named by `msg`'s snapshot data, every file in chunks, the message
+/// first. Returns the bytes sent.
+async fn stream_snapshot(url: &str, cluster_id: u64, msg: &Message) -> Result<u64, BoxError> {
+    let dir = PathBuf::from(String::from_utf8_lossy(&msg.get_snapshot().data).into_owned());
+    let mut files = Vec::new();
+    let mut entries = tokio::fs::read_dir(&dir).await?;
+    while let Some(e) = entries.next_entry().await? {
+        if e.file_type().await?.is_file() {
+            files.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    files.sort();
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let header = SnapshotChunk {
+        cluster_id,
+        message: msg.write_to_bytes()?,
+        ..Default::default()
+    };
+    let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
+    let to = msg.to;
+    let reader = tokio::spawn(async move {
+        tx.send(header).await?;
+        let mut sent = 0u64;
+        for file in files {
+            let mut f = tokio::fs::File::open(dir.join(&file)).await?;
+            let mut offset = 0u64;
+            loop {
+                let mut data = vec![0u8; SNAPSHOT_CHUNK];
+                let n = tokio::io::AsyncReadExt::read(&mut f, &mut data).await?;
+                // An empty file still gets one (empty) chunk, so the receiver creates it.
+                if n == 0 && offset > 0 {
+                    break;
+                }
+                data.truncate(n);
+                let chunk = SnapshotChunk {
+                    cluster_id,
+                    file: file.clone(),
+                    offset,
+                    data,
+                    ..Default::default()
+                };
+                tx.send(chunk).await?;
+                offset += n as u64;
+                if sent / SNAPSHOT_LOG_EVERY != (sent + n as u64) / SNAPSHOT_LOG_EVERY {
+                    tracing::info!(to = format!("{to:x}"), bytes = sent + n as u64, "sending a snapshot");
+                }
+                sent += n as u64;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        Ok::<u64, BoxError>(sent)
+    });
+    let ack = PeerClient::new(channel)
+        .max_encoding_message_size(usize::MAX)
+        .snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    let sent = reader.await??;
+    ack?;
+    Ok(sent)
+}
+
 /// The receiving side: every message goes to the local raft node.
 pub struct PeerService {
     node: Stepper,
     cluster_id: u64,
+    snap_dir: PathBuf,
 }
 
 impl PeerService {
-    /// The gRPC service feeding `node`, a member of `cluster_id`.
-    pub fn server(node: Stepper, cluster_id: u64) -> PeerServer<PeerService> {
-        PeerServer::new(PeerService { node, cluster_id }).max_decoding_message_size(usize::MAX)
+    /// The gRPC service feeding `node`, a member of `cluster_id`, receiving snapshots into
+    /// `snap_dir`.
+    pub fn server(node: Stepper, cluster_id: u64, snap_dir: PathBuf) -> PeerServer<PeerService> {
+        PeerServer::new(PeerService {
+            node,
+            cluster_id,
+            snap_dir,
+        })
+        .max_decoding_message_size(usize::MAX)
     }
+
+    fn check_cluster(&self, remote: u64) -> Result<(), Status> {
+        if remote == self.cluster_id {
+            return Ok(());
+        }
+        tracing::error!(
+            local = format!("{:x}", self.cluster_id),
+            remote = format!("{remote:x}"),
+            "refused raft messages from a member of another cluster"
+        );
+        Err(Status::failed_precondition(format!(
+            "cluster ID mismatch: this member belongs to {:x}, the sender to {remote:x}",
+            self.cluster_id
+        )))
+    }
+
+    /// Writes the streamed image into a fresh directory; returns the message and where it is.
+    async fn receive_snapshot(
+        &self,
+        inbound: &mut Streaming<SnapshotChunk>,
+    ) -> Result<(Message, PathBuf, u64), Status> {
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        self.check_cluster(first.cluster_id)?;
+        let msg = Message::parse_from_bytes(&first.message)
+            .map_err(|e| Status::invalid_argument(format!("snapshot message: {e}")))?;
+        let meta = msg.get_snapshot().get_metadata();
+        let name = format!("recv-{:016x}-{:016x}", meta.index, meta.term);
+        let partial = self.snap_dir.join(format!("{name}.partial"));
+        let io = |e: std::io::Error| Status::internal(format!("receiving a snapshot: {e}"));
+        let _ = tokio::fs::remove_dir_all(&partial).await;
+        tokio::fs::create_dir_all(&partial).await.map_err(io)?;
+        tracing::info!(from = format!("{:x}", msg.from), index = meta.index, "receiving a snapshot");
+        let mut received = 0u64;
+        let mut current: Option<(String, tokio::fs::File)> = None;
+        while let Some(chunk) = inbound.message().await? {
+            if !is_plain_file_name(&chunk.file) {
+                return Err(Status::invalid_argument("bad snapshot file name"));
+            }
+            if current.as_ref().map(|(f, _)| f) != Some(&chunk.file) {
+                if let Some((_, f)) = current.take() {
+                    f.sync_all().await.map_err(io)?;
+                }
+                let f = tokio::fs::File::create(partial.join(&chunk.file))
+                    .await
+                    .map_err(io)?;
+                current = Some((chunk.file.clone(), f));
+            }
+            let (_, f) = current.as_mut().expect("opened above");
+            f.write_all(&chunk.data).await.map_err(io)?;
+            if received / SNAPSHOT_LOG_EVERY != (received + chunk.data.len() as u64) / SNAPSHOT_LOG_EVERY {
+                tracing::info!(bytes = received, "receiving a snapshot");
+            }
+            received += chunk.data.len() as u64;
+        }
+        if let Some((_, f)) = current.take() {
+            f.sync_all().await.map_err(io)?;
+        }
+        let done = self.snap_dir.join(name);
+        let _ = tokio::fs::remove_dir_all(&done).await;
+        tokio::fs::rename(&partial, &done).await.map_err(io)?;
+        sync_dir(&self.snap_dir).map_err(io)?;
+        Ok((msg, done, received))
+    }
+}
+
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && name != "." && name != ".."
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[tonic::async_trait]
@@ -191,17 +394,7 @@ impl Peer for PeerService {
     async fn raft(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
         let mut inbound = req.into_inner();
         while let Some(batch) = inbound.message().await? {
-            if batch.cluster_id != self.cluster_id {
-                tracing::error!(
-                    local = format!("{:x}", self.cluster_id),
-                    remote = format!("{:x}", batch.cluster_id),
-                    "refused raft messages from a member of another cluster"
-                );
-                return Err(Status::failed_precondition(format!(
-                    "cluster ID mismatch: this member belongs to {:x}, the sender to {:x}",
-                    self.cluster_id, batch.cluster_id
-                )));
-            }
+            self.check_cluster(batch.cluster_id)?;
             for bytes in batch.messages {
                 match Message::parse_from_bytes(&bytes) {
                     Ok(m) => self.node.step(m),
@@ -210,5 +403,21 @@ impl Peer for PeerService {
             }
         }
         Ok(Response::new(RaftAck {}))
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotAck>, Status> {
+        let (mut msg, dir, bytes) = self.receive_snapshot(&mut req.into_inner()).await?;
+        tracing::info!(
+            from = format!("{:x}", msg.from),
+            bytes,
+            dir = %dir.display(),
+            "snapshot received"
+        );
+        msg.mut_snapshot().data = dir.to_string_lossy().into_owned().into_bytes().into();
+        self.node.step(msg);
+        Ok(Response::new(SnapshotAck { bytes }))
     }
 }

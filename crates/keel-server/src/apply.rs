@@ -14,13 +14,15 @@ use keel_proto::etcd::{
     PbLeaseRevokeResponse as LeaseRevokeResponse, PbPutRequest as PutRequest,
     PbPutResponse as PutResponse, PbTxnResponse as TxnResponse,
 };
-use keel_proto::{InternalRequest, RequestBody};
-use keel_raft::{Entry, EntryType};
+use keel_proto::etcd::PbMember as Member;
+use keel_proto::{InternalRequest, MemberChange, RequestBody};
+use keel_raft::{Committed, Entry, EntryType, InstallSnapshot};
 use prost::Message;
 use tokio::sync::watch;
 
 use crate::lease::Lessor;
-use crate::membership::Directory;
+use crate::membership::Membership;
+use crate::snapshot::{encode_position, META_INSTALLED};
 use crate::txn::{self, header};
 use crate::wait::Registry;
 use crate::ServerError;
@@ -46,14 +48,16 @@ pub enum Response {
     LeaseRevoke(LeaseRevokeResponse),
     /// A member's attributes were recorded.
     MemberAttributes,
+    /// A membership change was applied: the members after it.
+    Members(Vec<Member>),
 }
 
 /// The parts of the state machine beside the key-value store.
 pub struct Machine {
     /// The leases and their keys.
     pub leases: Arc<Lessor>,
-    /// What each member published about itself.
-    pub members: Arc<Directory>,
+    /// The cluster's members.
+    pub members: Arc<Membership>,
 }
 
 /// What a proposer receives once its entry is applied.
@@ -72,9 +76,13 @@ pub fn apply(wb: &mut WriteBatch<'_>, machine: &Machine, body: &RequestBody) -> 
             apply_lease_revoke(wb, leases, r.id).map(Response::LeaseRevoke)
         }
         RequestBody::MemberAttributes(a) => {
-            machine.members.record(wb, a);
+            machine.members.publish(wb, a);
             Ok(Response::MemberAttributes)
         }
+        RequestBody::MemberUpdate(u) => machine
+            .members
+            .update_peer_urls(wb, u.id, &u.peer_ur_ls)
+            .map(Response::Members),
     }
 }
 
@@ -150,15 +158,15 @@ fn apply_compaction(
 pub struct ApplyLoop {
     /// The store entries are applied to.
     pub store: Arc<Store>,
-    /// Committed entries from the raft driver.
-    pub committed: mpsc::Receiver<Vec<Entry>>,
+    /// Committed entries and snapshots from the raft driver.
+    pub committed: mpsc::Receiver<Committed>,
     /// Proposers waiting for their results.
     pub registry: Arc<Registry>,
     /// Publishes the applied index (linearizable reads wait on it).
     pub applied: watch::Sender<u64>,
     /// Where committed changes go for watchers.
     pub hub: Arc<crate::watch::Hub>,
-    /// Leases and member attributes.
+    /// Leases and members.
     pub machine: Machine,
     /// Log compaction every this many applied entries.
     pub snapshot_count: u64,
@@ -171,21 +179,65 @@ impl ApplyLoop {
     pub fn run(self) {
         let mut compacted_at = self.store.applied_index();
         while let Ok(first) = self.committed.recv() {
-            let mut batches = vec![first];
-            batches.extend(self.committed.try_iter().take(64));
-            let last = match self.apply_batch(batches.iter().flatten()) {
-                Ok(last) => last,
-                Err(e) => {
-                    // The batch was not committed: the raft log still has it and a restart replays it.
-                    tracing::error!(error = %e, "apply failed; stopping to keep the state machine consistent");
-                    std::process::abort();
+            let mut batches = Vec::new();
+            let mut next = Some(first);
+            while let Some(c) = next.take() {
+                match c {
+                    Committed::Entries(entries) => batches.push(entries),
+                    Committed::Snapshot(install) => {
+                        // What came before the snapshot is applied first, in order.
+                        self.apply_or_abort(&batches);
+                        batches.clear();
+                        self.install(install);
+                        compacted_at = self.store.applied_index();
+                    }
                 }
-            };
+                if batches.len() < 64 {
+                    next = self.committed.try_recv().ok();
+                }
+            }
+            if batches.is_empty() {
+                continue;
+            }
+            let last = self.apply_or_abort(&batches);
             if last >= compacted_at + self.snapshot_count {
                 self.compact_raft_log(last);
                 compacted_at = last;
             }
         }
+    }
+
+    fn apply_or_abort(&self, batches: &[Vec<Entry>]) -> u64 {
+        if batches.is_empty() {
+            return self.store.applied_index();
+        }
+        match self.apply_batch(batches.iter().flatten()) {
+            Ok(last) => last,
+            Err(e) => {
+                // The batch was not committed: the raft log still has it and a restart replays it.
+                tracing::error!(error = %e, "apply failed; stopping to keep the state machine consistent");
+                std::process::abort();
+            }
+        }
+    }
+
+    /// Replaces the state with a received snapshot, then everything derived from it: leases,
+    /// members, watchers (they catch up from the new history).
+    fn install(&self, s: InstallSnapshot) {
+        let res = self
+            .store
+            .install(&s.dir, META_INSTALLED, &encode_position(s.index, s.term))
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                self.machine.leases.reload(&self.store).map_err(|e| e.to_string())?;
+                self.machine.members.reload(&self.store).map_err(|e| e.to_string())
+            });
+        if res.is_ok() {
+            self.hub.resync();
+            self.applied.send_replace(self.store.applied_index());
+            let _ = std::fs::remove_dir_all(&s.dir);
+        }
+        let _ = s.done.send(res);
     }
 
     fn apply_batch<'e>(
@@ -200,6 +252,21 @@ impl ApplyLoop {
                 continue;
             }
             last = e.index;
+            if let Some(cc) = keel_raft::conf_change(e) {
+                let Ok(change) = MemberChange::decode(cc.get_context()) else {
+                    tracing::error!(index = e.index, "skipping a conf change without its member");
+                    continue;
+                };
+                let mut member = change.member.unwrap_or_default();
+                member.id = cc.node_id;
+                let res = self
+                    .machine
+                    .members
+                    .apply_conf_change(&mut wb, cc.get_change_type(), member)
+                    .map(Response::Members);
+                results.push((change.id, res));
+                continue;
+            }
             if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
                 continue;
             }

@@ -65,6 +65,44 @@ pub enum ServerError {
     /// A request this server cannot serve (yet).
     #[error("etcdserver: not capable")]
     NotCapable,
+    /// MemberAdd with peer URLs a member already has.
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    /// MemberAdd or MemberUpdate with URLs that are not `scheme://host:port`.
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    /// The member named does not exist.
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// MemberAdd would make a member id that exists (or existed).
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    /// MemberPromote of a voting member.
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    /// MemberPromote of a learner that is behind the leader.
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// MemberAdd of a second learner.
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    /// A change that would leave the cluster without a quorum of started members.
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    /// A membership change while another is not yet applied (raft takes one at a time).
+    #[error("etcdserver: another membership change is in progress")]
+    MembershipChangeInProgress,
+    /// A learner asked for something only voting members serve.
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    /// The leader's answer to a request forwarded to it.
+    #[error("{message}")]
+    Remote {
+        /// Its gRPC code.
+        code: Code,
+        /// Its message.
+        message: String,
+    },
     /// Storage failed; the request may not have been applied.
     #[error("etcdserver: {0}")]
     Internal(String),
@@ -85,6 +123,7 @@ impl From<RaftError> for ServerError {
         match e {
             RaftError::NoLeader => ServerError::NoLeader,
             RaftError::Stopped => ServerError::Stopped,
+            RaftError::ConfChangePending => ServerError::MembershipChangeInProgress,
             other => ServerError::Internal(other.to_string()),
         }
     }
@@ -96,12 +135,17 @@ impl ServerError {
         use ServerError::*;
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge => Code::InvalidArgument,
-            LeaseNotFound => Code::NotFound,
-            LeaseExists | NotLeader | BadLeaderTransferee => Code::FailedPrecondition,
+            | RequestTooLarge | MemberBadUrls => Code::InvalidArgument,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExists | NotLeader | BadLeaderTransferee | PeerUrlExists | MemberExists
+            | MemberNotLearner | LearnerNotReady | TooManyLearners | MemberNotEnoughStarted
+            | MembershipChangeInProgress => Code::FailedPrecondition,
             Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
-            NoLeader | Timeout | Stopped | NotCapable => Code::Unavailable,
+            NoLeader | Timeout | Stopped | NotCapable | NotSupportedForLearner => {
+                Code::Unavailable
+            }
             Internal(_) | LeaderTransferTimeout => Code::Unknown,
+            Remote { code, .. } => *code,
         }
     }
 }

@@ -25,6 +25,17 @@ fn unavailable(e: etcd_client::Error) -> ServerError {
     }
 }
 
+/// The leader's own answer, passed on as it is.
+fn forwarded(e: etcd_client::Error) -> ServerError {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => ServerError::Remote {
+            code: s.code(),
+            message: s.message().to_string(),
+        },
+        other => unavailable(other),
+    }
+}
+
 impl Core {
     async fn leader_client(&self) -> Result<Client, ServerError> {
         let leader = self.raft_status().leader_id;
@@ -41,15 +52,29 @@ impl Core {
             }
         }
         let urls = self
-            .identity
-            .members
-            .iter()
-            .find(|m| m.id == leader)
-            .map(|m| m.peer_ur_ls.clone())
+            .membership
+            .get(leader)
+            .map(|m| m.peer_ur_ls)
             .ok_or(ServerError::NoLeader)?;
         let client = Client::connect(urls, None).await.map_err(unavailable)?;
         *self.leader_link.cached.lock() = Some((leader, client.clone()));
         Ok(client)
+    }
+
+    /// Promotes learner `id` on the leader (only it knows whether the learner caught up).
+    pub async fn forward_promote(&self, id: u64) -> Result<Vec<keel_proto::etcd::PbMember>, ServerError> {
+        let mut c = self.leader_client().await?;
+        let r = c.member_promote(id).await.map_err(forwarded)?;
+        Ok(r.members()
+            .iter()
+            .map(|m| keel_proto::etcd::PbMember {
+                id: m.id(),
+                name: m.name().to_string(),
+                peer_ur_ls: m.peer_urls().to_vec(),
+                client_ur_ls: m.client_urls().to_vec(),
+                is_learner: m.is_learner(),
+            })
+            .collect())
     }
 
     /// Renews lease `id` on the leader; 0 if it does not exist there.

@@ -155,6 +155,17 @@ impl Lessor {
         })
     }
 
+    /// Loads the leases again (a snapshot replaced the state). Deadlines are gone: a member that
+    /// receives a snapshot is not the primary.
+    pub fn reload(&self, store: &Store) -> Result<(), ServerError> {
+        let fresh = Lessor::restore(store)?;
+        let inner = fresh.inner.into_inner();
+        self.attached
+            .store(!inner.items.is_empty(), std::sync::atomic::Ordering::Release);
+        *self.inner.lock() = inner;
+        Ok(())
+    }
+
     /// Whether lease `id` exists.
     pub fn contains(&self, id: i64) -> bool {
         self.inner.lock().leases.contains_key(&id)

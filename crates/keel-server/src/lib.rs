@@ -11,6 +11,7 @@ mod membership;
 mod range;
 mod server;
 pub mod service;
+mod snapshot;
 mod txn;
 mod validate;
 mod wait;

@@ -1,22 +1,26 @@
-//! Cluster identity: member and cluster ids derived from peer URLs and the cluster token exactly as
-//! etcd derives them, and the member list recorded at bootstrap.
+//! Cluster identity (member and cluster ids derived from peer URLs and the cluster token exactly as
+//! etcd derives them) and the membership: who the members are, replicated through raft.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use keel_mvcc::{Store, WriteBatch};
 use keel_proto::etcd::{PbMember as Member, PbMemberListResponse};
 use keel_proto::MemberAttributes;
+use keel_raft::{ConfChangeType, ConfState};
 use parking_lot::RwLock;
+use tokio::sync::watch;
 use prost::Message;
 use sha1::{Digest, Sha1};
 
 use crate::ServerError;
 
-const META_CLUSTER_ID: &[u8] = b"cluster_id";
-const META_MEMBER_ID: &[u8] = b"member_id";
-const META_MEMBERS: &[u8] = b"members";
-/// Followed by the member id (8 bytes, big-endian): its published attributes.
-const META_ATTRIBUTES: &[u8] = b"attributes/";
+/// Local records: who this member is (never replaced by a snapshot).
+const META_CLUSTER_ID: &[u8] = b"local/cluster_id";
+const META_MEMBER_ID: &[u8] = b"local/member_id";
+const META_TOKEN: &[u8] = b"local/cluster_token";
+/// Replicated records: the members (an encoded `MemberListResponse`) and the removed ids.
+pub const META_MEMBERS_KEY: &[u8] = b"members";
+const META_REMOVED: &[u8] = b"removed_members";
 
 /// A member's id: the first 8 bytes (big-endian) of sha1(sorted peer URLs ++ cluster token).
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
@@ -45,102 +49,205 @@ fn first_u64(digest: &[u8]) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("sha1 digest has 20 bytes"))
 }
 
-/// Who this member is and which cluster it belongs to.
+/// Who this member is and which cluster it belongs to (local, fixed at bootstrap or join).
 #[derive(Clone, Debug)]
 pub struct Identity {
     /// The cluster id.
     pub cluster_id: u64,
     /// This member's id.
     pub member_id: u64,
-    /// Every member, as recorded at bootstrap.
-    pub members: Vec<Member>,
+    /// The --initial-cluster-token the cluster was bootstrapped with ("" when joined).
+    pub token: String,
+}
+
+fn decode_id(b: Vec<u8>) -> Result<u64, ServerError> {
+    Ok(u64::from_be_bytes(b.try_into().map_err(|_| {
+        ServerError::Internal("corrupt member identity".into())
+    })?))
 }
 
 impl Identity {
-    /// The identity recorded in the store, if it was bootstrapped before.
+    /// The identity recorded in the store, if it was bootstrapped or joined before.
     pub fn load(store: &Store) -> Result<Option<Identity>, ServerError> {
-        let (Some(c), Some(m), Some(list)) = (
+        let (Some(c), Some(m)) = (
             store.get_meta(META_CLUSTER_ID)?,
             store.get_meta(META_MEMBER_ID)?,
-            store.get_meta(META_MEMBERS)?,
         ) else {
             return Ok(None);
         };
-        let id = |b: Vec<u8>| -> Result<u64, ServerError> {
-            Ok(u64::from_be_bytes(b.try_into().map_err(|_| {
-                ServerError::Internal("corrupt member identity".into())
-            })?))
-        };
-        let members = PbMemberListResponse::decode(list.as_slice())
-            .map_err(|e| ServerError::Internal(format!("corrupt member list: {e}")))?
-            .members;
+        let token = store.get_meta(META_TOKEN)?.unwrap_or_default();
         Ok(Some(Identity {
-            cluster_id: id(c)?,
-            member_id: id(m)?,
-            members,
+            cluster_id: decode_id(c)?,
+            member_id: decode_id(m)?,
+            token: String::from_utf8_lossy(&token).into_owned(),
         }))
     }
 
-    /// Records the identity durably.
+    /// Records the identity durably (the member id last: its presence marks a complete record).
     pub fn save(&self, store: &Store) -> Result<(), ServerError> {
-        let list = PbMemberListResponse {
-            members: self.members.clone(),
-            ..Default::default()
-        };
-        store.put_meta(META_MEMBERS, &list.encode_to_vec())?;
-        store.put_meta(META_MEMBER_ID, &self.member_id.to_be_bytes())?;
+        store.put_meta(META_TOKEN, self.token.as_bytes())?;
         store.put_meta(META_CLUSTER_ID, &self.cluster_id.to_be_bytes())?;
+        store.put_meta(META_MEMBER_ID, &self.member_id.to_be_bytes())?;
         Ok(())
     }
 }
 
-/// The attributes each member published through raft (replicated state, changed by apply).
-#[derive(Default)]
-pub struct Directory {
-    published: RwLock<HashMap<u64, MemberAttributes>>,
+/// The cluster's members as the state machine knows them: replicated state, changed only by
+/// applied entries (conf changes, attribute publications, peer URL updates), so every member lists
+/// the same members for the same applied index.
+pub struct Membership {
+    members: RwLock<BTreeMap<u64, Member>>,
+    removed: RwLock<BTreeSet<u64>>,
+    /// Bumped on every change, for whoever follows the membership (the transport).
+    changed: watch::Sender<u64>,
 }
 
-fn attributes_key(id: u64) -> Vec<u8> {
-    [META_ATTRIBUTES, &id.to_be_bytes()].concat()
+/// Decodes the member list record.
+pub fn decode_members(bytes: &[u8]) -> Result<Vec<Member>, ServerError> {
+    Ok(PbMemberListResponse::decode(bytes)
+        .map_err(|e| ServerError::Internal(format!("corrupt member list: {e}")))?
+        .members)
 }
 
-impl Directory {
-    /// The attributes recorded in the store for `members`.
-    pub fn load(store: &Store, members: &[Member]) -> Result<Directory, ServerError> {
-        let mut published = HashMap::new();
-        for m in members {
-            if let Some(v) = store.get_meta(&attributes_key(m.id))? {
-                let a = MemberAttributes::decode(v.as_slice()).map_err(|e| {
-                    ServerError::Internal(format!("corrupt member attributes: {e}"))
-                })?;
-                published.insert(m.id, a);
+fn encode_members(members: &BTreeMap<u64, Member>) -> Vec<u8> {
+    PbMemberListResponse {
+        members: members.values().cloned().collect(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// The raft membership a member list describes.
+pub fn conf_state(members: &[Member]) -> ConfState {
+    let (learners, voters): (Vec<&Member>, Vec<&Member>) =
+        members.iter().partition(|m| m.is_learner);
+    ConfState {
+        voters: voters.iter().map(|m| m.id).collect(),
+        learners: learners.iter().map(|m| m.id).collect(),
+        ..Default::default()
+    }
+}
+
+impl Membership {
+    /// The membership recorded in the store (empty for a member that has joined but not yet
+    /// received the cluster's state).
+    pub fn load(store: &Store) -> Result<Membership, ServerError> {
+        let m = Membership {
+            members: RwLock::default(),
+            removed: RwLock::default(),
+            changed: watch::channel(0).0,
+        };
+        m.reload(store)?;
+        Ok(m)
+    }
+
+    /// Reads the membership again (after a snapshot replaced the state).
+    pub fn reload(&self, store: &Store) -> Result<(), ServerError> {
+        let members = match store.get_meta(META_MEMBERS_KEY)? {
+            Some(b) => decode_members(&b)?,
+            None => Vec::new(),
+        };
+        let removed = store.get_meta(META_REMOVED)?.unwrap_or_default();
+        *self.members.write() = members.into_iter().map(|m| (m.id, m)).collect();
+        *self.removed.write() = removed
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Records the initial members of a new cluster (before raft starts).
+    pub fn bootstrap(&self, store: &Store, members: Vec<Member>) -> Result<(), ServerError> {
+        let members: BTreeMap<u64, Member> = members.into_iter().map(|m| (m.id, m)).collect();
+        store.put_meta(META_MEMBERS_KEY, &encode_members(&members))?;
+        *self.members.write() = members;
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Every member, by id.
+    pub fn list(&self) -> Vec<Member> {
+        self.members.read().values().cloned().collect()
+    }
+
+    /// Member `id`, if it is one.
+    pub fn get(&self, id: u64) -> Option<Member> {
+        self.members.read().get(&id).cloned()
+    }
+
+    /// Whether `id` was removed from the cluster.
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.removed.read().contains(&id)
+    }
+
+    /// Follows changes (the value is a change counter).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn save(&self, wb: &mut WriteBatch<'_>, members: &BTreeMap<u64, Member>) {
+        wb.put_meta(META_MEMBERS_KEY, &encode_members(members));
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Applies a raft conf change about `member`; returns the members after it.
+    pub fn apply_conf_change(
+        &self,
+        wb: &mut WriteBatch<'_>,
+        change: ConfChangeType,
+        member: Member,
+    ) -> Result<Vec<Member>, ServerError> {
+        let mut members = self.members.write();
+        match change {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let learner = change == ConfChangeType::AddLearnerNode;
+                match members.get_mut(&member.id) {
+                    // Promotion: AddNode of a learner.
+                    Some(m) => m.is_learner = learner,
+                    None => {
+                        let mut m = member;
+                        m.is_learner = learner;
+                        members.insert(m.id, m);
+                    }
+                }
+            }
+            ConfChangeType::RemoveNode => {
+                if members.remove(&member.id).is_none() {
+                    return Err(ServerError::MemberNotFound);
+                }
+                let mut removed = self.removed.write();
+                removed.insert(member.id);
+                let bytes: Vec<u8> = removed.iter().flat_map(|id| id.to_be_bytes()).collect();
+                wb.put_meta(META_REMOVED, &bytes);
             }
         }
-        Ok(Directory {
-            published: RwLock::new(published),
-        })
+        self.save(wb, &members);
+        Ok(members.values().cloned().collect())
     }
 
-    /// Applies a member's published attributes.
-    pub fn record(&self, wb: &mut WriteBatch<'_>, a: &MemberAttributes) {
-        wb.put_meta(&attributes_key(a.member_id), &a.encode_to_vec());
-        self.published.write().insert(a.member_id, a.clone());
+    /// Applies MemberUpdate: new peer URLs for a member.
+    pub fn update_peer_urls(
+        &self,
+        wb: &mut WriteBatch<'_>,
+        id: u64,
+        urls: &[String],
+    ) -> Result<Vec<Member>, ServerError> {
+        let mut members = self.members.write();
+        let m = members.get_mut(&id).ok_or(ServerError::MemberNotFound)?;
+        m.peer_ur_ls = urls.to_vec();
+        self.save(wb, &members);
+        Ok(members.values().cloned().collect())
     }
 
-    /// What member `id` published, if anything.
-    pub fn get(&self, id: u64) -> Option<MemberAttributes> {
-        self.published.read().get(&id).cloned()
-    }
-
-    /// `members` with the client URLs they published.
-    pub fn fill(&self, mut members: Vec<Member>) -> Vec<Member> {
-        let published = self.published.read();
-        for m in &mut members {
-            if let Some(a) = published.get(&m.id) {
-                m.client_ur_ls = a.client_urls.clone();
-            }
+    /// Applies a member's published name and client URLs.
+    pub fn publish(&self, wb: &mut WriteBatch<'_>, a: &MemberAttributes) {
+        let mut members = self.members.write();
+        if let Some(m) = members.get_mut(&a.member_id) {
+            m.name = a.name.clone();
+            m.client_ur_ls = a.client_urls.clone();
+            self.save(wb, &members);
         }
-        members
     }
 }
 

@@ -11,8 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use keel_mvcc::Store;
 use keel_proto::etcd::{PbMember as Member, PbResponseHeader};
-use keel_proto::{InternalRequest, MemberAttributes, RequestBody};
-use keel_raft::{LogStore, Node, NodeConfig, PeerService, RaftStatus, Transport};
+use keel_proto::{InternalRequest, MemberAttributes, MemberChange, RequestBody};
+use keel_raft::{
+    ConfChange, ConfChangeType, LogStore, Node, NodeConfig, PeerService, RaftStatus, Transport,
+};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -20,7 +22,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::apply::{ApplyLoop, Machine, Response};
 use crate::config::{ClusterState, ServerConfig};
 use crate::lease::Lessor;
-use crate::membership::{cluster_id, member_id, Directory, Identity};
+use crate::membership::{cluster_id, conf_state, member_id, Identity, Membership};
+use crate::snapshot::{decode_position, Checkpoints, META_INSTALLED};
 use crate::wait::Registry;
 use crate::{service, ServerError};
 
@@ -69,8 +72,8 @@ pub struct Core {
     pub identity: Identity,
     /// This member's name.
     pub name: String,
-    /// What each member published about itself (client URLs).
-    pub directory: Arc<Directory>,
+    /// The cluster's members (replicated).
+    pub membership: Arc<Membership>,
     /// Client URLs this member advertises.
     pub client_urls: Vec<String>,
     /// Largest proposal accepted.
@@ -80,6 +83,8 @@ pub struct Core {
     /// How often watchers that asked for progress notifications get one when idle.
     pub watch_progress_notify_interval: Duration,
     next_id: AtomicU64,
+    /// Where snapshots are made and received.
+    snap_dir: std::path::PathBuf,
 }
 
 impl Core {
@@ -88,13 +93,25 @@ impl Core {
         self.node.status()
     }
 
+    /// The raft term (cheap: no copy of the replication progress).
+    fn term(&self) -> u64 {
+        self.node.term()
+    }
+
+    /// Whether this member is a learner (it replicates but serves only serializable reads).
+    pub fn is_learner(&self) -> bool {
+        self.membership
+            .get(self.identity.member_id)
+            .is_some_and(|m| m.is_learner)
+    }
+
     /// A response header for `revision`, with this member's identity and raft term.
     pub fn header(&self, revision: i64) -> Option<PbResponseHeader> {
         Some(PbResponseHeader {
             cluster_id: self.identity.cluster_id,
             member_id: self.identity.member_id,
             revision,
-            raft_term: self.node.status().term,
+            raft_term: self.term(),
         })
     }
 
@@ -106,7 +123,7 @@ impl Core {
 
     /// The members, with the client URLs each published (this member's own always current).
     pub fn members(&self) -> Vec<Member> {
-        let mut members = self.directory.fill(self.identity.members.clone());
+        let mut members = self.membership.list();
         for m in members
             .iter_mut()
             .filter(|m| m.id == self.identity.member_id)
@@ -121,8 +138,16 @@ impl Core {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Proposes a mutation through raft and waits until it is applied.
+    /// Proposes a client's mutation through raft and waits until it is applied.
     pub async fn propose(&self, body: RequestBody) -> Result<Response, ServerError> {
+        if self.is_learner() {
+            return Err(ServerError::NotSupportedForLearner);
+        }
+        self.propose_internal(body).await
+    }
+
+    /// Proposes a mutation (the member's own, or a checked client request) and waits for it.
+    async fn propose_internal(&self, body: RequestBody) -> Result<Response, ServerError> {
         let id = self.next_id();
         let data = InternalRequest {
             id,
@@ -137,6 +162,44 @@ impl Core {
             self.registry.cancel(id);
             return Err(e.into());
         }
+        self.wait_applied(id, applied).await
+    }
+
+    /// Proposes a raft membership change about `member` and waits until it is applied; returns
+    /// the members after it.
+    pub async fn propose_member_change(
+        &self,
+        change: ConfChangeType,
+        member: Member,
+    ) -> Result<Vec<Member>, ServerError> {
+        let id = self.next_id();
+        let mut cc = ConfChange::default();
+        cc.set_change_type(change);
+        cc.node_id = member.id;
+        cc.context = MemberChange {
+            id,
+            member: Some(member),
+        }
+        .encode_to_vec()
+        .into();
+        let applied = self.registry.register(id);
+        if let Err(e) = self.node.propose_conf_change(cc).await {
+            self.registry.cancel(id);
+            return Err(e.into());
+        }
+        match self.wait_applied(id, applied).await? {
+            Response::Members(members) => Ok(members),
+            other => Err(ServerError::Internal(format!(
+                "unexpected response to a membership change: {other:?}"
+            ))),
+        }
+    }
+
+    async fn wait_applied(
+        &self,
+        id: u64,
+        applied: tokio::sync::oneshot::Receiver<crate::apply::Applied>,
+    ) -> Result<Response, ServerError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, applied).await {
             Ok(Ok(res)) => res,
             Ok(Err(_)) => Err(ServerError::Stopped),
@@ -154,11 +217,7 @@ impl Core {
         if status.leader_id != self.identity.member_id {
             return Err(ServerError::NotLeader);
         }
-        let voter = self
-            .identity
-            .members
-            .iter()
-            .any(|m| m.id == target && !m.is_learner);
+        let voter = self.membership.get(target).is_some_and(|m| !m.is_learner);
         if !voter {
             return Err(ServerError::BadLeaderTransferee);
         }
@@ -181,6 +240,9 @@ impl Core {
 
     /// Waits until this member has applied everything committed when the call began (ReadIndex).
     pub async fn linearizable_barrier(&self) -> Result<(), ServerError> {
+        if self.is_learner() {
+            return Err(ServerError::NotSupportedForLearner);
+        }
         let reached = tokio::time::timeout(REQUEST_TIMEOUT, async {
             let index = self.node.read_index().await?;
             let mut applied = self.applied.clone();
@@ -209,56 +271,45 @@ impl Server {
     /// Opens the data dir, replays what was committed but not applied, starts raft and binds the
     /// client listeners.
     pub async fn start(cfg: ServerConfig) -> Result<Server, StartError> {
+        let storage = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
         let member_dir = cfg.data_dir.join("member");
         std::fs::create_dir_all(&member_dir)
             .map_err(|e| StartError::Storage(format!("{}: {e}", member_dir.display())))?;
-        let store = Arc::new(
-            Store::open(&member_dir.join("kv")).map_err(|e| StartError::Storage(e.to_string()))?,
-        );
-        let identity =
-            match Identity::load(&store).map_err(|e| StartError::Storage(e.to_string()))? {
-                Some(identity) => identity,
-                None => {
-                    let identity = bootstrap_identity(&cfg)?;
-                    identity
-                        .save(&store)
-                        .map_err(|e| StartError::Storage(e.to_string()))?;
-                    identity
-                }
-            };
-        let log = LogStore::open(&member_dir.join("raft"))
-            .map_err(|e| StartError::Storage(e.to_string()))?;
-        let voters = identity
-            .members
-            .iter()
-            .filter(|m| !m.is_learner)
-            .map(|m| m.id)
-            .collect();
+        let store = Arc::new(Store::open(&member_dir.join("kv")).map_err(|e| storage(&e))?);
+        let (identity, seeds) = establish_identity(&cfg, &store).await?;
+        let membership = Arc::new(Membership::load(&store).map_err(|e| storage(&e))?);
+        let mut log = LogStore::open(&member_dir.join("raft")).map_err(|e| storage(&e))?;
+        repair_interrupted_install(&store, &membership, &mut log)?;
+        let snap_dir = member_dir.join("snap");
+        let checkpoints = Checkpoints::new(store.clone(), snap_dir.clone()).map_err(|e| storage(&e))?;
+        log.set_snapshot_source(Arc::new(checkpoints));
         let transport = Transport::new(tokio::runtime::Handle::current(), identity.cluster_id);
-        for m in identity
-            .members
-            .iter()
-            .filter(|m| m.id != identity.member_id)
-        {
+        // A member that joined and has not received the cluster's state yet knows its peers only
+        // from the member it joined through.
+        let peers = if membership.list().is_empty() {
+            seeds
+        } else {
+            membership.list()
+        };
+        for m in peers.iter().filter(|m| m.id != identity.member_id) {
             transport.add_peer(m.id, m.peer_ur_ls.clone());
         }
         let (committed_tx, committed_rx) = mpsc::channel();
         let node = Node::start(
-            NodeConfig::new(identity.member_id, voters, store.applied_index()),
+            NodeConfig::new(
+                identity.member_id,
+                conf_state(&membership.list()).voters,
+                store.applied_index(),
+            ),
             log,
             committed_tx,
             transport.clone(),
         )
-        .map_err(|e| StartError::Storage(e.to_string()))?;
+        .map_err(|e| storage(&e))?;
         let (applied_tx, applied_rx) = watch::channel(store.applied_index());
         let registry = Arc::new(Registry::default());
         let hub = Arc::new(crate::watch::Hub::new(store.clone()));
-        let leases =
-            Arc::new(Lessor::restore(&store).map_err(|e| StartError::Storage(e.to_string()))?);
-        let directory = Arc::new(
-            Directory::load(&store, &identity.members)
-                .map_err(|e| StartError::Storage(e.to_string()))?,
-        );
+        let leases = Arc::new(Lessor::restore(&store).map_err(|e| storage(&e))?);
         let core = Arc::new(Core {
             store: store.clone(),
             node,
@@ -267,7 +318,7 @@ impl Server {
             leases: leases.clone(),
             leader_link: Default::default(),
             name: cfg.name.clone(),
-            directory: directory.clone(),
+            membership: membership.clone(),
             applied: applied_rx,
             client_urls: cfg.advertise_client_urls.clone(),
             max_request_bytes: cfg.max_request_bytes,
@@ -275,6 +326,7 @@ impl Server {
             watch_progress_notify_interval: cfg.watch_progress_notify_interval,
             next_id: AtomicU64::new(first_request_id(identity.member_id)),
             identity,
+            snap_dir,
         });
         let weak = Arc::downgrade(&core);
         let apply = ApplyLoop {
@@ -285,7 +337,7 @@ impl Server {
             hub,
             machine: Machine {
                 leases,
-                members: directory,
+                members: membership,
             },
             snapshot_count: cfg.snapshot_count,
             compact_log: Box::new(move |index| {
@@ -297,7 +349,7 @@ impl Server {
         let apply_thread = std::thread::Builder::new()
             .name("apply".into())
             .spawn(move || apply.run())
-            .map_err(|e| StartError::Storage(e.to_string()))?;
+            .map_err(|e| storage(&e))?;
         let listeners = bind_all(&cfg.listen_client_urls).await?;
         let peer_listeners = bind_all(&cfg.listen_peer_urls).await?;
         tracing::info!(
@@ -346,7 +398,10 @@ impl Server {
                 .add_service(PeerService::server(
                     self.core.node.stepper(),
                     self.core.identity.cluster_id,
+                    self.core.snap_dir.clone(),
                 ))
+                // A member joining with --initial-cluster-state=existing asks for the members here.
+                .add_service(service::PeerMembershipService::server(self.core.clone()))
                 // Followers forward keep-alives and time-to-live here (see forward.rs).
                 .add_service(keel_proto::etcd::PbLeaseServer::new(
                     service::LeaseService::new(self.core.clone()),
@@ -357,6 +412,12 @@ impl Server {
         );
         let expiry = tokio::spawn(crate::expiry::run(self.core.clone()));
         let publish = tokio::spawn(publish_attributes(self.core.clone()));
+        let (removed_tx, mut removed_rx) = watch::channel(false);
+        let peers = tokio::spawn(follow_membership(
+            self.core.clone(),
+            self.transport.clone(),
+            removed_tx,
+        ));
         let max = self.core.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let serve = service::router(self.core.clone(), max).serve_with_incoming_shutdown(
@@ -368,6 +429,11 @@ impl Server {
         tokio::pin!(serve);
         let res = tokio::select! {
             res = &mut serve => res,
+            _ = removed_rx.wait_for(|&removed| removed) => {
+                tracing::error!("this member was removed from the cluster; stopping");
+                let _ = stop_tx.send(true);
+                tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await.unwrap_or(Ok(()))
+            }
             _ = shutdown => {
                 // Open client connections would hold a graceful shutdown forever: give in-flight
                 // requests a moment, then stop.
@@ -377,6 +443,7 @@ impl Server {
         };
         expiry.abort();
         publish.abort();
+        peers.abort();
         let _ = peer_stop_tx.send(true);
         peer_server.abort();
         self.transport.shutdown();
@@ -398,11 +465,14 @@ async fn publish_attributes(core: Arc<Core>) {
         client_urls: core.client_urls.clone(),
     };
     loop {
-        if core.directory.get(mine.member_id).as_ref() == Some(&mine) {
+        let published = core.membership.get(mine.member_id).is_some_and(|m| {
+            m.name == mine.name && m.client_ur_ls == mine.client_urls
+        });
+        if published {
             return;
         }
         match core
-            .propose(RequestBody::MemberAttributes(mine.clone()))
+            .propose_internal(RequestBody::MemberAttributes(mine.clone()))
             .await
         {
             Ok(_) => tracing::info!(client_urls = ?mine.client_urls, "published member attributes"),
@@ -410,6 +480,39 @@ async fn publish_attributes(core: Arc<Core>) {
                 tracing::debug!(error = %e, "publishing member attributes; will retry");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+        }
+    }
+}
+
+/// Keeps the transport's peers in line with the membership (members added, removed, given new
+/// peer URLs), and raises `removed` once this member is removed from the cluster.
+async fn follow_membership(core: Arc<Core>, transport: Arc<Transport>, removed: watch::Sender<bool>) {
+    let mut changes = core.membership.subscribe();
+    loop {
+        let members = core.membership.list();
+        let me = core.identity.member_id;
+        if core.membership.is_removed(me) {
+            let _ = removed.send(true);
+            return;
+        }
+        // Until the state machine knows the members (a joining member before its first
+        // snapshot), the seed peers stay.
+        if !members.is_empty() {
+            let current: std::collections::HashMap<u64, Vec<String>> =
+                transport.peers().into_iter().collect();
+            for m in members.iter().filter(|m| m.id != me) {
+                if current.get(&m.id) != Some(&m.peer_ur_ls) {
+                    tracing::info!(peer = format!("{:x}", m.id), urls = ?m.peer_ur_ls, "peer added");
+                    transport.add_peer(m.id, m.peer_ur_ls.clone());
+                }
+            }
+            for id in current.keys().filter(|id| !members.iter().any(|m| m.id == **id)) {
+                tracing::info!(peer = format!("{id:x}"), "peer removed");
+                transport.remove_peer(*id);
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -423,12 +526,58 @@ fn first_request_id(member_id: u64) -> u64 {
     ((member_id & 0xffff) << 48) | ((ms << 8) & ((1 << 48) - 1))
 }
 
-fn bootstrap_identity(cfg: &ServerConfig) -> Result<Identity, StartError> {
-    if cfg.initial_cluster_state == ClusterState::Existing {
-        return Err(StartError::Config(
-            "--initial-cluster-state=existing: joining a running cluster is not supported by this build yet".into(),
-        ));
+/// Who this member is: as recorded in the data dir, else bootstrapped from the initial cluster
+/// (`new`), else learned from the running cluster (`existing`). Also returns the members to talk
+/// to before the state machine knows any (a joining member's seeds).
+async fn establish_identity(
+    cfg: &ServerConfig,
+    store: &Store,
+) -> Result<(Identity, Vec<Member>), StartError> {
+    let storage = |e: ServerError| StartError::Storage(e.to_string());
+    if let Some(identity) = Identity::load(store).map_err(storage)? {
+        check_token(cfg, &identity)?;
+        return Ok((identity, Vec::new()));
     }
+    let (identity, members) = match cfg.initial_cluster_state {
+        ClusterState::New => bootstrap_identity(cfg)?,
+        ClusterState::Existing => join_identity(cfg).await?,
+    };
+    if cfg.initial_cluster_state == ClusterState::New {
+        let membership = Membership::load(store).map_err(storage)?;
+        membership
+            .bootstrap(store, members.clone())
+            .map_err(storage)?;
+        // The state machine starts where the bootstrapped raft log does.
+        store
+            .write_batch()
+            .commit(keel_raft::BOOTSTRAP_INDEX)
+            .map_err(|e| StartError::Storage(e.to_string()))?;
+    }
+    identity.save(store).map_err(storage)?;
+    Ok((identity, members))
+}
+
+/// A data dir bootstrapped with one cluster token refuses to start with another: the flags
+/// describe a different cluster than the one the data belongs to.
+fn check_token(cfg: &ServerConfig, identity: &Identity) -> Result<(), StartError> {
+    if cfg.initial_cluster_state == ClusterState::New
+        && !identity.token.is_empty()
+        && identity.token != cfg.initial_cluster_token
+    {
+        return Err(StartError::Config(format!(
+            "member {:x} in {} belongs to cluster {:x} bootstrapped with --initial-cluster-token={:?}, \
+             not {:?}: refusing to start with another cluster's configuration",
+            identity.member_id,
+            cfg.data_dir.display(),
+            identity.cluster_id,
+            identity.token,
+            cfg.initial_cluster_token
+        )));
+    }
+    Ok(())
+}
+
+fn bootstrap_identity(cfg: &ServerConfig) -> Result<(Identity, Vec<Member>), StartError> {
     let members: Vec<Member> = cfg
         .initial_cluster
         .iter()
@@ -439,13 +588,29 @@ fn bootstrap_identity(cfg: &ServerConfig) -> Result<Identity, StartError> {
             ..Default::default()
         })
         .collect();
-    let me = members.iter().find(|m| m.name == cfg.name).ok_or_else(|| {
-        StartError::Config(format!(
-            "couldn't find local name {:?} in the initial cluster configuration (--initial-cluster)",
-            cfg.name
-        ))
-    })?;
-    let mut mine = me.peer_ur_ls.clone();
+    let me = find_self(cfg)?;
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let identity = Identity {
+        cluster_id: cluster_id(&ids),
+        member_id: member_id(&me, &cfg.initial_cluster_token),
+        token: cfg.initial_cluster_token.clone(),
+    };
+    Ok((identity, members))
+}
+
+/// This member's peer URLs in --initial-cluster, checked against --initial-advertise-peer-urls.
+fn find_self(cfg: &ServerConfig) -> Result<Vec<String>, StartError> {
+    let (_, urls) = cfg
+        .initial_cluster
+        .iter()
+        .find(|(name, _)| *name == cfg.name)
+        .ok_or_else(|| {
+            StartError::Config(format!(
+                "couldn't find local name {:?} in the initial cluster configuration (--initial-cluster)",
+                cfg.name
+            ))
+        })?;
+    let mut mine = urls.clone();
     let mut advertised = cfg.initial_advertise_peer_urls.clone();
     mine.sort();
     advertised.sort();
@@ -457,12 +622,90 @@ fn bootstrap_identity(cfg: &ServerConfig) -> Result<Identity, StartError> {
             advertised.join(",")
         )));
     }
-    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
-    Ok(Identity {
-        cluster_id: cluster_id(&ids),
-        member_id: me.id,
-        members,
-    })
+    Ok(mine)
+}
+
+/// Joins a running cluster: asks the other members of --initial-cluster for the member list and
+/// finds this member in it by its peer URLs (it was added with MemberAdd first).
+async fn join_identity(cfg: &ServerConfig) -> Result<(Identity, Vec<Member>), StartError> {
+    let mine = find_self(cfg)?;
+    let others: Vec<&String> = cfg
+        .initial_cluster
+        .iter()
+        .filter(|(name, _)| *name != cfg.name)
+        .flat_map(|(_, urls)| urls)
+        .collect();
+    let mut last_error = String::from("--initial-cluster names no other member");
+    for url in others {
+        match crate::service::fetch_members(url).await {
+            Ok((cluster_id, members)) => {
+                let me = members.iter().find(|m| {
+                    let mut urls = m.peer_ur_ls.clone();
+                    urls.sort();
+                    urls == mine
+                });
+                let Some(me) = me else {
+                    return Err(StartError::Config(format!(
+                        "no member of cluster {cluster_id:x} has peer URLs {}: add this member with `etcdctl member add` first",
+                        mine.join(",")
+                    )));
+                };
+                tracing::info!(
+                    via = %url,
+                    member_id = format!("{:x}", me.id),
+                    cluster_id = format!("{cluster_id:x}"),
+                    "joining a running cluster"
+                );
+                let identity = Identity {
+                    cluster_id,
+                    member_id: me.id,
+                    token: String::new(),
+                };
+                return Ok((identity, members));
+            }
+            Err(e) => last_error = format!("{url}: {e}"),
+        }
+    }
+    Err(StartError::Config(format!(
+        "--initial-cluster-state=existing: could not get the member list from the cluster ({last_error})"
+    )))
+}
+
+/// A crash between installing a snapshot in the state machine and moving the raft log past it
+/// leaves the state machine ahead of the log: move the log now.
+fn repair_interrupted_install(
+    store: &Store,
+    membership: &Membership,
+    log: &mut LogStore,
+) -> Result<(), StartError> {
+    let applied = store.applied_index();
+    if applied <= log.last_index() {
+        return Ok(());
+    }
+    let position = store
+        .get_meta(META_INSTALLED)
+        .map_err(|e| StartError::Storage(e.to_string()))?
+        .as_deref()
+        .and_then(decode_position);
+    let Some((index, term)) = position.filter(|(index, _)| *index == applied) else {
+        if log.is_empty() {
+            // A new cluster's state machine, about to be bootstrapped with the log.
+            return Ok(());
+        }
+        return Err(StartError::Storage(format!(
+            "the state machine applied index {applied} is beyond the raft log (last index {})",
+            log.last_index()
+        )));
+    };
+    tracing::warn!(index, term, "finishing a snapshot installation interrupted by a restart");
+    let meta = keel_raft::SnapshotMetadata {
+        index,
+        term,
+        conf_state: Some(conf_state(&membership.list())).into(),
+        ..Default::default()
+    };
+    log.apply_snapshot(&meta)
+        .map_err(|e| StartError::Storage(e.to_string()))
 }
 
 /// Binds a listener for each URL.

@@ -147,6 +147,21 @@ impl Hub {
         }
     }
 
+    /// Sends every watcher back to history (the store was replaced by a snapshot): each reads what
+    /// it has not seen from the new state, or learns its revision was compacted.
+    pub fn resync(&self) {
+        let w = self.watchers.lock();
+        let empty: Batch = Vec::new().into();
+        for feed in w.entries.values() {
+            feed.state.lagged.store(true, Ordering::Release);
+            // Wakes a watcher waiting on its feed; a full queue wakes it anyway.
+            feed.state.inflight.fetch_add(1, Ordering::AcqRel);
+            if feed.tx.try_send(empty.clone()).is_err() {
+                feed.state.inflight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
     fn register(&self, spec: WatchSpec, tx: mpsc::Sender<Batch>, state: Arc<FeedState>) -> u64 {
         let mut w = self.watchers.lock();
         w.next_id += 1;

@@ -35,7 +35,7 @@ fn bootstrap_mistakes_are_refused_clearly() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("joining a running cluster"),
+        String::from_utf8_lossy(&out.stderr).contains("could not get the member list from the cluster"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -61,12 +61,13 @@ fn default_data_dir_is_name_dot_keel_in_the_working_directory() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !dir.path().join("default.keel/member/kv").exists()
+    while !dir.path().join("default.keel/member/raft").exists()
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    assert!(dir.path().join("default.keel/member/kv").exists());
     assert!(dir.path().join("default.keel/member/raft").exists());
 }

@@ -1,20 +1,35 @@
-//! etcd's Cluster service. Membership changes need the peer transport of multi-member clusters; until
-//! then they answer with etcd's `not capable` error, and MemberList reports the bootstrapped members.
+//! etcd's Cluster service (membership changes go through raft as conf changes, one at a time), and
+//! the peer-side Membership service a joining member asks for the member list.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keel_proto::etcd::{
-    PbClusterService, PbMemberAddRequest as MemberAddRequest,
+    PbClusterService, PbMember as Member, PbMemberAddRequest as MemberAddRequest,
     PbMemberAddResponse as MemberAddResponse, PbMemberListRequest as MemberListRequest,
     PbMemberListResponse as MemberListResponse, PbMemberPromoteRequest as MemberPromoteRequest,
     PbMemberPromoteResponse as MemberPromoteResponse, PbMemberRemoveRequest as MemberRemoveRequest,
     PbMemberRemoveResponse as MemberRemoveResponse, PbMemberUpdateRequest as MemberUpdateRequest,
     PbMemberUpdateResponse as MemberUpdateResponse,
 };
+use keel_proto::peer::membership_client::MembershipClient;
+use keel_proto::peer::membership_server::{Membership, MembershipServer};
+use keel_proto::peer::{MembersRequest, MembersResponse};
+use keel_proto::RequestBody;
+use keel_raft::{ConfChangeType, Role};
+use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::not_capable;
+use super::unexpected;
+use crate::apply::Response as Applied;
+use crate::membership::member_id;
 use crate::server::Core;
+use crate::ServerError;
+
+/// A learner may be promoted once its log has this share of the leader's (etcd's readyPercent).
+const LEARNER_READY: f64 = 0.9;
+/// etcd allows one learner at a time.
+const MAX_LEARNERS: usize = 1;
 
 /// The Cluster service.
 pub struct ClusterService {
@@ -26,29 +41,191 @@ impl ClusterService {
     pub fn new(core: Arc<Core>) -> Self {
         ClusterService { core }
     }
+
+    fn check_voting(&self) -> Result<(), ServerError> {
+        if self.core.is_learner() {
+            return Err(ServerError::NotSupportedForLearner);
+        }
+        Ok(())
+    }
+
+    /// etcd's strict reconfiguration check: after the change, the members that have started
+    /// (published their attributes) must still be a quorum of the voters.
+    fn check_quorum_after(&self, voters_delta: i64, leaving: Option<u64>) -> Result<(), ServerError> {
+        let members = self.core.membership.list();
+        let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
+        let total = voters.len() as i64 + voters_delta;
+        let started = voters
+            .iter()
+            .filter(|m| !m.name.is_empty() && Some(m.id) != leaving)
+            .count() as i64;
+        if started < total / 2 + 1 {
+            return Err(ServerError::MemberNotEnoughStarted);
+        }
+        Ok(())
+    }
+
+    /// URLs already used by a member other than `except`.
+    fn check_urls_free(&self, urls: &[String], except: u64) -> Result<(), ServerError> {
+        let taken = self.core.membership.list().iter().any(|m| {
+            m.id != except && m.peer_ur_ls.iter().any(|u| urls.contains(u))
+        });
+        if taken {
+            return Err(ServerError::PeerUrlExists);
+        }
+        Ok(())
+    }
+
+    fn header(&self) -> Option<keel_proto::etcd::PbResponseHeader> {
+        self.core.header(self.core.store.current_revision())
+    }
+
+    /// Whether the learner's log is close enough to the leader's; only the leader knows.
+    fn check_learner_ready(&self, id: u64) -> Result<(), ServerError> {
+        let status = self.core.raft_status();
+        let matched = |id| status.progress.iter().find(|p| p.id == id).map(|p| p.matched);
+        let leader = matched(status.id).unwrap_or(status.last_index);
+        let learner = matched(id).ok_or(ServerError::LearnerNotReady)?;
+        if (learner as f64) < leader as f64 * LEARNER_READY {
+            return Err(ServerError::LearnerNotReady);
+        }
+        Ok(())
+    }
+
+    async fn promote(&self, id: u64) -> Result<Vec<Member>, ServerError> {
+        let member = self
+            .core
+            .membership
+            .get(id)
+            .ok_or(ServerError::MemberNotFound)?;
+        if !member.is_learner {
+            return Err(ServerError::MemberNotLearner);
+        }
+        if self.core.raft_status().role != Role::Leader {
+            return self.core.forward_promote(id).await;
+        }
+        self.check_learner_ready(id)?;
+        self.check_quorum_after(1, None)?;
+        self.core
+            .propose_member_change(ConfChangeType::AddNode, member)
+            .await
+    }
+}
+
+/// Whether every URL is `scheme://host:port`, as etcd requires of peer URLs.
+fn check_urls(urls: &[String]) -> Result<(), ServerError> {
+    let valid = |u: &String| {
+        let Some((scheme, rest)) = u.split_once("://") else {
+            return false;
+        };
+        let hostport = rest.trim_end_matches('/');
+        matches!(scheme, "http" | "https")
+            && hostport
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+    };
+    if urls.is_empty() || !urls.iter().all(valid) {
+        return Err(ServerError::MemberBadUrls);
+    }
+    Ok(())
+}
+
+/// A new member's id: from its peer URLs and the time, as etcd's MemberAdd makes it.
+fn new_member_id(urls: &[String]) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    member_id(urls, &now.to_string())
 }
 
 #[tonic::async_trait]
 impl PbClusterService for ClusterService {
     async fn member_add(
         &self,
-        _: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        not_capable()
+        let r = req.into_inner();
+        self.check_voting()?;
+        check_urls(&r.peer_ur_ls)?;
+        self.check_urls_free(&r.peer_ur_ls, 0)?;
+        let members = self.core.membership.list();
+        if r.is_learner {
+            if members.iter().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
+                return Err(ServerError::TooManyLearners.into());
+            }
+        } else {
+            self.check_quorum_after(1, None)?;
+        }
+        let id = new_member_id(&r.peer_ur_ls);
+        if members.iter().any(|m| m.id == id) || self.core.membership.is_removed(id) {
+            return Err(ServerError::MemberExists.into());
+        }
+        let member = Member {
+            id,
+            peer_ur_ls: r.peer_ur_ls,
+            is_learner: r.is_learner,
+            ..Default::default()
+        };
+        let change = if r.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let members = self
+            .core
+            .propose_member_change(change, member.clone())
+            .await?;
+        tracing::info!(member = format!("{id:x}"), urls = ?member.peer_ur_ls, learner = member.is_learner, "member added");
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(member),
+            members,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        not_capable()
+        let id = req.into_inner().id;
+        self.check_voting()?;
+        let member = self
+            .core
+            .membership
+            .get(id)
+            .ok_or(ServerError::MemberNotFound)?;
+        if !member.is_learner {
+            self.check_quorum_after(-1, Some(id))?;
+        }
+        let members = self
+            .core
+            .propose_member_change(ConfChangeType::RemoveNode, member)
+            .await?;
+        tracing::info!(member = format!("{id:x}"), "member removed");
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members,
+        }))
     }
 
     async fn member_update(
         &self,
-        _: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        not_capable()
+        let r = req.into_inner();
+        self.check_voting()?;
+        check_urls(&r.peer_ur_ls)?;
+        if self.core.membership.get(r.id).is_none() {
+            return Err(ServerError::MemberNotFound.into());
+        }
+        self.check_urls_free(&r.peer_ur_ls, r.id)?;
+        match self.core.propose(RequestBody::MemberUpdate(r)).await? {
+            Applied::Members(members) => Ok(Response::new(MemberUpdateResponse {
+                header: self.header(),
+                members,
+            })),
+            _ => Err(unexpected("MemberUpdate")),
+        }
     }
 
     async fn member_list(
@@ -56,15 +233,73 @@ impl PbClusterService for ClusterService {
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
-            header: self.core.header(self.core.store.current_revision()),
+            header: self.header(),
             members: self.core.members(),
         }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        not_capable()
+        let id = req.into_inner().id;
+        let members = self.promote(id).await?;
+        tracing::info!(member = format!("{id:x}"), "learner promoted");
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members,
+        }))
     }
+}
+
+/// The peer-side Membership service.
+pub struct PeerMembershipService {
+    core: Arc<Core>,
+}
+
+impl PeerMembershipService {
+    /// The service over `core`.
+    pub fn server(core: Arc<Core>) -> MembershipServer<PeerMembershipService> {
+        MembershipServer::new(PeerMembershipService { core })
+    }
+}
+
+#[tonic::async_trait]
+impl Membership for PeerMembershipService {
+    async fn members(
+        &self,
+        _: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Ok(Response::new(MembersResponse {
+            cluster_id: self.core.identity.cluster_id,
+            members: self
+                .core
+                .members()
+                .iter()
+                .map(|m| m.encode_to_vec())
+                .collect(),
+        }))
+    }
+}
+
+/// Asks the member at peer URL `url` for the cluster id and the members.
+pub async fn fetch_members(url: &str) -> Result<(u64, Vec<Member>), String> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let r = MembershipClient::new(channel)
+        .members(MembersRequest {})
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let members = r
+        .members
+        .iter()
+        .map(|b| Member::decode(b.as_slice()).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    Ok((r.cluster_id, members))
 }

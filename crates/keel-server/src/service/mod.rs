@@ -8,7 +8,7 @@ mod watch;
 
 use std::sync::Arc;
 
-pub use cluster::ClusterService;
+pub use cluster::{fetch_members, ClusterService, PeerMembershipService};
 use keel_proto::etcd::{
     PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
 };
