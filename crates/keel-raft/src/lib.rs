@@ -1,6 +1,7 @@
 //! Keel's consensus layer: the raft-rs driver, its RocksDB log store and the peer transport. It orders opaque entries;
 //! what they mean (etcd's API) is the state machine's business above it.
 
+mod fault;
 mod log_store;
 mod logger;
 mod node;

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::fault::Partition;
 use crate::node::Stepper;
 
 /// Messages queued per peer before new ones are dropped.
@@ -50,12 +51,14 @@ pub struct Transport {
     runtime: tokio::runtime::Handle,
     cluster_id: u64,
     peers: Mutex<HashMap<u64, PeerQueue>>,
+    partition: Arc<Partition>,
 }
 
 impl Transport {
     /// A transport for a member of `cluster_id` whose sender tasks run on `runtime`.
     pub fn new(runtime: tokio::runtime::Handle, cluster_id: u64) -> Arc<Transport> {
         Arc::new(Transport {
+            partition: Partition::from_env(&runtime),
             runtime,
             cluster_id,
             peers: Mutex::default(),
@@ -83,7 +86,8 @@ impl Transport {
     /// stream of its own, then reports the outcome to raft through `reporter`.
     pub fn send_snapshot(&self, msg: Message, reporter: Stepper) {
         let to = msg.to;
-        let Some(urls) = self.peers.lock().get(&to).map(|p| p.urls.clone()) else {
+        let urls = self.peers.lock().get(&to).map(|p| p.urls.clone());
+        let Some(urls) = urls.filter(|_| !self.partition.blocks(to)) else {
             reporter.report_snapshot(to, false);
             return;
         };
@@ -128,6 +132,9 @@ impl Transport {
         }
         let peers = self.peers.lock();
         for m in msgs {
+            if self.partition.blocks(m.to) {
+                continue;
+            }
             let Some(peer) = peers.get(&m.to) else {
                 tracing::debug!(to = m.to, "raft message to an unknown member dropped");
                 continue;
@@ -300,20 +307,24 @@ pub struct PeerService {
     node: Stepper,
     cluster_id: u64,
     snap_dir: PathBuf,
+    partition: Arc<Partition>,
 }
 
-impl PeerService {
-    /// The gRPC service feeding `node`, a member of `cluster_id`, receiving snapshots into
-    /// `snap_dir`.
-    pub fn server(node: Stepper, cluster_id: u64, snap_dir: PathBuf) -> PeerServer<PeerService> {
+impl Transport {
+    /// The receiving side of this transport: a gRPC service feeding `node`, receiving snapshots
+    /// into `snap_dir`.
+    pub fn service(&self, node: Stepper, snap_dir: PathBuf) -> PeerServer<PeerService> {
         PeerServer::new(PeerService {
             node,
-            cluster_id,
+            cluster_id: self.cluster_id,
             snap_dir,
+            partition: self.partition.clone(),
         })
         .max_decoding_message_size(usize::MAX)
     }
+}
 
+impl PeerService {
     fn check_cluster(&self, remote: u64) -> Result<(), Status> {
         if remote == self.cluster_id {
             return Ok(());
@@ -397,6 +408,7 @@ impl Peer for PeerService {
             self.check_cluster(batch.cluster_id)?;
             for bytes in batch.messages {
                 match Message::parse_from_bytes(&bytes) {
+                    Ok(m) if self.partition.blocks(m.from) => {}
                     Ok(m) => self.node.step(m),
                     Err(e) => return Err(Status::invalid_argument(format!("raft message: {e}"))),
                 }
@@ -410,6 +422,9 @@ impl Peer for PeerService {
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SnapshotAck>, Status> {
         let (mut msg, dir, bytes) = self.receive_snapshot(&mut req.into_inner()).await?;
+        if self.partition.blocks(msg.from) {
+            return Err(Status::unavailable("partitioned"));
+        }
         tracing::info!(
             from = format!("{:x}", msg.from),
             bytes,

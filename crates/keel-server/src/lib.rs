@@ -20,4 +20,4 @@ mod watch;
 pub use config::{ClusterState, ServerConfig};
 pub use error::ServerError;
 pub use membership::{cluster_id, member_id};
-pub use server::{Core, Server, StartError};
+pub use server::{Core, ServeError, Server, StartError};

@@ -13,7 +13,7 @@ use keel_mvcc::Store;
 use keel_proto::etcd::{PbMember as Member, PbResponseHeader};
 use keel_proto::{InternalRequest, MemberAttributes, MemberChange, RequestBody};
 use keel_raft::{
-    ConfChange, ConfChangeType, LogStore, Node, NodeConfig, PeerService, RaftStatus, Transport,
+    ConfChange, ConfChangeType, LogStore, Node, NodeConfig, RaftStatus, Transport,
 };
 use prost::Message;
 use tokio::sync::watch;
@@ -53,6 +53,17 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// Why a member stopped serving other than by its shutdown signal.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC server failed.
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The cluster removed this member (MemberRemove).
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
 }
 
 /// The state every service shares.
@@ -386,7 +397,7 @@ impl Server {
     pub async fn serve(
         mut self,
         shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), tonic::transport::Error> {
+    ) -> Result<(), ServeError> {
         let clients = incoming(
             std::mem::take(&mut self.listeners),
             "serving client requests",
@@ -395,16 +406,19 @@ impl Server {
         let (peer_stop_tx, mut peer_stop_rx) = watch::channel(false);
         let peer_server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(PeerService::server(
-                    self.core.node.stepper(),
-                    self.core.identity.cluster_id,
-                    self.core.snap_dir.clone(),
-                ))
+                .add_service(
+                    self.transport
+                        .service(self.core.node.stepper(), self.core.snap_dir.clone()),
+                )
                 // A member joining with --initial-cluster-state=existing asks for the members here.
                 .add_service(service::PeerMembershipService::server(self.core.clone()))
-                // Followers forward keep-alives and time-to-live here (see forward.rs).
+                // Followers forward keep-alives, time-to-live and learner promotions here (see
+                // forward.rs).
                 .add_service(keel_proto::etcd::PbLeaseServer::new(
                     service::LeaseService::new(self.core.clone()),
+                ))
+                .add_service(keel_proto::etcd::PbClusterServer::new(
+                    service::ClusterService::new(self.core.clone()),
                 ))
                 .serve_with_incoming_shutdown(peers, async move {
                     let _ = peer_stop_rx.wait_for(|&stop| stop).await;
@@ -427,10 +441,12 @@ impl Server {
             },
         );
         tokio::pin!(serve);
+        let mut removed = false;
         let res = tokio::select! {
             res = &mut serve => res,
             _ = removed_rx.wait_for(|&removed| removed) => {
                 tracing::error!("this member was removed from the cluster; stopping");
+                removed = true;
                 let _ = stop_tx.send(true);
                 tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await.unwrap_or(Ok(()))
             }
@@ -452,7 +468,10 @@ impl Server {
         if let Some(t) = self.apply_thread.take() {
             let _ = t.join();
         }
-        res
+        if removed {
+            return Err(ServeError::Removed);
+        }
+        Ok(res?)
     }
 }
 

@@ -10,4 +10,4 @@
 
 pub mod flags;
 
-pub use keel_server::{ClusterState, Server, ServerConfig, ServerError, StartError};
+pub use keel_server::{ClusterState, ServeError, Server, ServerConfig, ServerError, StartError};

@@ -92,6 +92,7 @@ impl Member {
             .open(self.dir.path().join("keel.log"))
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .env("KEEL_FAULT_PARTITION_FILE", self.partition_file())
             .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={url}"))
@@ -105,6 +106,67 @@ impl Member {
             .spawn()
             .expect("spawning keel");
         self.child = Some(child);
+    }
+
+    /// The file the member reads the members it is cut off from (see keel-raft's fault.rs).
+    pub fn partition_file(&self) -> PathBuf {
+        self.dir.path().join("partition")
+    }
+
+    /// Cuts this member off from the members with these ids (none: heals).
+    pub fn cut_off_from(&self, ids: &[u64]) {
+        let text: String = ids.iter().map(|id| format!("{id:x}\n")).collect();
+        std::fs::write(self.partition_file(), text).unwrap();
+    }
+
+    /// This member's id, as it reports it.
+    pub async fn id(&self) -> u64 {
+        let mut c = self.client().await;
+        c.status().await.unwrap().header().unwrap().member_id()
+    }
+
+    /// Replaces the extra flags used from the next start on.
+    pub fn set_flags(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Starts the process (after `stop` or `kill9`) without waiting for it.
+    pub fn start_process(&mut self) {
+        self.spawn();
+    }
+
+    /// Waits for the process to exit by itself; its status, or None after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut()?.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Waits until the member answers a serializable read (learners answer no other).
+    pub async fn wait_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let probe = async {
+                let mut c = etcd_client::Client::connect([self.endpoint()], None)
+                    .await
+                    .ok()?;
+                let opts = etcd_client::GetOptions::new().with_serializable();
+                c.get("ready-probe", Some(opts)).await.ok()
+            };
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("keel did not start serving; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until the member answers a linearizable read.
@@ -211,6 +273,22 @@ impl Cluster {
             m.spawn();
         }
         Cluster { members }
+    }
+
+    /// A member that will join this cluster with --initial-cluster-state=existing (not started;
+    /// add it with MemberAdd first, then `start_process`).
+    pub fn joiner(&self, name: &str, extra: &[&str]) -> Member {
+        let mut m = Member::new(name, extra);
+        let initial = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .chain([format!("{}={}", m.name, m.peer_url())])
+            .collect::<Vec<_>>()
+            .join(",");
+        m.initial_cluster = Some(initial);
+        m.extra.push("--initial-cluster-state=existing".into());
+        m
     }
 
     /// Every running member's endpoint.

@@ -1,0 +1,210 @@
+//! Membership changes on a running cluster of real `keel` processes, driven by `etcdctl member` and
+//! the `etcd-client` crate: a learner joins with --initial-cluster-state=existing, catches up,
+//! serves only serializable reads, is promoted; a member is removed and stops; bad requests get
+//! etcd's errors.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{status, stderr, stdout, Cluster};
+use etcd_client::{GetOptions, MemberAddOptions};
+
+/// Waits until `endpoint` has applied `key` = `value` locally.
+async fn wait_local(endpoint: &str, key: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = async {
+            let mut c = etcd_client::Client::connect([endpoint], None).await.ok()?;
+            let opts = GetOptions::new().with_serializable();
+            let r = c.get(key, Some(opts)).await.ok()?;
+            r.kvs().first().map(|kv| kv.value().to_vec())
+        };
+        if read.await.as_deref() == Some(value.as_bytes()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{endpoint} never applied {key}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The id of the member with `peer_url`, from a member list.
+async fn id_of(c: &mut etcd_client::Client, peer_url: &str) -> etcd_client::Member {
+    let list = c.member_list().await.unwrap();
+    list.members()
+        .iter()
+        .find(|m| m.peer_urls().iter().any(|u| u == peer_url))
+        .cloned()
+        .unwrap_or_else(|| panic!("no member at {peer_url}"))
+}
+
+#[tokio::test]
+async fn a_learner_joins_catches_up_by_snapshot_is_promoted_and_a_member_is_removed() {
+    let mut cluster = Cluster::start(3).await;
+    let mut c = cluster.client().await;
+    for i in 0..300 {
+        c.put(format!("k{i}"), format!("v{i}"), None).await.unwrap();
+    }
+
+    let mut learner = cluster.joiner("m3", &[]);
+    let peer_url = learner.peer_url();
+    let out = cluster.members[0].etcdctl(&[
+        "member",
+        "add",
+        "m3",
+        "--learner",
+        &format!("--peer-urls={peer_url}"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{}",
+        stdout(&out)
+    );
+    // etcd allows one learner at a time.
+    let second = cluster.joiner("m4", &[]);
+    let err = c
+        .member_add(
+            [second.peer_url()],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status(err),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: too many learner members in cluster".into()
+        )
+    );
+
+    learner.start_process();
+    learner.wait_serving().await;
+    wait_local(&learner.endpoint(), "k299", "v299").await;
+    assert!(
+        learner.log().contains("snapshot installed"),
+        "a joining member starts from a snapshot"
+    );
+
+    // A learner serves serializable reads only.
+    let mut lc = learner.client().await;
+    let err = lc.get("k1", None).await.unwrap_err();
+    assert_eq!(
+        status(err),
+        (
+            tonic::Code::Unavailable,
+            "etcdserver: rpc not supported for learner".into()
+        )
+    );
+    let err = lc.put("k1", "x", None).await.unwrap_err();
+    assert_eq!(
+        status(err),
+        (
+            tonic::Code::Unavailable,
+            "etcdserver: rpc not supported for learner".into()
+        )
+    );
+    let m = id_of(&mut c, &peer_url).await;
+    assert!(m.is_learner());
+    // Once it serves, it publishes its name and client URLs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while id_of(&mut c, &peer_url).await.name() != "m3" {
+        assert!(Instant::now() < deadline, "the learner never published its name");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Promote it (through any member: a follower forwards to the leader).
+    let id = format!("{:x}", m.id());
+    let out = cluster.members[1].etcdctl(&["member", "promote", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!id_of(&mut c, &peer_url).await.is_learner());
+    let out = cluster.members[1].etcdctl(&["member", "promote", &id]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("etcdserver: can only promote a learner member"),
+        "{}",
+        stderr(&out)
+    );
+    // Now a voter: it serves writes and linearizable reads.
+    let mut lc = learner.client().await;
+    lc.put("promoted", "yes", None).await.unwrap();
+    let r = lc.get("promoted", None).await.unwrap();
+    assert_eq!(r.kvs()[0].value(), b"yes");
+
+    // Remove an original member: it stops, the other three go on.
+    let gone = cluster.members[2].id().await;
+    let out = cluster.members[0].etcdctl(&["member", "remove", &format!("{gone:x}")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let exit = cluster.members[2].wait_exit(Duration::from_secs(15));
+    assert!(
+        exit.is_some_and(|s| !s.success()),
+        "a removed member stops with an error"
+    );
+    assert!(cluster.members[2]
+        .log()
+        .contains("permanently removed from the cluster"));
+    let mut c = etcd_client::Client::connect(
+        [cluster.members[0].endpoint(), learner.endpoint()],
+        None,
+    )
+    .await
+    .unwrap();
+    let list = c.member_list().await.unwrap();
+    assert_eq!(list.members().len(), 3);
+    assert!(list.members().iter().all(|m| m.id() != gone));
+    c.put("after-remove", "ok", None).await.unwrap();
+    wait_local(&learner.endpoint(), "after-remove", "ok").await;
+}
+
+#[tokio::test]
+async fn bad_membership_requests_get_etcds_errors() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client().await;
+    let taken = cluster.members[1].peer_url();
+    let err = c.member_add([taken], None).await.unwrap_err();
+    assert_eq!(
+        status(err),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: Peer URLs already exists".into()
+        )
+    );
+    let err = c.member_add(["not a url"], None).await.unwrap_err();
+    assert_eq!(
+        status(err),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: given member URLs are invalid".into()
+        )
+    );
+    let err = c.member_remove(0x1234).await.unwrap_err();
+    assert_eq!(
+        status(err),
+        (tonic::Code::NotFound, "etcdserver: member not found".into())
+    );
+    let voter = cluster.members[0].id().await;
+    let err = c.member_promote(voter).await.unwrap_err();
+    assert_eq!(
+        status(err),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member".into()
+        )
+    );
+    // MemberUpdate changes the peer URLs every member lists (the member's own URL stays first, so
+    // its peers still reach it).
+    let url = "http://127.0.0.1:1".to_string();
+    let id = cluster.members[0].id().await;
+    let old = cluster.members[0].peer_url();
+    c.member_update(id, [old.clone(), url.clone()]).await.unwrap();
+    for m in &cluster.members {
+        let mut mc = m.client().await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while id_of(&mut mc, &url).await.id() != id {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    c.member_update(id, [old]).await.unwrap();
+    c.put("still", "works", None).await.unwrap();
+}
