@@ -251,8 +251,51 @@ async fn leases_work_through_followers_and_survive_leader_failover() {
     }
 }
 
+/// Every key-value (with its revisions) a member holds, read locally, and its store revision.
+async fn local_state(endpoint: &str) -> (i64, Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>) {
+    let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+    let r = c
+        .get("", Some(GetOptions::new().with_all_keys().with_serializable()))
+        .await
+        .unwrap();
+    let kvs = r
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key().to_vec(),
+                kv.value().to_vec(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+            )
+        })
+        .collect();
+    (r.header().unwrap().revision(), kvs)
+}
+
+/// Waits until every running member holds the same keys at the same revisions.
+async fn wait_identical(cluster: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut states = Vec::new();
+        for e in cluster.endpoints() {
+            states.push(local_state(&e).await);
+        }
+        if states.windows(2).all(|w| w[0] == w[1]) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members disagree: revisions {:?}",
+            states.iter().map(|s| s.0).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
-async fn a_member_down_through_log_compactions_catches_up() {
+async fn a_member_down_through_log_compactions_catches_up_by_snapshot() {
     let mut cluster = Cluster::spawn_with(3, |_| vec!["--snapshot-count=500".to_string()]);
     for m in &cluster.members {
         m.wait_ready().await;
@@ -264,7 +307,7 @@ async fn a_member_down_through_log_compactions_catches_up() {
     // compaction rounds on the members that stay up.
     let c = cluster.client().await;
     let mut writers = Vec::new();
-    for w in 0..32 {
+    for w in 0..40 {
         let mut c = c.clone();
         writers.push(tokio::spawn(async move {
             for i in 0..250 {
@@ -276,7 +319,11 @@ async fn a_member_down_through_log_compactions_catches_up() {
         w.await.unwrap();
     }
     cluster.members[down].restart().await;
-    wait_local(&cluster.members[down].endpoint(), "bulk/31/249", "v").await;
+    wait_local(&cluster.members[down].endpoint(), "bulk/39/249", "v").await;
+    // The log it missed was compacted: it must have caught up by snapshot.
+    cluster.members[down]
+        .wait_log("snapshot installed", Duration::from_secs(5))
+        .await;
     let mut c = etcd_client::Client::connect([cluster.members[down].endpoint()], None)
         .await
         .unwrap();
@@ -292,7 +339,64 @@ async fn a_member_down_through_log_compactions_catches_up() {
         )
         .await
         .unwrap();
-    assert_eq!(r.count(), 8000);
+    assert_eq!(r.count(), 10_000);
+    wait_identical(&cluster).await;
+}
+
+#[tokio::test]
+async fn a_partitioned_leader_steps_down_and_its_writes_are_never_acknowledged() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client().await;
+    c.put("k", "before", None).await.unwrap();
+    let leader = cluster.leader().await;
+    let mut ids = Vec::new();
+    for m in &cluster.members {
+        ids.push(m.id().await);
+    }
+    // Cut the leader off from both followers, in both directions.
+    let others: Vec<u64> = (0..3).filter(|&i| i != leader).map(|i| ids[i]).collect();
+    cluster.members[leader].cut_off_from(&others);
+    for i in (0..3).filter(|&i| i != leader) {
+        cluster.members[i].cut_off_from(&[ids[leader]]);
+    }
+    // Members read the fault file every 100 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let isolated = cluster.members[leader].endpoint();
+    let mut lone = cluster.members[leader].client().await;
+    let write = tokio::time::timeout(
+        Duration::from_secs(10),
+        lone.put("k", "minority", None),
+    )
+    .await;
+    assert!(
+        !matches!(write, Ok(Ok(_))),
+        "a partitioned leader acknowledged a write: {write:?}"
+    );
+    // It stepped down (check-quorum), while the majority elected a leader and goes on.
+    let s = lone.status().await.unwrap();
+    assert_ne!(s.leader(), ids[leader], "the isolated member still leads");
+    let majority = (0..3).find(|&i| i != leader).unwrap();
+    put_eventually(&cluster.members[majority].endpoint(), "k", "majority").await;
+    // Healed: the old leader follows and has the majority's history, not its own write.
+    for m in &cluster.members {
+        m.cut_off_from(&[]);
+    }
+    wait_local(&isolated, "k", "majority").await;
+    wait_identical(&cluster).await;
+}
+
+#[tokio::test]
+async fn a_data_dir_refuses_another_clusters_token() {
+    let mut m = common::Member::start().await;
+    m.stop();
+    m.set_flags(&["--initial-cluster-token=another-cluster"]);
+    m.start_process();
+    let exit = m.wait_exit(Duration::from_secs(10));
+    assert!(exit.is_some_and(|s| !s.success()), "it must refuse to start");
+    assert!(m.log().contains("refusing to start"), "{}", m.log());
+    // With its own token it starts again.
+    m.set_flags(&[]);
+    m.restart().await;
 }
 
 #[tokio::test]

@@ -81,10 +81,10 @@ async fn a_learner_joins_catches_up_by_snapshot_is_promoted_and_a_member_is_remo
     learner.start_process();
     learner.wait_serving().await;
     wait_local(&learner.endpoint(), "k299", "v299").await;
-    assert!(
-        learner.log().contains("snapshot installed"),
-        "a joining member starts from a snapshot"
-    );
+    // A joining member starts from a snapshot.
+    learner
+        .wait_log("snapshot installed", Duration::from_secs(5))
+        .await;
 
     // A learner serves serializable reads only.
     let mut lc = learner.client().await;
@@ -140,9 +140,9 @@ async fn a_learner_joins_catches_up_by_snapshot_is_promoted_and_a_member_is_remo
         exit.is_some_and(|s| !s.success()),
         "a removed member stops with an error"
     );
-    assert!(cluster.members[2]
-        .log()
-        .contains("permanently removed from the cluster"));
+    cluster.members[2]
+        .wait_log("permanently removed from the cluster", Duration::from_secs(1))
+        .await;
     let mut c = etcd_client::Client::connect(
         [cluster.members[0].endpoint(), learner.endpoint()],
         None,

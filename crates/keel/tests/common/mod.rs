@@ -193,6 +193,20 @@ impl Member {
         std::fs::read_to_string(self.dir.path().join("keel.log")).unwrap_or_default()
     }
 
+    /// Waits until the member's log contains `text`.
+    pub async fn wait_log(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged {text:?}; log:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
