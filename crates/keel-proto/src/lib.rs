@@ -11,6 +11,12 @@ pub mod peer {
     tonic::include_proto!("keelpb.peer");
 }
 
+/// Keel's admin extension: replication state of every member.
+pub mod admin {
+    #![allow(missing_docs)]
+    tonic::include_proto!("keelpb.admin");
+}
+
 /// etcd's v3 API types and service traits (wire-compatible with etcd 3.5+).
 pub use etcd_client::proto as etcd;
 

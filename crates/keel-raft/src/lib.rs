@@ -25,7 +25,7 @@ pub fn conf_change(e: &Entry) -> Option<ConfChange> {
         _ => None,
     }
 }
-pub use transport::{PeerService, Transport};
+pub use transport::{PeerService, SnapshotTransfer, Transport};
 
 /// Errors of the consensus layer.
 #[derive(Debug, thiserror::Error)]

@@ -101,6 +101,8 @@ pub struct PeerProgress {
     pub learner: bool,
     /// When it last responded to the leader, if since this member led.
     pub last_contact: Option<Instant>,
+    /// Since when it lacks entries the leader has (None while caught up).
+    pub behind_since: Option<Instant>,
 }
 
 /// What the node last knew of raft's state.
@@ -224,6 +226,7 @@ impl Node {
             rx,
             reporter: Stepper { tx: tx.clone() },
             last_contact: HashMap::new(),
+            caught_up_at: HashMap::new(),
             committed,
             transport,
             status: status.clone(),
@@ -325,6 +328,8 @@ struct Driver {
     reporter: Stepper,
     /// When each member last answered, while this member leads.
     last_contact: HashMap<u64, Instant>,
+    /// When each member last had every entry of the leader's log, while this member leads.
+    caught_up_at: HashMap<u64, Instant>,
     committed: mpsc::Sender<Committed>,
     transport: Arc<Transport>,
     status: Arc<RwLock<RaftStatus>>,
@@ -587,8 +592,18 @@ impl Driver {
     }
 
     fn publish_status(&mut self, ticked: bool) {
+        let now = Instant::now();
         if self.raw.raft.state != StateRole::Leader {
             self.last_contact.clear();
+            self.caught_up_at.clear();
+        } else if ticked {
+            let last = self.raw.raft.raft_log.last_index();
+            for (&id, p) in self.raw.raft.prs().iter() {
+                let since = self.caught_up_at.entry(id).or_insert(now);
+                if p.matched >= last {
+                    *since = now;
+                }
+            }
         }
         let r = &self.raw.raft;
         let role = match r.state {
@@ -616,6 +631,9 @@ impl Driver {
                     active: p.recent_active,
                     learner: learners.contains(&id),
                     last_contact: self.last_contact.get(&id).copied(),
+                    behind_since: (p.matched < r.raft_log.last_index())
+                        .then(|| self.caught_up_at.get(&id).copied())
+                        .flatten(),
                 })
                 .collect()
         } else {

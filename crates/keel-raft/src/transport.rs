@@ -52,6 +52,19 @@ pub struct Transport {
     cluster_id: u64,
     peers: Mutex<HashMap<u64, PeerQueue>>,
     partition: Arc<Partition>,
+    /// Snapshot transfers under way, by destination.
+    transfers: Arc<Mutex<HashMap<u64, SnapshotTransfer>>>,
+}
+
+/// A snapshot being sent to a member.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SnapshotTransfer {
+    /// The snapshot's raft index.
+    pub index: u64,
+    /// Bytes sent so far.
+    pub sent: u64,
+    /// Bytes of the whole image.
+    pub total: u64,
 }
 
 impl Transport {
@@ -62,6 +75,7 @@ impl Transport {
             runtime,
             cluster_id,
             peers: Mutex::default(),
+            transfers: Arc::default(),
         })
     }
 
@@ -92,12 +106,13 @@ impl Transport {
             return;
         };
         let cluster_id = self.cluster_id;
+        let transfers = self.transfers.clone();
         self.runtime.spawn(async move {
             let index = msg.get_snapshot().get_metadata().index;
             let started = Instant::now();
             let mut result = Err("no peer URL".into());
             for url in &urls {
-                result = stream_snapshot(url, cluster_id, &msg).await;
+                result = stream_snapshot(url, cluster_id, &msg, &transfers).await;
                 if result.is_ok() {
                     break;
                 }
@@ -114,8 +129,14 @@ impl Transport {
                     tracing::warn!(to = format!("{to:x}"), index, error = %e, "sending a snapshot failed")
                 }
             }
+            transfers.lock().remove(&to);
             reporter.report_snapshot(to, result.is_ok());
         });
+    }
+
+    /// The snapshot transfers under way, by destination.
+    pub fn snapshot_transfers(&self) -> HashMap<u64, SnapshotTransfer> {
+        self.transfers.lock().clone()
     }
 
     /// Stops sending to member `id`.
@@ -237,16 +258,34 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Streams the image directory named by `msg`'s snapshot data, every file in chunks, the message
 /// first. Returns the bytes sent.
-async fn stream_snapshot(url: &str, cluster_id: u64, msg: &Message) -> Result<u64, BoxError> {
+async fn stream_snapshot(
+    url: &str,
+    cluster_id: u64,
+    msg: &Message,
+    transfers: &Arc<Mutex<HashMap<u64, SnapshotTransfer>>>,
+) -> Result<u64, BoxError> {
     let dir = PathBuf::from(String::from_utf8_lossy(&msg.get_snapshot().data).into_owned());
     let mut files = Vec::new();
+    let mut total = 0;
     let mut entries = tokio::fs::read_dir(&dir).await?;
     while let Some(e) = entries.next_entry().await? {
-        if e.file_type().await?.is_file() {
+        let meta = e.metadata().await?;
+        if meta.is_file() {
             files.push(e.file_name().to_string_lossy().into_owned());
+            total += meta.len();
         }
     }
     files.sort();
+    let index = msg.get_snapshot().get_metadata().index;
+    transfers.lock().insert(
+        msg.to,
+        SnapshotTransfer {
+            index,
+            sent: 0,
+            total,
+        },
+    );
+    let transfers = transfers.clone();
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -282,6 +321,9 @@ async fn stream_snapshot(url: &str, cluster_id: u64, msg: &Message) -> Result<u6
                 };
                 tx.send(chunk).await?;
                 offset += n as u64;
+                if let Some(t) = transfers.lock().get_mut(&to) {
+                    t.sent = sent + n as u64;
+                }
                 if sent / SNAPSHOT_LOG_EVERY != (sent + n as u64) / SNAPSHOT_LOG_EVERY {
                     tracing::info!(to = format!("{to:x}"), bytes = sent + n as u64, "sending a snapshot");
                 }

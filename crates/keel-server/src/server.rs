@@ -96,6 +96,7 @@ pub struct Core {
     next_id: AtomicU64,
     /// Where snapshots are made and received.
     snap_dir: std::path::PathBuf,
+    transport: Arc<Transport>,
 }
 
 impl Core {
@@ -107,6 +108,13 @@ impl Core {
     /// The raft term (cheap: no copy of the replication progress).
     fn term(&self) -> u64 {
         self.node.term()
+    }
+
+    /// Snapshot transfers under way from this member, by destination.
+    pub fn transport_snapshot_transfers(
+        &self,
+    ) -> std::collections::HashMap<u64, keel_raft::SnapshotTransfer> {
+        self.transport.snapshot_transfers()
     }
 
     /// Whether this member is a learner (it replicates but serves only serializable reads).
@@ -338,6 +346,7 @@ impl Server {
             next_id: AtomicU64::new(first_request_id(identity.member_id)),
             identity,
             snap_dir,
+            transport: transport.clone(),
         });
         let weak = Arc::downgrade(&core);
         let apply = ApplyLoop {
@@ -420,6 +429,7 @@ impl Server {
                 .add_service(keel_proto::etcd::PbClusterServer::new(
                     service::ClusterService::new(self.core.clone()),
                 ))
+                .add_service(service::AdminService::server(self.core.clone()))
                 .serve_with_incoming_shutdown(peers, async move {
                     let _ = peer_stop_rx.wait_for(|&stop| stop).await;
                 }),

@@ -1,6 +1,7 @@
 //! The `keel` binary: a drop-in for the `etcd` binary (same flags), plus Keel's own subcommands.
 
 mod bench;
+mod members;
 
 use clap::{Parser, Subcommand};
 use keel::flags::{check_not_implemented, normalize_go_style, EtcdFlags};
@@ -23,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Every member's replication state (role, progress, lag), as the leader sees it.
+    Members(members::MembersArgs),
     /// Benchmark an etcd-compatible endpoint list.
     Bench {
         #[command(subcommand)]
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Some(Command::Bench { workload }) => runtime.block_on(bench::run(workload)),
+        Some(Command::Members(args)) => runtime.block_on(members::run(args)),
         None => runtime.block_on(serve(cli.etcd)),
     }
 }

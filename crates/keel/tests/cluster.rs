@@ -472,3 +472,78 @@ async fn a_linearizable_read_in_flight_when_the_leader_dies_is_answered_by_the_n
     assert_eq!(read.kvs()[0].value(), b"v");
     assert!(started.elapsed() < Duration::from_secs(6));
 }
+
+/// `keel members -w json` against `endpoint`.
+fn members_json(endpoint: &str) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["members", "-w", "json", &format!("--endpoints={endpoint}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn keel_members_shows_roles_progress_and_lag() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let down = (leader + 1) % 3;
+    let asked = (leader + 2) % 3;
+    let down_id = format!("{:x}", cluster.members[down].id().await);
+    cluster.members[down].kill9();
+    let mut c = cluster.members[asked].client().await;
+    for i in 0..100 {
+        c.put(format!("k{i}"), "v", None).await.unwrap();
+    }
+    // A follower answers with the leader's view.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = members_json(&cluster.members[asked].endpoint());
+        let members = v["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3);
+        let roles: Vec<&str> = members.iter().map(|m| m["role"].as_str().unwrap()).collect();
+        assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1);
+        let lagging = members.iter().find(|m| m["id"] == down_id).unwrap();
+        if lagging["lag_entries"].as_u64().unwrap() >= 100
+            && !lagging["active"].as_bool().unwrap()
+            && lagging["lag_ms"].as_u64().unwrap() > 0
+        {
+            let up = members
+                .iter()
+                .find(|m| m["role"] == "follower" && m["id"] != down_id)
+                .unwrap();
+            assert_eq!(up["progress"], "replicating");
+            assert_eq!(up["lag_entries"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "lag never showed: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Back up, it catches up and the lag goes.
+    cluster.members[down].restart().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = members_json(&cluster.members[leader].endpoint());
+        let m = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == down_id)
+            .cloned()
+            .unwrap();
+        if m["lag_entries"] == 0 && m["lag_ms"] == 0 && m["active"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lag never cleared: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["members", &format!("--endpoints={}", cluster.members[down].endpoint())])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("ID"), "{table}");
+    for m in &cluster.members {
+        assert!(table.contains(&m.name), "{table}");
+    }
+}

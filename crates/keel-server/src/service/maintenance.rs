@@ -66,7 +66,7 @@ impl PbMaintenanceService for MaintenanceService {
             raft_applied_index: self.core.store.applied_index(),
             errors,
             db_size_in_use: size.in_use as i64,
-            is_learner: false,
+            is_learner: self.core.is_learner(),
             ..Default::default()
         }))
     }

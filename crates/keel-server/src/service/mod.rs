@@ -1,5 +1,6 @@
 //! The gRPC services, thin: each validates, calls the core, and maps errors through `error.rs`.
 
+mod admin;
 mod cluster;
 mod kv;
 mod lease;
@@ -8,6 +9,7 @@ mod watch;
 
 use std::sync::Arc;
 
+pub use admin::AdminService;
 pub use cluster::{fetch_members, ClusterService, PeerMembershipService};
 use keel_proto::etcd::{
     PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
@@ -53,6 +55,8 @@ pub fn router(core: Arc<Core>, max_message: usize) -> Router {
                 .max_decoding_message_size(max_message),
         )
         .add_service(
-            PbWatchServer::new(WatchService::new(core)).max_decoding_message_size(max_message),
+            PbWatchServer::new(WatchService::new(core.clone()))
+                .max_decoding_message_size(max_message),
         )
+        .add_service(AdminService::server(core))
 }
