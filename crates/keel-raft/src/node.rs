@@ -120,6 +120,8 @@ pub struct RaftStatus {
     pub role: Role,
     /// The last index in this member's log.
     pub last_index: u64,
+    /// Leader changes this member has seen since it started.
+    pub leader_changes: u64,
     /// On the leader: every member's replication, refreshed every tick.
     pub progress: Vec<PeerProgress>,
 }
@@ -646,6 +648,7 @@ impl Driver {
             commit_index: r.raft_log.committed,
             role,
             last_index: r.raft_log.last_index(),
+            leader_changes: s.leader_changes + (s.leader_id != r.leader_id && r.leader_id != 0) as u64,
             progress,
         };
         if s.leader_id != next.leader_id {

@@ -8,6 +8,7 @@ mod expiry;
 mod forward;
 mod lease;
 mod membership;
+mod metrics;
 mod range;
 mod server;
 pub mod service;

@@ -157,6 +157,8 @@ async fn a_minority_never_acknowledges_a_write() {
         assert!(Instant::now() < deadline, "isolated leader kept leading");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let (code, body) = common::http_get(&lone, "/health").await;
+    assert_eq!((code, body.as_str()), (503, r#"{"health":"false","reason":"RAFT NO LEADER"}"#));
     // The majority returns: writes are acknowledged again.
     for i in 0..3 {
         if i != leader {
@@ -164,6 +166,8 @@ async fn a_minority_never_acknowledges_a_write() {
         }
     }
     put_eventually(&lone, "k", "again").await;
+    let (code, body) = common::http_get(&lone, "/health").await;
+    assert_eq!((code, body.as_str()), (200, r#"{"health":"true","reason":""}"#));
 }
 
 #[tokio::test]
@@ -508,6 +512,20 @@ async fn keel_members_shows_roles_progress_and_lag() {
             && !lagging["active"].as_bool().unwrap()
             && lagging["lag_ms"].as_u64().unwrap() > 0
         {
+            // The leader's /metrics says the same.
+            let (code, metrics) =
+                common::http_get(&cluster.members[leader].endpoint(), "/metrics").await;
+            assert_eq!(code, 200);
+            let line = metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("keel_raft_member_lag_entries")
+                        && l.contains(&format!("member=\"{down_id}\""))
+                })
+                .unwrap_or_else(|| panic!("no lag metric for {down_id}:\n{metrics}"));
+            let lag: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(lag >= 100, "{line}");
+            assert!(metrics.contains("etcd_server_is_leader 1"), "{metrics}");
             let up = members
                 .iter()
                 .find(|m| m["role"] == "follower" && m["id"] != down_id)

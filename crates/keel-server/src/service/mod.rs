@@ -17,6 +17,7 @@ use keel_proto::etcd::{
 pub use kv::KvService;
 pub use lease::LeaseService;
 pub use maintenance::{MaintenanceService, API_VERSION};
+use tonic::service::Routes;
 use tonic::transport::server::Router;
 use tonic::Status;
 pub use watch::WatchService;
@@ -36,12 +37,12 @@ fn unexpected(request: &str) -> Status {
     )))
 }
 
-/// Every service on one router; requests above `max_message` bytes are refused by gRPC itself.
+/// Every service on one router, with `/metrics` and `/health` over HTTP/1.1 beside gRPC;
+/// requests above `max_message` bytes are refused by gRPC itself.
 pub fn router(core: Arc<Core>, max_message: usize) -> Router {
-    tonic::transport::Server::builder()
-        .add_service(
-            PbKvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_message),
-        )
+    let grpc = Routes::new(
+        PbKvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_message),
+    )
         .add_service(
             PbMaintenanceServer::new(MaintenanceService::new(core.clone()))
                 .max_decoding_message_size(max_message),
@@ -58,5 +59,11 @@ pub fn router(core: Arc<Core>, max_message: usize) -> Router {
             PbWatchServer::new(WatchService::new(core.clone()))
                 .max_decoding_message_size(max_message),
         )
-        .add_service(AdminService::server(core))
+        .add_service(AdminService::server(core.clone()));
+    let http = grpc
+        .into_axum_router()
+        .merge(crate::metrics::routes(core));
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(Routes::from(http))
 }
