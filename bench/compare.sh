@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --bin keel >/dev/null
 keel=target/release/keel
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 wait_ready() { for _ in $(seq 100); do ETCDCTL_API=3 etcdctl --endpoints="$1" put ready 1 >/dev/null 2>&1 && return; sleep 0.1; done; echo "not ready: $1"; exit 1; }
 

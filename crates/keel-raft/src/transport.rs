@@ -44,12 +44,15 @@ struct PeerQueue {
     tx: mpsc::Sender<Vec<u8>>,
     task: JoinHandle<()>,
     urls: Vec<String>,
+    /// Cuts the sender's reconnect backoff short (the peer just connected to us: it is back).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// Outgoing raft messages, by destination member.
 pub struct Transport {
     runtime: tokio::runtime::Handle,
     cluster_id: u64,
+    member_id: u64,
     peers: Mutex<HashMap<u64, PeerQueue>>,
     partition: Arc<Partition>,
     /// Snapshot transfers under way, by destination.
@@ -68,9 +71,10 @@ pub struct SnapshotTransfer {
 }
 
 impl Transport {
-    /// A transport for a member of `cluster_id` whose sender tasks run on `runtime`.
-    pub fn new(runtime: tokio::runtime::Handle, cluster_id: u64) -> Arc<Transport> {
+    /// A transport for member `member_id` of `cluster_id` whose sender tasks run on `runtime`.
+    pub fn new(runtime: tokio::runtime::Handle, cluster_id: u64, member_id: u64) -> Arc<Transport> {
         Arc::new(Transport {
+            member_id,
             partition: Partition::from_env(&runtime),
             runtime,
             cluster_id,
@@ -82,11 +86,31 @@ impl Transport {
     /// Starts (or restarts) sending to member `id` at `urls`.
     pub fn add_peer(&self, id: u64, urls: Vec<String>) {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let link = Link {
+            cluster_id: self.cluster_id,
+            from: self.member_id,
+            to: id,
+        };
         let task = self
             .runtime
-            .spawn(run_peer(id, urls.clone(), self.cluster_id, rx));
-        if let Some(old) = self.peers.lock().insert(id, PeerQueue { tx, task, urls }) {
+            .spawn(run_peer(link, urls.clone(), rx, wake.clone()));
+        let queue = PeerQueue {
+            tx,
+            task,
+            urls,
+            wake,
+        };
+        if let Some(old) = self.peers.lock().insert(id, queue) {
             old.task.abort();
+        }
+    }
+
+    /// Member `id` opened a stream to us: if our sender to it is waiting to reconnect, it
+    /// reconnects now instead of at the end of its backoff.
+    fn peer_alive(&self, id: u64) {
+        if let Some(p) = self.peers.lock().get(&id) {
+            p.wake.notify_one();
         }
     }
 
@@ -185,7 +209,21 @@ type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>>;
 
 /// Keeps one stream open to the peer and feeds it from the queue, reconnecting whenever it ends
 /// (the peer restarting ends it cleanly; a network fault ends it with an error).
-async fn run_peer(id: u64, urls: Vec<String>, cluster_id: u64, rx: mpsc::Receiver<Vec<u8>>) {
+/// Who sends to whom, in which cluster.
+#[derive(Clone, Copy)]
+struct Link {
+    cluster_id: u64,
+    from: u64,
+    to: u64,
+}
+
+async fn run_peer(
+    link: Link,
+    urls: Vec<String>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    wake: Arc<tokio::sync::Notify>,
+) {
+    let id = link.to;
     if urls.is_empty() {
         tracing::error!(
             peer = format!("{id:x}"),
@@ -197,7 +235,7 @@ async fn run_peer(id: u64, urls: Vec<String>, cluster_id: u64, rx: mpsc::Receive
     let mut backoff = BACKOFF_MIN;
     for url in urls.iter().cycle() {
         let started = Instant::now();
-        let ended = stream_to(url, cluster_id, queue.clone()).await;
+        let ended = stream_to(url, link, queue.clone()).await;
         // A stream that ran for a while was healthy: the next failure starts a fresh backoff.
         if started.elapsed() > BACKOFF_MAX {
             backoff = BACKOFF_MIN;
@@ -212,14 +250,17 @@ async fn run_peer(id: u64, urls: Vec<String>, cluster_id: u64, rx: mpsc::Receive
             let mut rx = queue.lock().await;
             while rx.try_recv().is_ok() {}
         }
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = wake.notified() => {}
+        }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
 async fn stream_to(
     url: &str,
-    cluster_id: u64,
+    link: Link,
     queue: Queue,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
@@ -228,6 +269,11 @@ async fn stream_to(
         .connect()
         .await?;
     tracing::info!(%url, "connected to peer");
+    let hello = RaftBatch {
+        messages: Vec::new(),
+        cluster_id: link.cluster_id,
+        from: link.from,
+    };
     let batches = futures::stream::unfold(queue, move |queue| async move {
         let messages = {
             let mut rx = queue.lock().await;
@@ -243,13 +289,14 @@ async fn stream_to(
         };
         let batch = RaftBatch {
             messages,
-            cluster_id,
+            cluster_id: link.cluster_id,
+            from: link.from,
         };
         Some((batch, queue))
     });
     PeerClient::new(channel)
         .max_encoding_message_size(usize::MAX)
-        .raft(batches)
+        .raft(futures::StreamExt::chain(futures::stream::iter([hello]), batches))
         .await?;
     Ok(())
 }
@@ -350,17 +397,19 @@ pub struct PeerService {
     cluster_id: u64,
     snap_dir: PathBuf,
     partition: Arc<Partition>,
+    transport: Arc<Transport>,
 }
 
 impl Transport {
     /// The receiving side of this transport: a gRPC service feeding `node`, receiving snapshots
     /// into `snap_dir`.
-    pub fn service(&self, node: Stepper, snap_dir: PathBuf) -> PeerServer<PeerService> {
+    pub fn service(self: &Arc<Self>, node: Stepper, snap_dir: PathBuf) -> PeerServer<PeerService> {
         PeerServer::new(PeerService {
             node,
             cluster_id: self.cluster_id,
             snap_dir,
             partition: self.partition.clone(),
+            transport: self.clone(),
         })
         .max_decoding_message_size(usize::MAX)
     }
@@ -446,8 +495,13 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 impl Peer for PeerService {
     async fn raft(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
         let mut inbound = req.into_inner();
+        let mut first = true;
         while let Some(batch) = inbound.message().await? {
             self.check_cluster(batch.cluster_id)?;
+            if std::mem::take(&mut first) && !self.partition.blocks(batch.from) {
+                // A new stream from this peer: it is (back) up.
+                self.transport.peer_alive(batch.from);
+            }
             for bytes in batch.messages {
                 match Message::parse_from_bytes(&bytes) {
                     Ok(m) if self.partition.blocks(m.from) => {}

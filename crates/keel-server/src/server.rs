@@ -302,7 +302,11 @@ impl Server {
         let snap_dir = member_dir.join("snap");
         let checkpoints = Checkpoints::new(store.clone(), snap_dir.clone()).map_err(|e| storage(&e))?;
         log.set_snapshot_source(Arc::new(checkpoints));
-        let transport = Transport::new(tokio::runtime::Handle::current(), identity.cluster_id);
+        let transport = Transport::new(
+            tokio::runtime::Handle::current(),
+            identity.cluster_id,
+            identity.member_id,
+        );
         // A member that joined and has not received the cluster's state yet knows its peers only
         // from the member it joined through.
         let peers = if membership.list().is_empty() {
