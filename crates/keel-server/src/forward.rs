@@ -1,19 +1,30 @@
 //! Requests only the leader can serve (lease keep-alives and time-to-live: the leader's lessor owns
 //! the clocks), forwarded by a follower to the leader. The leader serves etcd's Lease service on its
 //! peer URLs too, so the follower reaches it there with an ordinary etcd client, as etcd forwards
-//! over its peer URLs.
+//! over its peer URLs. Keep-alives for a lease go over one stream to the leader, kept open while
+//! that member leads, rather than one stream per renewal.
 
-use etcd_client::{Client, LeaseTimeToLiveOptions};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions};
 use parking_lot::Mutex;
 
 use crate::lease::TimeToLive;
 use crate::server::Core;
 use crate::ServerError;
 
-/// A client to the current leader, reused while it leads.
+/// Keep-alive streams kept open before the cache is emptied (leases nobody renews any more).
+const MAX_KEEPALIVE_STREAMS: usize = 10_000;
+
+/// One lease's keep-alive stream to the leader (one renewal in flight at a time).
+type KeepAlive = Arc<tokio::sync::Mutex<Option<(LeaseKeeper, LeaseKeepAliveStream)>>>;
+
+/// A client to the current leader, reused while it leads, and its keep-alive streams.
 #[derive(Default)]
 pub struct LeaderLink {
     cached: Mutex<Option<(u64, Client)>>,
+    keepalives: Mutex<(u64, HashMap<i64, KeepAlive>)>,
 }
 
 fn unavailable(e: etcd_client::Error) -> ServerError {
@@ -77,15 +88,39 @@ impl Core {
             .collect())
     }
 
+    /// The keep-alive stream slot of lease `id` for the current leader.
+    fn keepalive_slot(&self, leader: u64, id: i64) -> KeepAlive {
+        let mut k = self.leader_link.keepalives.lock();
+        if k.0 != leader || k.1.len() > MAX_KEEPALIVE_STREAMS {
+            *k = (leader, HashMap::new());
+        }
+        k.1.entry(id).or_default().clone()
+    }
+
     /// Renews lease `id` on the leader; 0 if it does not exist there.
     pub async fn forward_renew(&self, id: i64) -> Result<i64, ServerError> {
         let mut c = self.leader_client().await?;
-        match c.lease_keep_alive(id).await {
-            Ok(_) => {}
+        let slot = self.keepalive_slot(self.raft_status().leader_id, id);
+        let mut stream = slot.lock().await;
+        if let Some((keeper, responses)) = stream.as_mut() {
+            let renewed = match keeper.keep_alive().await {
+                Ok(()) => responses.message().await,
+                Err(e) => Err(e),
+            };
+            match renewed {
+                Ok(Some(r)) => return Ok(r.ttl().max(0)),
+                // The stream broke (the leader restarted or stepped down): open a new one.
+                _ => *stream = None,
+            }
+        }
+        let opened = match c.lease_keep_alive(id).await {
+            Ok(opened) => opened,
             Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Ok(0),
             Err(e) => return Err(unavailable(e)),
-        }
-        // The keep-alive answer carries the granted TTL; the client keeps it, so ask for it.
+        };
+        *stream = Some(opened);
+        drop(stream);
+        // Opening renewed the lease, but the client keeps that answer's TTL: ask for it.
         let ttl = c.lease_time_to_live(id, None).await.map_err(unavailable)?;
         Ok(ttl.granted_ttl().max(0))
     }

@@ -123,6 +123,7 @@ async fn leader_failover_keeps_every_acknowledged_write() {
     cluster.members[leader].restart().await;
     wait_local(&cluster.members[leader].endpoint(), "after", "1").await;
     assert_eq!(cluster.leader().await, new_leader);
+    wait_identical(&cluster).await;
 }
 
 #[tokio::test]
@@ -564,4 +565,55 @@ async fn keel_members_shows_roles_progress_and_lag() {
     for m in &cluster.members {
         assert!(table.contains(&m.name), "{table}");
     }
+}
+
+#[tokio::test]
+async fn leader_kill_under_concurrent_writes_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3).await;
+    let endpoints = cluster.endpoints();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let endpoints = endpoints.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Each writer talks to one member at a time and moves on when it fails.
+                let endpoint = &endpoints[(w + i) % endpoints.len()];
+                let key = format!("w{w}/{i}");
+                let put = async {
+                    let mut c = etcd_client::Client::connect([endpoint.as_str()], None)
+                        .await
+                        .ok()?;
+                    c.put(key.as_str(), "v", None).await.ok()
+                };
+                if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), put).await {
+                    acked.push(key);
+                }
+                i += 1;
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leader = cluster.leader().await;
+    cluster.members[leader].kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(acked.len() > 100, "too few writes acknowledged: {}", acked.len());
+    cluster.members[leader].restart().await;
+    wait_identical(&cluster).await;
+    let (_, state) = local_state(&cluster.members[leader].endpoint()).await;
+    let keys: std::collections::HashSet<Vec<u8>> = state.into_iter().map(|kv| kv.0).collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|k| !keys.contains(k.as_bytes()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
