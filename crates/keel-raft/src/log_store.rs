@@ -516,4 +516,45 @@ mod tests {
             1
         );
     }
+
+    #[test]
+    fn a_snapshot_replaces_the_log_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            s.bootstrap(ConfState {
+                voters: vec![1, 2, 3],
+                ..Default::default()
+            })
+            .unwrap();
+            // A bootstrapped log starts after BOOTSTRAP_INDEX: a member with an empty log is
+            // sent a snapshot, never entry 1.
+            assert_eq!(s.first_index().unwrap(), BOOTSTRAP_INDEX + 1);
+            assert!(s.term(0).is_err());
+            s.append(&(2..=9).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
+                .unwrap();
+            let meta = SnapshotMetadata {
+                index: 20,
+                term: 3,
+                conf_state: Some(ConfState {
+                    voters: vec![1, 2],
+                    learners: vec![4],
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            };
+            s.apply_snapshot(&meta).unwrap();
+        }
+        let s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(s.last_index(), 20);
+        assert_eq!(s.term(20).unwrap(), 3);
+        assert!(s
+            .entries(5, 6, None, GetEntriesContext::empty(false))
+            .is_err());
+        assert_eq!(s.hard_state().commit, 20);
+        assert_eq!(s.conf_state().voters, vec![1, 2]);
+        assert_eq!(s.conf_state().learners, vec![4]);
+    }
 }
