@@ -21,7 +21,9 @@ pub use raft::eraftpb::{
 pub fn conf_change(e: &Entry) -> Option<ConfChange> {
     use protobuf::Message as _;
     match e.get_entry_type() {
-        EntryType::EntryConfChange if !e.data.is_empty() => ConfChange::parse_from_bytes(&e.data).ok(),
+        EntryType::EntryConfChange if !e.data.is_empty() => {
+            ConfChange::parse_from_bytes(&e.data).ok()
+        }
         _ => None,
     }
 }

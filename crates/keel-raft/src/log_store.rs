@@ -144,11 +144,7 @@ impl LogStore {
     /// image already.
     pub fn apply_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<()> {
         let mut batch = rocksdb::WriteBatch::default();
-        batch.delete_range_cf(
-            self.cf(CF_LOG),
-            0u64.to_be_bytes(),
-            u64::MAX.to_be_bytes(),
-        );
+        batch.delete_range_cf(self.cf(CF_LOG), 0u64.to_be_bytes(), u64::MAX.to_be_bytes());
         let mut marker = meta.index.to_be_bytes().to_vec();
         marker.extend_from_slice(&meta.term.to_be_bytes());
         batch.put_cf(self.cf(CF_STATE), KEY_TRUNCATED, marker);

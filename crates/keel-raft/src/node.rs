@@ -416,7 +416,8 @@ impl Driver {
             Msg::ProposeConfChange(cc, done) => {
                 let res = if self.raw.raft.leader_id == raft::INVALID_ID {
                     Err(RaftError::NoLeader)
-                } else if self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf()
+                } else if self.raw.raft.state == StateRole::Leader
+                    && self.raw.raft.has_pending_conf()
                 {
                     Err(RaftError::ConfChangePending)
                 } else {
@@ -523,7 +524,8 @@ impl Driver {
             if m.get_msg_type() != MessageType::MsgSnapshot {
                 return true;
             }
-            self.transport.send_snapshot(m.clone(), self.reporter.clone());
+            self.transport
+                .send_snapshot(m.clone(), self.reporter.clone());
             false
         });
         self.transport.send(msgs);
@@ -534,7 +536,11 @@ impl Driver {
     /// the reverse would leave a log that no longer holds what the state machine lacks.
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
         let meta = snap.get_metadata();
-        tracing::info!(index = meta.index, term = meta.term, "installing a snapshot");
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "installing a snapshot"
+        );
         let (done, installed) = mpsc::channel();
         let install = InstallSnapshot {
             index: meta.index,
@@ -648,7 +654,8 @@ impl Driver {
             commit_index: r.raft_log.committed,
             role,
             last_index: r.raft_log.last_index(),
-            leader_changes: s.leader_changes + (s.leader_id != r.leader_id && r.leader_id != 0) as u64,
+            leader_changes: s.leader_changes
+                + (s.leader_id != r.leader_id && r.leader_id != 0) as u64,
             progress,
         };
         if s.leader_id != next.leader_id {

@@ -296,7 +296,10 @@ async fn stream_to(
     });
     PeerClient::new(channel)
         .max_encoding_message_size(usize::MAX)
-        .raft(futures::StreamExt::chain(futures::stream::iter([hello]), batches))
+        .raft(futures::StreamExt::chain(
+            futures::stream::iter([hello]),
+            batches,
+        ))
         .await?;
     Ok(())
 }
@@ -372,7 +375,11 @@ async fn stream_snapshot(
                     t.sent = sent + n as u64;
                 }
                 if sent / SNAPSHOT_LOG_EVERY != (sent + n as u64) / SNAPSHOT_LOG_EVERY {
-                    tracing::info!(to = format!("{to:x}"), bytes = sent + n as u64, "sending a snapshot");
+                    tracing::info!(
+                        to = format!("{to:x}"),
+                        bytes = sent + n as u64,
+                        "sending a snapshot"
+                    );
                 }
                 sent += n as u64;
                 if n == 0 {
@@ -449,7 +456,11 @@ impl PeerService {
         let io = |e: std::io::Error| Status::internal(format!("receiving a snapshot: {e}"));
         let _ = tokio::fs::remove_dir_all(&partial).await;
         tokio::fs::create_dir_all(&partial).await.map_err(io)?;
-        tracing::info!(from = format!("{:x}", msg.from), index = meta.index, "receiving a snapshot");
+        tracing::info!(
+            from = format!("{:x}", msg.from),
+            index = meta.index,
+            "receiving a snapshot"
+        );
         let mut received = 0u64;
         let mut current: Option<(String, tokio::fs::File)> = None;
         while let Some(chunk) = inbound.message().await? {
@@ -467,7 +478,9 @@ impl PeerService {
             }
             let (_, f) = current.as_mut().expect("opened above");
             f.write_all(&chunk.data).await.map_err(io)?;
-            if received / SNAPSHOT_LOG_EVERY != (received + chunk.data.len() as u64) / SNAPSHOT_LOG_EVERY {
+            if received / SNAPSHOT_LOG_EVERY
+                != (received + chunk.data.len() as u64) / SNAPSHOT_LOG_EVERY
+            {
                 tracing::info!(bytes = received, "receiving a snapshot");
             }
             received += chunk.data.len() as u64;

@@ -7,6 +7,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use keel_mvcc::{KeySpan, Store, WriteBatch};
+use keel_proto::etcd::PbMember as Member;
 use keel_proto::etcd::{
     PbCompactionRequest as CompactionRequest, PbCompactionResponse as CompactionResponse,
     PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse,
@@ -14,7 +15,6 @@ use keel_proto::etcd::{
     PbLeaseRevokeResponse as LeaseRevokeResponse, PbPutRequest as PutRequest,
     PbPutResponse as PutResponse, PbTxnResponse as TxnResponse,
 };
-use keel_proto::etcd::PbMember as Member;
 use keel_proto::{InternalRequest, MemberChange, RequestBody};
 use keel_raft::{Committed, Entry, EntryType, InstallSnapshot};
 use prost::Message;
@@ -229,8 +229,14 @@ impl ApplyLoop {
             .install(&s.dir, META_INSTALLED, &encode_position(s.index, s.term))
             .map_err(|e| e.to_string())
             .and_then(|()| {
-                self.machine.leases.reload(&self.store).map_err(|e| e.to_string())?;
-                self.machine.members.reload(&self.store).map_err(|e| e.to_string())
+                self.machine
+                    .leases
+                    .reload(&self.store)
+                    .map_err(|e| e.to_string())?;
+                self.machine
+                    .members
+                    .reload(&self.store)
+                    .map_err(|e| e.to_string())
             });
         if res.is_ok() {
             self.hub.resync();

@@ -137,13 +137,18 @@ impl ServerError {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | RequestTooLarge | MemberBadUrls => Code::InvalidArgument,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExists | NotLeader | BadLeaderTransferee | PeerUrlExists | MemberExists
-            | MemberNotLearner | LearnerNotReady | TooManyLearners | MemberNotEnoughStarted
+            LeaseExists
+            | NotLeader
+            | BadLeaderTransferee
+            | PeerUrlExists
+            | MemberExists
+            | MemberNotLearner
+            | LearnerNotReady
+            | TooManyLearners
+            | MemberNotEnoughStarted
             | MembershipChangeInProgress => Code::FailedPrecondition,
             Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
-            NoLeader | Timeout | Stopped | NotCapable | NotSupportedForLearner => {
-                Code::Unavailable
-            }
+            NoLeader | Timeout | Stopped | NotCapable | NotSupportedForLearner => Code::Unavailable,
             Internal(_) | LeaderTransferTimeout => Code::Unknown,
             Remote { code, .. } => *code,
         }

@@ -73,7 +73,10 @@ impl Core {
     }
 
     /// Promotes learner `id` on the leader (only it knows whether the learner caught up).
-    pub async fn forward_promote(&self, id: u64) -> Result<Vec<keel_proto::etcd::PbMember>, ServerError> {
+    pub async fn forward_promote(
+        &self,
+        id: u64,
+    ) -> Result<Vec<keel_proto::etcd::PbMember>, ServerError> {
         let mut c = self.leader_client().await?;
         let r = c.member_promote(id).await.map_err(forwarded)?;
         Ok(r.members()

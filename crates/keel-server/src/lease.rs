@@ -160,8 +160,10 @@ impl Lessor {
     pub fn reload(&self, store: &Store) -> Result<(), ServerError> {
         let fresh = Lessor::restore(store)?;
         let inner = fresh.inner.into_inner();
-        self.attached
-            .store(!inner.items.is_empty(), std::sync::atomic::Ordering::Release);
+        self.attached.store(
+            !inner.items.is_empty(),
+            std::sync::atomic::Ordering::Release,
+        );
         *self.inner.lock() = inner;
         Ok(())
     }

@@ -8,9 +8,9 @@ use keel_proto::etcd::{PbMember as Member, PbMemberListResponse};
 use keel_proto::MemberAttributes;
 use keel_raft::{ConfChangeType, ConfState};
 use parking_lot::RwLock;
-use tokio::sync::watch;
 use prost::Message;
 use sha1::{Digest, Sha1};
+use tokio::sync::watch;
 
 use crate::ServerError;
 

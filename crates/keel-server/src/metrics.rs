@@ -34,19 +34,25 @@ pub struct Metrics {
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
 fn member_gauge(registry: &Registry, name: &str, help: &str) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), &["member", "name"]).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
 fn member_seconds(registry: &Registry, name: &str, help: &str) -> GaugeVec {
     let g = GaugeVec::new(Opts::new(name, help), &["member", "name"]).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
@@ -54,24 +60,92 @@ impl Default for Metrics {
     fn default() -> Self {
         let r = Registry::new();
         Metrics {
-            has_leader: gauge(&r, "etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not."),
-            is_leader: gauge(&r, "etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise."),
-            is_learner: gauge(&r, "etcd_server_is_learner", "Whether or not this member is a learner. 1 if is, 0 otherwise."),
-            leader_changes: gauge(&r, "etcd_server_leader_changes_seen_total", "The number of leader changes seen."),
+            has_leader: gauge(
+                &r,
+                "etcd_server_has_leader",
+                "Whether or not a leader exists. 1 is existence, 0 is not.",
+            ),
+            is_leader: gauge(
+                &r,
+                "etcd_server_is_leader",
+                "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            ),
+            is_learner: gauge(
+                &r,
+                "etcd_server_is_learner",
+                "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+            ),
+            leader_changes: gauge(
+                &r,
+                "etcd_server_leader_changes_seen_total",
+                "The number of leader changes seen.",
+            ),
             term: gauge(&r, "etcd_server_raft_term", "The current raft term."),
-            commit_index: gauge(&r, "etcd_server_raft_committed_index", "The highest raft index known committed."),
-            applied_index: gauge(&r, "etcd_server_raft_applied_index", "The raft index the state machine has applied."),
-            db_total: gauge(&r, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database in bytes."),
-            db_in_use: gauge(&r, "etcd_mvcc_db_total_size_in_use_in_bytes", "Size of the underlying database logically in use in bytes."),
-            revision: gauge(&r, "etcd_mvcc_current_revision", "The current revision of the store."),
-            compact_revision: gauge(&r, "etcd_mvcc_compact_revision", "The revision of the last compaction."),
-            matched: member_gauge(&r, "keel_raft_member_matched_index", "Highest raft index known replicated to the member (reported by the leader)."),
-            lag_entries: member_gauge(&r, "keel_raft_member_lag_entries", "Raft entries the member lacks of the leader's log."),
-            lag_seconds: member_seconds(&r, "keel_raft_member_lag_seconds", "How long the member has been behind the leader's last index."),
-            active: member_gauge(&r, "keel_raft_member_active", "Whether the member answered the leader within an election timeout."),
-            last_contact: member_seconds(&r, "keel_raft_member_last_contact_seconds", "Seconds since the member last answered the leader."),
-            snapshot_sent: member_gauge(&r, "keel_raft_member_snapshot_bytes_sent", "Bytes of the snapshot being sent to the member."),
-            snapshot_total: member_gauge(&r, "keel_raft_member_snapshot_bytes_total", "Size of the snapshot being sent to the member."),
+            commit_index: gauge(
+                &r,
+                "etcd_server_raft_committed_index",
+                "The highest raft index known committed.",
+            ),
+            applied_index: gauge(
+                &r,
+                "etcd_server_raft_applied_index",
+                "The raft index the state machine has applied.",
+            ),
+            db_total: gauge(
+                &r,
+                "etcd_mvcc_db_total_size_in_bytes",
+                "Total size of the underlying database in bytes.",
+            ),
+            db_in_use: gauge(
+                &r,
+                "etcd_mvcc_db_total_size_in_use_in_bytes",
+                "Size of the underlying database logically in use in bytes.",
+            ),
+            revision: gauge(
+                &r,
+                "etcd_mvcc_current_revision",
+                "The current revision of the store.",
+            ),
+            compact_revision: gauge(
+                &r,
+                "etcd_mvcc_compact_revision",
+                "The revision of the last compaction.",
+            ),
+            matched: member_gauge(
+                &r,
+                "keel_raft_member_matched_index",
+                "Highest raft index known replicated to the member (reported by the leader).",
+            ),
+            lag_entries: member_gauge(
+                &r,
+                "keel_raft_member_lag_entries",
+                "Raft entries the member lacks of the leader's log.",
+            ),
+            lag_seconds: member_seconds(
+                &r,
+                "keel_raft_member_lag_seconds",
+                "How long the member has been behind the leader's last index.",
+            ),
+            active: member_gauge(
+                &r,
+                "keel_raft_member_active",
+                "Whether the member answered the leader within an election timeout.",
+            ),
+            last_contact: member_seconds(
+                &r,
+                "keel_raft_member_last_contact_seconds",
+                "Seconds since the member last answered the leader.",
+            ),
+            snapshot_sent: member_gauge(
+                &r,
+                "keel_raft_member_snapshot_bytes_sent",
+                "Bytes of the snapshot being sent to the member.",
+            ),
+            snapshot_total: member_gauge(
+                &r,
+                "keel_raft_member_snapshot_bytes_total",
+                "Size of the snapshot being sent to the member.",
+            ),
             registry: r,
         }
     }
@@ -119,7 +193,9 @@ impl Metrics {
             let id = format!("{:x}", m.id);
             let labels = [id.as_str(), m.name.as_str()];
             if let Some(p) = status.progress.iter().find(|p| p.id == m.id) {
-                self.matched.with_label_values(&labels).set(p.matched as i64);
+                self.matched
+                    .with_label_values(&labels)
+                    .set(p.matched as i64);
                 self.lag_entries
                     .with_label_values(&labels)
                     .set(status.last_index.saturating_sub(p.matched) as i64);
@@ -134,8 +210,12 @@ impl Metrics {
                 }
             }
             if let Some(t) = transfers.get(&m.id) {
-                self.snapshot_sent.with_label_values(&labels).set(t.sent as i64);
-                self.snapshot_total.with_label_values(&labels).set(t.total as i64);
+                self.snapshot_sent
+                    .with_label_values(&labels)
+                    .set(t.sent as i64);
+                self.snapshot_total
+                    .with_label_values(&labels)
+                    .set(t.total as i64);
             }
         }
     }

@@ -12,9 +12,7 @@ use futures::StreamExt;
 use keel_mvcc::Store;
 use keel_proto::etcd::{PbMember as Member, PbResponseHeader};
 use keel_proto::{InternalRequest, MemberAttributes, MemberChange, RequestBody};
-use keel_raft::{
-    ConfChange, ConfChangeType, LogStore, Node, NodeConfig, RaftStatus, Transport,
-};
+use keel_raft::{ConfChange, ConfChangeType, LogStore, Node, NodeConfig, RaftStatus, Transport};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -300,7 +298,8 @@ impl Server {
         let mut log = LogStore::open(&member_dir.join("raft")).map_err(|e| storage(&e))?;
         repair_interrupted_install(&store, &membership, &mut log)?;
         let snap_dir = member_dir.join("snap");
-        let checkpoints = Checkpoints::new(store.clone(), snap_dir.clone()).map_err(|e| storage(&e))?;
+        let checkpoints =
+            Checkpoints::new(store.clone(), snap_dir.clone()).map_err(|e| storage(&e))?;
         log.set_snapshot_source(Arc::new(checkpoints));
         let transport = Transport::new(
             tokio::runtime::Handle::current(),
@@ -498,9 +497,10 @@ async fn publish_attributes(core: Arc<Core>) {
         client_urls: core.client_urls.clone(),
     };
     loop {
-        let published = core.membership.get(mine.member_id).is_some_and(|m| {
-            m.name == mine.name && m.client_ur_ls == mine.client_urls
-        });
+        let published = core
+            .membership
+            .get(mine.member_id)
+            .is_some_and(|m| m.name == mine.name && m.client_ur_ls == mine.client_urls);
         if published {
             return;
         }
@@ -519,7 +519,11 @@ async fn publish_attributes(core: Arc<Core>) {
 
 /// Keeps the transport's peers in line with the membership (members added, removed, given new
 /// peer URLs), and raises `removed` once this member is removed from the cluster.
-async fn follow_membership(core: Arc<Core>, transport: Arc<Transport>, removed: watch::Sender<bool>) {
+async fn follow_membership(
+    core: Arc<Core>,
+    transport: Arc<Transport>,
+    removed: watch::Sender<bool>,
+) {
     let mut changes = core.membership.subscribe();
     loop {
         let members = core.membership.list();
@@ -539,7 +543,10 @@ async fn follow_membership(core: Arc<Core>, transport: Arc<Transport>, removed: 
                     transport.add_peer(m.id, m.peer_ur_ls.clone());
                 }
             }
-            for id in current.keys().filter(|id| !members.iter().any(|m| m.id == **id)) {
+            for id in current
+                .keys()
+                .filter(|id| !members.iter().any(|m| m.id == **id))
+            {
                 tracing::info!(peer = format!("{id:x}"), "peer removed");
                 transport.remove_peer(*id);
             }
@@ -730,7 +737,11 @@ fn repair_interrupted_install(
             log.last_index()
         )));
     };
-    tracing::warn!(index, term, "finishing a snapshot installation interrupted by a restart");
+    tracing::warn!(
+        index,
+        term,
+        "finishing a snapshot installation interrupted by a restart"
+    );
     let meta = keel_raft::SnapshotMetadata {
         index,
         term,

@@ -60,7 +60,10 @@ impl Checkpoints {
 impl SnapshotSource for Checkpoints {
     fn snapshot(&self, min_index: u64) -> Result<SnapshotImage, String> {
         let mut made = self.made.lock();
-        let fresh = made.last().filter(|(index, ..)| *index >= min_index).cloned();
+        let fresh = made
+            .last()
+            .filter(|(index, ..)| *index >= min_index)
+            .cloned();
         let (index, dir, conf_state) = match fresh {
             Some(c) => c,
             None => {

@@ -107,7 +107,11 @@ fn table(r: &MembersResponse) -> String {
                 format!("{:x}", m.id),
                 m.name.clone(),
                 m.role.clone(),
-                if m.progress.is_empty() { "-".into() } else { m.progress.clone() },
+                if m.progress.is_empty() {
+                    "-".into()
+                } else {
+                    m.progress.clone()
+                },
                 m.matched_index.to_string(),
                 m.lag_entries.to_string(),
                 lag_time(m),
@@ -118,7 +122,13 @@ fn table(r: &MembersResponse) -> String {
         })
         .collect();
     let widths: Vec<usize> = (0..header.len())
-        .map(|c| rows.iter().map(|r| r[c].len()).chain([header[c].len()]).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: Vec<&str>| {
         cells
@@ -131,7 +141,10 @@ fn table(r: &MembersResponse) -> String {
             .to_string()
     };
     let mut out = vec![line(header.to_vec())];
-    out.extend(rows.iter().map(|r| line(r.iter().map(String::as_str).collect())));
+    out.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(String::as_str).collect())),
+    );
     out.push(format!(
         "leader {:x}, term {}, last index {}, commit index {}",
         r.leader_id, r.term, r.last_index, r.commit_index

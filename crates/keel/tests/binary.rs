@@ -35,7 +35,8 @@ fn bootstrap_mistakes_are_refused_clearly() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("could not get the member list from the cluster"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("could not get the member list from the cluster"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -159,7 +159,10 @@ async fn a_minority_never_acknowledges_a_write() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (code, body) = common::http_get(&lone, "/health").await;
-    assert_eq!((code, body.as_str()), (503, r#"{"health":"false","reason":"RAFT NO LEADER"}"#));
+    assert_eq!(
+        (code, body.as_str()),
+        (503, r#"{"health":"false","reason":"RAFT NO LEADER"}"#)
+    );
     // The majority returns: writes are acknowledged again.
     for i in 0..3 {
         if i != leader {
@@ -168,7 +171,10 @@ async fn a_minority_never_acknowledges_a_write() {
     }
     put_eventually(&lone, "k", "again").await;
     let (code, body) = common::http_get(&lone, "/health").await;
-    assert_eq!((code, body.as_str()), (200, r#"{"health":"true","reason":""}"#));
+    assert_eq!(
+        (code, body.as_str()),
+        (200, r#"{"health":"true","reason":""}"#)
+    );
 }
 
 #[tokio::test]
@@ -258,9 +264,14 @@ async fn leases_work_through_followers_and_survive_leader_failover() {
 
 /// Every key-value (with its revisions) a member holds, read locally, and its store revision.
 async fn local_state(endpoint: &str) -> (i64, Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>) {
-    let mut c = etcd_client::Client::connect([endpoint], None).await.unwrap();
+    let mut c = etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap();
     let r = c
-        .get("", Some(GetOptions::new().with_all_keys().with_serializable()))
+        .get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_serializable()),
+        )
         .await
         .unwrap();
     let kvs = r
@@ -368,11 +379,8 @@ async fn a_partitioned_leader_steps_down_and_its_writes_are_never_acknowledged()
     tokio::time::sleep(Duration::from_millis(300)).await;
     let isolated = cluster.members[leader].endpoint();
     let mut lone = cluster.members[leader].client().await;
-    let write = tokio::time::timeout(
-        Duration::from_secs(10),
-        lone.put("k", "minority", None),
-    )
-    .await;
+    let write =
+        tokio::time::timeout(Duration::from_secs(10), lone.put("k", "minority", None)).await;
     assert!(
         !matches!(write, Ok(Ok(_))),
         "a partitioned leader acknowledged a write: {write:?}"
@@ -397,7 +405,10 @@ async fn a_data_dir_refuses_another_clusters_token() {
     m.set_flags(&["--initial-cluster-token=another-cluster"]);
     m.start_process();
     let exit = m.wait_exit(Duration::from_secs(10));
-    assert!(exit.is_some_and(|s| !s.success()), "it must refuse to start");
+    assert!(
+        exit.is_some_and(|s| !s.success()),
+        "it must refuse to start"
+    );
     assert!(m.log().contains("refusing to start"), "{}", m.log());
     // With its own token it starts again.
     m.set_flags(&[]);
@@ -506,7 +517,10 @@ async fn keel_members_shows_roles_progress_and_lag() {
         let v = members_json(&cluster.members[asked].endpoint());
         let members = v["members"].as_array().unwrap();
         assert_eq!(members.len(), 3);
-        let roles: Vec<&str> = members.iter().map(|m| m["role"].as_str().unwrap()).collect();
+        let roles: Vec<&str> = members
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
         assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1);
         let lagging = members.iter().find(|m| m["id"] == down_id).unwrap();
         if lagging["lag_entries"].as_u64().unwrap() >= 100
@@ -557,7 +571,10 @@ async fn keel_members_shows_roles_progress_and_lag() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let table = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["members", &format!("--endpoints={}", cluster.members[down].endpoint())])
+        .args([
+            "members",
+            &format!("--endpoints={}", cluster.members[down].endpoint()),
+        ])
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
@@ -606,7 +623,11 @@ async fn leader_kill_under_concurrent_writes_loses_no_acknowledged_write() {
     for w in writers {
         acked.extend(w.await.unwrap());
     }
-    assert!(acked.len() > 100, "too few writes acknowledged: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "too few writes acknowledged: {}",
+        acked.len()
+    );
     cluster.members[leader].restart().await;
     wait_identical(&cluster).await;
     let (_, state) = local_state(&cluster.members[leader].endpoint()).await;

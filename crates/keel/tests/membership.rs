@@ -109,7 +109,10 @@ async fn a_learner_joins_catches_up_by_snapshot_is_promoted_and_a_member_is_remo
     // Once it serves, it publishes its name and client URLs.
     let deadline = Instant::now() + Duration::from_secs(10);
     while id_of(&mut c, &peer_url).await.name() != "m3" {
-        assert!(Instant::now() < deadline, "the learner never published its name");
+        assert!(
+            Instant::now() < deadline,
+            "the learner never published its name"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -141,14 +144,15 @@ async fn a_learner_joins_catches_up_by_snapshot_is_promoted_and_a_member_is_remo
         "a removed member stops with an error"
     );
     cluster.members[2]
-        .wait_log("permanently removed from the cluster", Duration::from_secs(1))
+        .wait_log(
+            "permanently removed from the cluster",
+            Duration::from_secs(1),
+        )
         .await;
-    let mut c = etcd_client::Client::connect(
-        [cluster.members[0].endpoint(), learner.endpoint()],
-        None,
-    )
-    .await
-    .unwrap();
+    let mut c =
+        etcd_client::Client::connect([cluster.members[0].endpoint(), learner.endpoint()], None)
+            .await
+            .unwrap();
     let list = c.member_list().await.unwrap();
     assert_eq!(list.members().len(), 3);
     assert!(list.members().iter().all(|m| m.id() != gone));
@@ -196,7 +200,9 @@ async fn bad_membership_requests_get_etcds_errors() {
     let url = "http://127.0.0.1:1".to_string();
     let id = cluster.members[0].id().await;
     let old = cluster.members[0].peer_url();
-    c.member_update(id, [old.clone(), url.clone()]).await.unwrap();
+    c.member_update(id, [old.clone(), url.clone()])
+        .await
+        .unwrap();
     for m in &cluster.members {
         let mut mc = m.client().await;
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -51,7 +51,11 @@ impl ClusterService {
 
     /// etcd's strict reconfiguration check: after the change, the members that have started
     /// (published their attributes) must still be a quorum of the voters.
-    fn check_quorum_after(&self, voters_delta: i64, leaving: Option<u64>) -> Result<(), ServerError> {
+    fn check_quorum_after(
+        &self,
+        voters_delta: i64,
+        leaving: Option<u64>,
+    ) -> Result<(), ServerError> {
         let members = self.core.membership.list();
         let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
         let total = voters.len() as i64 + voters_delta;
@@ -67,9 +71,12 @@ impl ClusterService {
 
     /// URLs already used by a member other than `except`.
     fn check_urls_free(&self, urls: &[String], except: u64) -> Result<(), ServerError> {
-        let taken = self.core.membership.list().iter().any(|m| {
-            m.id != except && m.peer_ur_ls.iter().any(|u| urls.contains(u))
-        });
+        let taken = self
+            .core
+            .membership
+            .list()
+            .iter()
+            .any(|m| m.id != except && m.peer_ur_ls.iter().any(|u| urls.contains(u)));
         if taken {
             return Err(ServerError::PeerUrlExists);
         }
@@ -83,7 +90,13 @@ impl ClusterService {
     /// Whether the learner's log is close enough to the leader's; only the leader knows.
     fn check_learner_ready(&self, id: u64) -> Result<(), ServerError> {
         let status = self.core.raft_status();
-        let matched = |id| status.progress.iter().find(|p| p.id == id).map(|p| p.matched);
+        let matched = |id| {
+            status
+                .progress
+                .iter()
+                .find(|p| p.id == id)
+                .map(|p| p.matched)
+        };
         let leader = matched(status.id).unwrap_or(status.last_index);
         let learner = matched(id).ok_or(ServerError::LearnerNotReady)?;
         if (learner as f64) < leader as f64 * LEARNER_READY {
@@ -92,12 +105,15 @@ impl ClusterService {
         Ok(())
     }
 
-    async fn promote(&self, id: u64) -> Result<Vec<Member>, ServerError> {
-        let member = self
-            .core
+    fn member(&self, id: u64) -> Result<Member, ServerError> {
+        self.core
             .membership
             .get(id)
-            .ok_or(ServerError::MemberNotFound)?;
+            .ok_or(ServerError::MemberNotFound)
+    }
+
+    async fn promote(&self, id: u64) -> Result<Vec<Member>, ServerError> {
+        let member = self.member(id)?;
         if !member.is_learner {
             return Err(ServerError::MemberNotLearner);
         }
@@ -189,11 +205,7 @@ impl PbClusterService for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = req.into_inner().id;
         self.check_voting()?;
-        let member = self
-            .core
-            .membership
-            .get(id)
-            .ok_or(ServerError::MemberNotFound)?;
+        let member = self.member(id)?;
         if !member.is_learner {
             self.check_quorum_after(-1, Some(id))?;
         }
@@ -215,9 +227,7 @@ impl PbClusterService for ClusterService {
         let r = req.into_inner();
         self.check_voting()?;
         check_urls(&r.peer_ur_ls)?;
-        if self.core.membership.get(r.id).is_none() {
-            return Err(ServerError::MemberNotFound.into());
-        }
+        self.member(r.id)?;
         self.check_urls_free(&r.peer_ur_ls, r.id)?;
         match self.core.propose(RequestBody::MemberUpdate(r)).await? {
             Applied::Members(members) => Ok(Response::new(MemberUpdateResponse {

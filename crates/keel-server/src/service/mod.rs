@@ -43,26 +43,22 @@ pub fn router(core: Arc<Core>, max_message: usize) -> Router {
     let grpc = Routes::new(
         PbKvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_message),
     )
-        .add_service(
-            PbMaintenanceServer::new(MaintenanceService::new(core.clone()))
-                .max_decoding_message_size(max_message),
-        )
-        .add_service(
-            PbClusterServer::new(ClusterService::new(core.clone()))
-                .max_decoding_message_size(max_message),
-        )
-        .add_service(
-            PbLeaseServer::new(LeaseService::new(core.clone()))
-                .max_decoding_message_size(max_message),
-        )
-        .add_service(
-            PbWatchServer::new(WatchService::new(core.clone()))
-                .max_decoding_message_size(max_message),
-        )
-        .add_service(AdminService::server(core.clone()));
-    let http = grpc
-        .into_axum_router()
-        .merge(crate::metrics::routes(core));
+    .add_service(
+        PbMaintenanceServer::new(MaintenanceService::new(core.clone()))
+            .max_decoding_message_size(max_message),
+    )
+    .add_service(
+        PbClusterServer::new(ClusterService::new(core.clone()))
+            .max_decoding_message_size(max_message),
+    )
+    .add_service(
+        PbLeaseServer::new(LeaseService::new(core.clone())).max_decoding_message_size(max_message),
+    )
+    .add_service(
+        PbWatchServer::new(WatchService::new(core.clone())).max_decoding_message_size(max_message),
+    )
+    .add_service(AdminService::server(core.clone()));
+    let http = grpc.into_axum_router().merge(crate::metrics::routes(core));
     tonic::transport::Server::builder()
         .accept_http1(true)
         .add_routes(Routes::from(http))

@@ -150,34 +150,23 @@ impl Member {
 
     /// Waits until the member answers a serializable read (learners answer no other).
     pub async fn wait_serving(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let probe = async {
-                let mut c = etcd_client::Client::connect([self.endpoint()], None)
-                    .await
-                    .ok()?;
-                let opts = etcd_client::GetOptions::new().with_serializable();
-                c.get("ready-probe", Some(opts)).await.ok()
-            };
-            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!("keel did not start serving; log:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_answering(true).await
     }
 
     /// Waits until the member answers a linearizable read.
     pub async fn wait_ready(&self) {
+        self.wait_answering(false).await
+    }
+
+    async fn wait_answering(&self, serializable: bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let probe = async {
                 let mut c = etcd_client::Client::connect([self.endpoint()], None)
                     .await
                     .ok()?;
-                c.get("ready-probe", None).await.ok()
+                let opts = serializable.then(|| etcd_client::GetOptions::new().with_serializable());
+                c.get("ready-probe", opts).await.ok()
             };
             if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
                 return;
@@ -358,7 +347,10 @@ pub async fn http_get(endpoint: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     (code, body)
 }
 
