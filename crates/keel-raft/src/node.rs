@@ -566,7 +566,14 @@ impl Driver {
             return Ok(());
         }
         for e in &entries {
-            self.apply_conf_change(e)?;
+            // raft refusing a change is the same on every member (same log, same refusal); the
+            // change is dropped rather than stopping the member. A failed write is fatal.
+            match self.apply_conf_change(e) {
+                Err(RaftError::Raft(err)) => {
+                    tracing::error!(index = e.index, error = %err, "membership change refused by raft")
+                }
+                other => other?,
+            }
         }
         self.committed
             .send(Committed::Entries(entries))

@@ -85,10 +85,18 @@ impl Identity {
 
     /// Records the identity durably (the member id last: its presence marks a complete record).
     pub fn save(&self, store: &Store) -> Result<(), ServerError> {
-        store.put_meta(META_TOKEN, self.token.as_bytes())?;
-        store.put_meta(META_CLUSTER_ID, &self.cluster_id.to_be_bytes())?;
-        store.put_meta(META_MEMBER_ID, &self.member_id.to_be_bytes())?;
+        let mut wb = store.write_batch();
+        self.record(&mut wb);
+        wb.commit(store.applied_index())?;
+        store.sync()?;
         Ok(())
+    }
+
+    /// Writes the identity with a write batch.
+    pub fn record(&self, wb: &mut WriteBatch<'_>) {
+        wb.put_meta(META_TOKEN, self.token.as_bytes());
+        wb.put_meta(META_CLUSTER_ID, &self.cluster_id.to_be_bytes());
+        wb.put_meta(META_MEMBER_ID, &self.member_id.to_be_bytes());
     }
 }
 
@@ -157,13 +165,10 @@ impl Membership {
         Ok(())
     }
 
-    /// Records the initial members of a new cluster (before raft starts).
-    pub fn bootstrap(&self, store: &Store, members: Vec<Member>) -> Result<(), ServerError> {
-        let members: BTreeMap<u64, Member> = members.into_iter().map(|m| (m.id, m)).collect();
-        store.put_meta(META_MEMBERS_KEY, &encode_members(&members))?;
-        *self.members.write() = members;
-        self.changed.send_modify(|v| *v += 1);
-        Ok(())
+    /// Writes the initial members of a new cluster (before raft starts) with a write batch.
+    pub fn bootstrap(wb: &mut WriteBatch<'_>, members: &[Member]) {
+        let members: BTreeMap<u64, Member> = members.iter().map(|m| (m.id, m.clone())).collect();
+        wb.put_meta(META_MEMBERS_KEY, &encode_members(&members));
     }
 
     /// Every member, by id.

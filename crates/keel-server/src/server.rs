@@ -578,22 +578,28 @@ async fn establish_identity(
         check_token(cfg, &identity)?;
         return Ok((identity, Vec::new()));
     }
+    if store.applied_index() > 0 {
+        return Err(StartError::Storage(format!(
+            "{} holds data but no member identity (written by an older Keel?); refusing to bootstrap over it",
+            cfg.data_dir.display()
+        )));
+    }
     let (identity, members) = match cfg.initial_cluster_state {
         ClusterState::New => bootstrap_identity(cfg)?,
         ClusterState::Existing => join_identity(cfg).await?,
     };
     if cfg.initial_cluster_state == ClusterState::New {
-        let membership = Membership::load(store).map_err(storage)?;
-        membership
-            .bootstrap(store, members.clone())
-            .map_err(storage)?;
+        // Identity, members and the applied index in one write: a crash leaves all or nothing.
         // The state machine starts where the bootstrapped raft log does.
-        store
-            .write_batch()
-            .commit(keel_raft::BOOTSTRAP_INDEX)
+        let mut wb = store.write_batch();
+        identity.record(&mut wb);
+        Membership::bootstrap(&mut wb, &members);
+        wb.commit(keel_raft::BOOTSTRAP_INDEX)
+            .and_then(|_| store.sync())
             .map_err(|e| StartError::Storage(e.to_string()))?;
+    } else {
+        identity.save(store).map_err(storage)?;
     }
-    identity.save(store).map_err(storage)?;
     Ok((identity, members))
 }
 
