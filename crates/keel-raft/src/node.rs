@@ -151,6 +151,7 @@ enum Msg {
     Propose(Vec<u8>, oneshot::Sender<Result<()>>),
     ProposeConfChange(ConfChange, oneshot::Sender<Result<()>>),
     ReportSnapshot(u64, bool),
+    Unreachable(u64),
     ReadIndex(oneshot::Sender<Result<u64>>),
     CompactLog(u64),
     TransferLeader(u64),
@@ -167,6 +168,12 @@ impl Stepper {
     /// Hands a message from a peer to raft.
     pub fn step(&self, m: Message) {
         let _ = self.tx.send(Msg::Step(m));
+    }
+
+    /// Tells raft that member `to` could not be reached: the leader stops streaming entries to
+    /// it and probes instead.
+    pub fn report_unreachable(&self, to: u64) {
+        let _ = self.tx.send(Msg::Unreachable(to));
     }
 
     /// Tells raft whether the snapshot sent to `to` arrived.
@@ -223,6 +230,7 @@ impl Node {
             ..Default::default()
         }));
         let (tx, rx) = mpsc::channel();
+        transport.set_reporter(Stepper { tx: tx.clone() });
         let driver = Driver {
             raw,
             rx,
@@ -438,6 +446,7 @@ impl Driver {
                     self.raw.report_unreachable(to);
                 }
             }
+            Msg::Unreachable(to) => self.raw.report_unreachable(to),
             Msg::ReadIndex(done) => self.pending_reads.push(done),
             Msg::CompactLog(index) => {
                 if let Err(e) = self.raw.mut_store().compact(index) {

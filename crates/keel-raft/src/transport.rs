@@ -57,6 +57,8 @@ pub struct Transport {
     partition: Arc<Partition>,
     /// Snapshot transfers under way, by destination.
     transfers: Arc<Mutex<HashMap<u64, SnapshotTransfer>>>,
+    /// Where senders report a peer they cannot reach (the local raft node, once it runs).
+    reporter: Arc<std::sync::OnceLock<Stepper>>,
 }
 
 /// A snapshot being sent to a member.
@@ -80,6 +82,7 @@ impl Transport {
             cluster_id,
             peers: Mutex::default(),
             transfers: Arc::default(),
+            reporter: Arc::default(),
         })
     }
 
@@ -92,9 +95,13 @@ impl Transport {
             from: self.member_id,
             to: id,
         };
-        let task = self
-            .runtime
-            .spawn(run_peer(link, urls.clone(), rx, wake.clone()));
+        let task = self.runtime.spawn(run_peer(
+            link,
+            urls.clone(),
+            rx,
+            wake.clone(),
+            self.reporter.clone(),
+        ));
         let queue = PeerQueue {
             tx,
             task,
@@ -104,6 +111,11 @@ impl Transport {
         if let Some(old) = self.peers.lock().insert(id, queue) {
             old.task.abort();
         }
+    }
+
+    /// Sets where unreachable peers are reported (the local raft node).
+    pub fn set_reporter(&self, reporter: Stepper) {
+        let _ = self.reporter.set(reporter);
     }
 
     /// Member `id` opened a stream to us: if our sender to it is waiting to reconnect, it
@@ -222,6 +234,7 @@ async fn run_peer(
     urls: Vec<String>,
     rx: mpsc::Receiver<Vec<u8>>,
     wake: Arc<tokio::sync::Notify>,
+    reporter: Arc<std::sync::OnceLock<Stepper>>,
 ) {
     let id = link.to;
     if urls.is_empty() {
@@ -243,6 +256,10 @@ async fn run_peer(
         if let Err(e) = ended {
             if backoff == BACKOFF_MIN {
                 tracing::warn!(peer = format!("{id:x}"), %url, error = %e, "peer unreachable; retrying");
+            }
+            // What was sent to it is lost: raft should probe it rather than stream on.
+            if let Some(r) = reporter.get() {
+                r.report_unreachable(id);
             }
         }
         // What queued up while the peer was away is stale; raft resends what it needs.

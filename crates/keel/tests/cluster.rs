@@ -525,6 +525,7 @@ async fn keel_members_shows_roles_progress_and_lag() {
         let lagging = members.iter().find(|m| m["id"] == down_id).unwrap();
         if lagging["lag_entries"].as_u64().unwrap() >= 100
             && !lagging["active"].as_bool().unwrap()
+            && lagging["progress"] == "probing"
             && lagging["lag_ms"].as_u64().unwrap() > 0
         {
             // The leader's /metrics says the same.
