@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions};
+use keel_proto::etcd::PbMember;
 use parking_lot::Mutex;
 
 use crate::lease::TimeToLive;
@@ -33,6 +34,16 @@ fn unavailable(e: etcd_client::Error) -> ServerError {
             ServerError::NotLeader
         }
         other => ServerError::Internal(format!("forwarding to the leader: {other}")),
+    }
+}
+
+fn to_pb(m: &etcd_client::Member) -> PbMember {
+    PbMember {
+        id: m.id(),
+        name: m.name().to_string(),
+        peer_ur_ls: m.peer_urls().to_vec(),
+        client_ur_ls: m.client_urls().to_vec(),
+        is_learner: m.is_learner(),
     }
 }
 
@@ -72,6 +83,13 @@ impl Core {
         Ok(client)
     }
 
+    /// Removes member `id` (the leader itself) through the leader; the members after.
+    pub async fn forward_remove(&self, id: u64) -> Result<Vec<PbMember>, ServerError> {
+        let mut c = self.leader_client().await?;
+        let r = c.member_remove(id).await.map_err(forwarded)?;
+        Ok(r.members().iter().map(to_pb).collect())
+    }
+
     /// Promotes learner `id` on the leader (only it knows whether the learner caught up).
     pub async fn forward_promote(
         &self,
@@ -79,16 +97,7 @@ impl Core {
     ) -> Result<Vec<keel_proto::etcd::PbMember>, ServerError> {
         let mut c = self.leader_client().await?;
         let r = c.member_promote(id).await.map_err(forwarded)?;
-        Ok(r.members()
-            .iter()
-            .map(|m| keel_proto::etcd::PbMember {
-                id: m.id(),
-                name: m.name().to_string(),
-                peer_ur_ls: m.peer_urls().to_vec(),
-                client_ur_ls: m.client_urls().to_vec(),
-                is_learner: m.is_learner(),
-            })
-            .collect())
+        Ok(r.members().iter().map(to_pb).collect())
     }
 
     /// The keep-alive stream slot of lease `id` for the current leader.

@@ -49,20 +49,27 @@ impl ClusterService {
         Ok(())
     }
 
-    /// etcd's strict reconfiguration check: after the change, the members that have started
-    /// (published their attributes) must still be a quorum of the voters.
-    fn check_quorum_after(
-        &self,
-        voters_delta: i64,
-        leaving: Option<u64>,
-    ) -> Result<(), ServerError> {
+    /// etcd's strict reconfiguration check: after the change, the voters that have started
+    /// (published their attributes) must still be a quorum.
+    fn check_quorum_after(&self, change: VoterChange) -> Result<(), ServerError> {
         let members = self.core.membership.list();
         let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
-        let total = voters.len() as i64 + voters_delta;
+        let leaving = match change {
+            VoterChange::Remove(id) => Some(id),
+            _ => None,
+        };
         let started = voters
             .iter()
             .filter(|m| !m.name.is_empty() && Some(m.id) != leaving)
-            .count() as i64;
+            .count();
+        let (total, started) = match change {
+            // Growing a one-member cluster is allowed (etcd: restoring a cluster from one member).
+            VoterChange::Add if voters.len() == 1 && started == 1 => return Ok(()),
+            VoterChange::Add => (voters.len() + 1, started),
+            // The learner being promoted counts as started.
+            VoterChange::Promote => (voters.len() + 1, started + 1),
+            VoterChange::Remove(_) => (voters.len().saturating_sub(1), started),
+        };
         if started < total / 2 + 1 {
             return Err(ServerError::MemberNotEnoughStarted);
         }
@@ -112,6 +119,24 @@ impl ClusterService {
             .ok_or(ServerError::MemberNotFound)
     }
 
+    /// Before the leader removes itself, leadership moves to the most caught-up other voter, so
+    /// the cluster does not sit leaderless for an election timeout once the leader leaves.
+    async fn hand_over_leadership(&self, leaving: u64) -> Result<(), ServerError> {
+        let status = self.core.raft_status();
+        let voters = self.core.membership.list();
+        let heir = status
+            .progress
+            .iter()
+            .filter(|p| p.id != leaving && p.active)
+            .filter(|p| voters.iter().any(|m| m.id == p.id && !m.is_learner))
+            .max_by_key(|p| p.matched);
+        match heir {
+            Some(p) => self.core.move_leader(p.id).await,
+            // No voter to hand over to: the removal itself will end leadership.
+            None => Ok(()),
+        }
+    }
+
     async fn promote(&self, id: u64) -> Result<Vec<Member>, ServerError> {
         let member = self.member(id)?;
         if !member.is_learner {
@@ -121,11 +146,19 @@ impl ClusterService {
             return self.core.forward_promote(id).await;
         }
         self.check_learner_ready(id)?;
-        self.check_quorum_after(1, None)?;
+        self.check_quorum_after(VoterChange::Promote)?;
         self.core
             .propose_member_change(ConfChangeType::AddNode, member)
             .await
     }
+}
+
+/// How a membership change changes the voters.
+#[derive(Clone, Copy)]
+enum VoterChange {
+    Add,
+    Promote,
+    Remove(u64),
 }
 
 /// Whether every URL is `scheme://host:port`, as etcd requires of peer URLs.
@@ -170,7 +203,7 @@ impl PbClusterService for ClusterService {
                 return Err(ServerError::TooManyLearners.into());
             }
         } else {
-            self.check_quorum_after(1, None)?;
+            self.check_quorum_after(VoterChange::Add)?;
         }
         let id = new_member_id(&r.peer_ur_ls);
         if members.iter().any(|m| m.id == id) || self.core.membership.is_removed(id) {
@@ -207,7 +240,19 @@ impl PbClusterService for ClusterService {
         self.check_voting()?;
         let member = self.member(id)?;
         if !member.is_learner {
-            self.check_quorum_after(-1, Some(id))?;
+            self.check_quorum_after(VoterChange::Remove(id))?;
+        }
+        let status = self.core.raft_status();
+        if id == status.leader_id && id != status.id {
+            // Only the leader can hand its leadership over before it goes.
+            let members = self.core.forward_remove(id).await?;
+            return Ok(Response::new(MemberRemoveResponse {
+                header: self.header(),
+                members,
+            }));
+        }
+        if id == status.id {
+            self.hand_over_leadership(id).await?;
         }
         let members = self
             .core
