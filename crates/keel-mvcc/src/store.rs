@@ -15,7 +15,7 @@ use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions, WriteO
 use crate::key_index::{KeyAt, KeyIndex, KeySpan};
 use crate::{MvccError, Result, Revision};
 
-const CF_KV: &str = "kv";
+pub(crate) const CF_KV: &str = "kv";
 pub(crate) const CF_META: &str = "meta";
 const CF_LEASE: &str = "lease";
 const CF_AUTH: &str = "auth";

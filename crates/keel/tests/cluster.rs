@@ -299,6 +299,17 @@ async fn wait_identical(cluster: &Cluster) {
             states.push(local_state(&e).await);
         }
         if states.windows(2).all(|w| w[0] == w[1]) {
+            // HashKV at that revision agrees too (etcd's way of checking members agree).
+            let rev = states[0].0;
+            let mut hashes = Vec::new();
+            for e in cluster.endpoints() {
+                let mut c = etcd_client::Client::connect([e], None).await.unwrap();
+                hashes.push(c.hash_kv(rev).await.unwrap().hash());
+            }
+            assert!(
+                hashes.windows(2).all(|w| w[0] == w[1]),
+                "hashkv differ: {hashes:?}"
+            );
             return;
         }
         assert!(

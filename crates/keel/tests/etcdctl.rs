@@ -133,3 +133,40 @@ async fn etcdctl_maintenance_defrag_alarms_and_unsupported_requests() {
         "v\n"
     );
 }
+
+#[tokio::test]
+async fn etcdctl_endpoint_hashkv_follows_history() {
+    let m = Member::start().await;
+    m.etcdctl(&["put", "a", "1"]);
+    m.etcdctl(&["put", "b", "2"]);
+    let hash_at = |rev: &str| {
+        let out = m.etcdctl(&[
+            "endpoint",
+            "hashkv",
+            &format!("--rev={rev}"),
+            "-w",
+            "fields",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+            .lines()
+            .find_map(|l| l.strip_prefix("\"Hash\" : "))
+            .unwrap_or_else(|| panic!("{}", stdout(&out)))
+            .to_string()
+    };
+    let before = hash_at("3");
+    m.etcdctl(&["put", "c", "3"]);
+    // History through revision 3 is unchanged by a later write; the current hash is not.
+    assert_eq!(hash_at("3"), before);
+    assert_ne!(hash_at("0"), before);
+    assert_eq!(
+        stdout(&m.etcdctl(&["compact", "3"])).trim(),
+        "compacted revision 3"
+    );
+    let out = m.etcdctl(&["endpoint", "hashkv", "--rev=2"]);
+    assert!(
+        stderr(&out).contains("required revision has been compacted"),
+        "{}",
+        stderr(&out)
+    );
+}

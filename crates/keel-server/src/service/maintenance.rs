@@ -1,5 +1,5 @@
-//! etcd's Maintenance service: status, alarms, defragmentation. What this build cannot do yet
-//! (snapshots, hashes, leader transfer, downgrade) answers with etcd's `not capable` error.
+//! etcd's Maintenance service: status, alarms, defragmentation, hashes, leader transfer. What this
+//! build cannot do yet (snapshots, downgrade) answers with etcd's `not capable` error.
 
 use std::sync::Arc;
 
@@ -86,11 +86,33 @@ impl PbMaintenanceService for MaintenanceService {
     }
 
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        not_capable()
+        let store = self.core.store.clone();
+        let hash = tokio::task::spawn_blocking(move || store.hash_all())
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))?
+            .map_err(ServerError::from)?;
+        Ok(Response::new(HashResponse {
+            header: self.core.header(self.core.store.current_revision()),
+            hash,
+        }))
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        not_capable()
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        let store = self.core.store.clone();
+        let h = tokio::task::spawn_blocking(move || store.hash_kv(rev))
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))?
+            .map_err(ServerError::from)?;
+        Ok(Response::new(HashKvResponse {
+            header: self.core.header(self.core.store.current_revision()),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.revision,
+        }))
     }
 
     type SnapshotStream = tokio_stream::Empty<Result<SnapshotResponse, Status>>;
