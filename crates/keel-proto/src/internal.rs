@@ -6,8 +6,8 @@
 //! types, which the `etcd-client` crate already generates; a .proto here would have to restate them.
 
 use crate::etcd::{
-    PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest, PbLeaseRevokeRequest, PbMember,
-    PbMemberUpdateRequest, PbPutRequest, PbTxnRequest,
+    PbAlarmRequest, PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest,
+    PbLeaseRevokeRequest, PbMember, PbMemberUpdateRequest, PbPutRequest, PbTxnRequest,
 };
 
 /// One client mutation with the id its proposer waits on.
@@ -17,7 +17,7 @@ pub struct InternalRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The mutation.
-    #[prost(oneof = "RequestBody", tags = "10, 11, 12, 13, 14, 15, 16, 17")]
+    #[prost(oneof = "RequestBody", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18")]
     pub body: Option<RequestBody>,
 }
 
@@ -48,6 +48,9 @@ pub enum RequestBody {
     /// Cluster.MemberUpdate: a member's new peer URLs (no raft membership change).
     #[prost(message, tag = "17")]
     MemberUpdate(PbMemberUpdateRequest),
+    /// Maintenance.Alarm ACTIVATE/DEACTIVATE (also raised by a member over its space quota).
+    #[prost(message, tag = "18")]
+    Alarm(PbAlarmRequest),
 }
 
 /// The context of a raft conf change entry: which member it is about, as the state machine records

@@ -20,6 +20,7 @@ use keel_raft::{Committed, Entry, EntryType, InstallSnapshot};
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::alarm::Alarms;
 use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::snapshot::{encode_position, META_INSTALLED};
@@ -50,6 +51,8 @@ pub enum Response {
     MemberAttributes,
     /// A membership change was applied: the members after it.
     Members(Vec<Member>),
+    /// An alarm was raised or cleared: the alarm changed (none if nothing changed).
+    Alarm(Vec<keel_proto::etcd::PbAlarmMember>),
 }
 
 /// The parts of the state machine beside the key-value store.
@@ -58,6 +61,8 @@ pub struct Machine {
     pub leases: Arc<Lessor>,
     /// The cluster's members.
     pub members: Arc<Membership>,
+    /// The raised alarms.
+    pub alarms: Arc<Alarms>,
 }
 
 /// What a proposer receives once its entry is applied.
@@ -66,6 +71,10 @@ pub type Applied = Result<Response, ServerError>;
 /// Applies one request to the write batch.
 pub fn apply(wb: &mut WriteBatch<'_>, machine: &Machine, body: &RequestBody) -> Applied {
     let leases = &*machine.leases;
+    // While NOSPACE is raised nothing may grow the store (etcd's capped applier).
+    if machine.alarms.nospace() && grows(body) {
+        return Err(ServerError::NoSpace);
+    }
     match body {
         RequestBody::Put(p) => apply_put(wb, leases, p).map(Response::Put),
         RequestBody::DeleteRange(d) => apply_delete(wb, leases, d).map(Response::DeleteRange),
@@ -79,10 +88,20 @@ pub fn apply(wb: &mut WriteBatch<'_>, machine: &Machine, body: &RequestBody) -> 
             machine.members.publish(wb, a);
             Ok(Response::MemberAttributes)
         }
+        RequestBody::Alarm(a) => Ok(Response::Alarm(machine.alarms.apply(wb, a))),
         RequestBody::MemberUpdate(u) => machine
             .members
             .update_peer_urls(wb, u.id, &u.peer_ur_ls)
             .map(Response::Members),
+    }
+}
+
+/// Whether the request may grow the store: refused under NOSPACE, checked against the quota.
+pub fn grows(body: &RequestBody) -> bool {
+    match body {
+        RequestBody::Put(_) | RequestBody::LeaseGrant(_) => true,
+        RequestBody::Txn(t) => txn::has_put(t),
+        _ => false,
     }
 }
 
@@ -221,23 +240,21 @@ impl ApplyLoop {
         }
     }
 
+    fn reload_derived(&self) -> Result<(), ServerError> {
+        let m = &self.machine;
+        m.leases.reload(&self.store)?;
+        m.alarms.reload(&self.store)?;
+        m.members.reload(&self.store)
+    }
+
     /// Replaces the state with a received snapshot, then everything derived from it: leases,
-    /// members, watchers (they catch up from the new history).
+    /// alarms, members, watchers (they catch up from the new history).
     fn install(&self, s: InstallSnapshot) {
         let res = self
             .store
             .install(&s.dir, META_INSTALLED, &encode_position(s.index, s.term))
             .map_err(|e| e.to_string())
-            .and_then(|()| {
-                self.machine
-                    .leases
-                    .reload(&self.store)
-                    .map_err(|e| e.to_string())?;
-                self.machine
-                    .members
-                    .reload(&self.store)
-                    .map_err(|e| e.to_string())
-            });
+            .and_then(|()| self.reload_derived().map_err(|e| e.to_string()));
         if res.is_ok() {
             self.hub.resync();
             self.applied.send_replace(self.store.applied_index());

@@ -65,6 +65,9 @@ pub enum ServerError {
     /// A request this server cannot serve (yet).
     #[error("etcdserver: not capable")]
     NotCapable,
+    /// The space quota is exhausted (NOSPACE alarm raised).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     /// MemberAdd with peer URLs a member already has.
     #[error("etcdserver: Peer URLs already exists")]
     PeerUrlExists,
@@ -151,6 +154,7 @@ impl ServerError {
             NoLeader | Timeout | Stopped | NotCapable | NotSupportedForLearner => Code::Unavailable,
             Internal(_) | LeaderTransferTimeout => Code::Unknown,
             Remote { code, .. } => *code,
+            NoSpace => Code::ResourceExhausted,
         }
     }
 }

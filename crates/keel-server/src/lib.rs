@@ -1,6 +1,7 @@
 //! Keel's etcd-compatible server: the state machine applied from the raft log, the request paths
 //! (propose and wait, linearizable reads), and etcd's gRPC services on top.
 
+mod alarm;
 mod apply;
 mod config;
 mod error;

@@ -17,6 +17,7 @@ use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::alarm::Alarms;
 use crate::apply::{ApplyLoop, Machine, Response};
 use crate::config::{ClusterState, ServerConfig};
 use crate::lease::Lessor;
@@ -95,6 +96,12 @@ pub struct Core {
     /// Where snapshots are made and received.
     snap_dir: std::path::PathBuf,
     transport: Arc<Transport>,
+    /// The raised alarms (replicated).
+    pub alarms: Arc<Alarms>,
+    /// Backend space quota in bytes: above it, this member raises NOSPACE.
+    quota_bytes: u64,
+    /// The store's size on disk, refreshed in the background (the quota check reads it).
+    db_size: AtomicU64,
 }
 
 impl Core {
@@ -160,7 +167,54 @@ impl Core {
         if self.is_learner() {
             return Err(ServerError::NotSupportedForLearner);
         }
+        if crate::apply::grows(&body) {
+            self.check_quota(body.encoded_len() as u64).await?;
+        }
         self.propose_internal(body).await
+    }
+
+    /// etcd's quota check: a write that would take the store past the quota raises NOSPACE (for
+    /// every member, through raft) and is refused, as is every growing write while it is raised.
+    async fn check_quota(&self, cost: u64) -> Result<(), ServerError> {
+        if self.alarms.nospace() {
+            return Err(ServerError::NoSpace);
+        }
+        if self.db_size.load(Ordering::Relaxed) + cost <= self.quota_bytes {
+            return Ok(());
+        }
+        tracing::warn!(
+            quota = self.quota_bytes,
+            size = self.db_size.load(Ordering::Relaxed),
+            "backend quota exceeded; raising NOSPACE"
+        );
+        let raise = RequestBody::Alarm(keel_proto::etcd::PbAlarmRequest {
+            action: 1,
+            member_id: self.identity.member_id,
+            alarm: crate::alarm::NOSPACE,
+        });
+        if let Err(e) = self.propose_internal(raise).await {
+            tracing::warn!(error = %e, "raising NOSPACE failed");
+        }
+        Err(ServerError::NoSpace)
+    }
+
+    /// Proposes an alarm change (Maintenance.Alarm) and waits for it; the alarms it changed.
+    pub async fn propose_alarm(
+        &self,
+        r: keel_proto::etcd::PbAlarmRequest,
+    ) -> Result<Vec<keel_proto::etcd::PbAlarmMember>, ServerError> {
+        match self.propose_internal(RequestBody::Alarm(r)).await? {
+            Response::Alarm(changed) => Ok(changed),
+            other => Err(ServerError::Internal(format!(
+                "unexpected response to an alarm: {other:?}"
+            ))),
+        }
+    }
+
+    /// Refreshes the store size the quota check reads.
+    fn refresh_db_size(&self) {
+        self.db_size
+            .store(self.store.size().total, Ordering::Relaxed);
     }
 
     /// Proposes a mutation (the member's own, or a checked client request) and waits for it.
@@ -332,6 +386,7 @@ impl Server {
         let registry = Arc::new(Registry::default());
         let hub = Arc::new(crate::watch::Hub::new(store.clone()));
         let leases = Arc::new(Lessor::restore(&store).map_err(|e| storage(&e))?);
+        let alarms = Arc::new(Alarms::load(&store).map_err(|e| storage(&e))?);
         let core = Arc::new(Core {
             store: store.clone(),
             node,
@@ -350,7 +405,11 @@ impl Server {
             identity,
             snap_dir,
             transport: transport.clone(),
+            alarms: alarms.clone(),
+            quota_bytes: cfg.quota_backend_bytes,
+            db_size: AtomicU64::new(0),
         });
+        core.refresh_db_size();
         let weak = Arc::downgrade(&core);
         let apply = ApplyLoop {
             store,
@@ -361,6 +420,7 @@ impl Server {
             machine: Machine {
                 leases,
                 members: membership,
+                alarms,
             },
             snapshot_count: cfg.snapshot_count,
             compact_log: Box::new(move |index| {
@@ -439,6 +499,7 @@ impl Server {
         );
         let expiry = tokio::spawn(crate::expiry::run(self.core.clone()));
         let publish = tokio::spawn(publish_attributes(self.core.clone()));
+        let sizes = tokio::spawn(refresh_db_size(self.core.clone()));
         let (removed_tx, mut removed_rx) = watch::channel(false);
         let peers = tokio::spawn(follow_membership(
             self.core.clone(),
@@ -473,6 +534,7 @@ impl Server {
         expiry.abort();
         publish.abort();
         peers.abort();
+        sizes.abort();
         let _ = peer_stop_tx.send(true);
         peer_server.abort();
         self.transport.shutdown();
@@ -514,6 +576,16 @@ async fn publish_attributes(core: Arc<Core>) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+}
+
+/// Keeps the store size the quota check reads fresh (reading RocksDB's properties on every write
+/// would cost the hot path more than a slightly stale size costs the quota).
+async fn refresh_db_size(core: Arc<Core>) {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        every.tick().await;
+        core.refresh_db_size();
     }
 }
 

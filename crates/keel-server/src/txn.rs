@@ -35,6 +35,18 @@ pub fn is_write(t: &TxnRequest) -> bool {
         .any(|op| !matches!(op.request, Some(Op::RequestRange(_))))
 }
 
+/// Whether the txn has a put anywhere (nested txns included): it may grow the store.
+pub fn has_put(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(Op::RequestPut(_)) => true,
+            Some(Op::RequestTxn(n)) => has_put(n),
+            _ => false,
+        })
+}
+
 /// The branch taken by a txn and by each nested txn in that branch, in op order.
 struct Path {
     succeeded: bool,

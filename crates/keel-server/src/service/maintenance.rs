@@ -37,15 +37,17 @@ impl MaintenanceService {
 #[tonic::async_trait]
 impl PbMaintenanceService for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        // No alarm can be raised yet (the space quota arrives with NOSPACE): GET lists none;
-        // activating or deactivating one is not something this build can do.
-        if req.get_ref().action != 0 {
-            return not_capable();
-        }
-        let header = self.core.header(self.core.store.current_revision());
+        let r = req.into_inner();
+        // GET lists every raised alarm; ACTIVATE/DEACTIVATE go through raft and answer with the
+        // alarm they changed, as etcd does.
+        let alarms = if r.action == 0 {
+            self.core.alarms.list()
+        } else {
+            self.core.propose_alarm(r).await?
+        };
         Ok(Response::new(AlarmResponse {
-            header,
-            alarms: Vec::new(),
+            header: self.core.header(self.core.store.current_revision()),
+            alarms,
         }))
     }
 
@@ -55,6 +57,13 @@ impl PbMaintenanceService for MaintenanceService {
         let mut errors = Vec::new();
         if raft.leader_id == 0 {
             errors.push(ServerError::NoLeader.to_string());
+        }
+        for a in self.core.alarms.list() {
+            errors.push(format!(
+                "memberID:{} alarm:{} ",
+                a.member_id,
+                crate::alarm::name(a.alarm)
+            ));
         }
         Ok(Response::new(StatusResponse {
             header: self.core.header(self.core.store.current_revision()),
