@@ -458,3 +458,19 @@ async fn compaction_errors_and_physical_compaction() {
     );
     assert_eq!(c.get("c", None).await.unwrap().kvs()[0].value(), b"4");
 }
+
+#[tokio::test]
+async fn a_request_this_build_cannot_serve_gets_not_capable() {
+    let m = Member::start().await;
+    let mut c = m.client().await;
+    let first = match c.snapshot().await {
+        Ok(mut stream) => stream.message().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert_eq!(
+        status(first.unwrap_err()),
+        (Code::Unavailable, "etcdserver: not capable".into())
+    );
+    // The member goes on serving.
+    c.put("k", "v", None).await.unwrap();
+}
