@@ -13,6 +13,18 @@ pub enum ClusterState {
     Existing,
 }
 
+/// Automatic compaction of the key-value history.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// History is kept until a client compacts it.
+    #[default]
+    Off,
+    /// Keep this much time of history.
+    Periodic(Duration),
+    /// Keep this many revisions of history.
+    Revision(i64),
+}
+
 /// A member's configuration.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -44,6 +56,8 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     /// How often an idle watcher that asked for progress notifications gets one.
     pub watch_progress_notify_interval: Duration,
+    /// Automatic compaction.
+    pub auto_compaction: AutoCompaction,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +78,7 @@ impl Default for ServerConfig {
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,
             snapshot_count: 100_000,
             watch_progress_notify_interval: Duration::from_secs(600),
+            auto_compaction: AutoCompaction::Off,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod alarm;
 mod apply;
+mod compactor;
 mod config;
 mod error;
 mod expiry;
@@ -19,7 +20,7 @@ mod validate;
 mod wait;
 mod watch;
 
-pub use config::{ClusterState, ServerConfig};
+pub use config::{AutoCompaction, ClusterState, ServerConfig};
 pub use error::ServerError;
 pub use membership::{cluster_id, member_id};
 pub use server::{Core, ServeError, Server, StartError};

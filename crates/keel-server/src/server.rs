@@ -218,7 +218,10 @@ impl Core {
     }
 
     /// Proposes a mutation (the member's own, or a checked client request) and waits for it.
-    async fn propose_internal(&self, body: RequestBody) -> Result<Response, ServerError> {
+    pub(crate) async fn propose_internal(
+        &self,
+        body: RequestBody,
+    ) -> Result<Response, ServerError> {
         let id = self.next_id();
         let data = InternalRequest {
             id,
@@ -336,6 +339,7 @@ pub struct Server {
     peer_listeners: Vec<(String, tokio::net::TcpListener)>,
     transport: Arc<Transport>,
     apply_thread: Option<JoinHandle<()>>,
+    auto_compaction: crate::config::AutoCompaction,
 }
 
 impl Server {
@@ -449,6 +453,7 @@ impl Server {
             peer_listeners,
             transport,
             apply_thread: Some(apply_thread),
+            auto_compaction: cfg.auto_compaction,
         })
     }
 
@@ -500,6 +505,10 @@ impl Server {
         let expiry = tokio::spawn(crate::expiry::run(self.core.clone()));
         let publish = tokio::spawn(publish_attributes(self.core.clone()));
         let sizes = tokio::spawn(refresh_db_size(self.core.clone()));
+        let compactor = tokio::spawn(crate::compactor::run(
+            self.core.clone(),
+            self.auto_compaction,
+        ));
         let (removed_tx, mut removed_rx) = watch::channel(false);
         let peers = tokio::spawn(follow_membership(
             self.core.clone(),
@@ -535,6 +544,7 @@ impl Server {
         publish.abort();
         peers.abort();
         sizes.abort();
+        compactor.abort();
         let _ = peer_stop_tx.send(true);
         peer_server.abort();
         self.transport.shutdown();

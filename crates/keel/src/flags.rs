@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use keel_server::{ClusterState, ServerConfig};
+use keel_server::{AutoCompaction, ClusterState, ServerConfig};
 
 /// The etcd flags Keel accepts.
 #[derive(Args, Clone, Debug)]
@@ -82,6 +82,13 @@ pub struct EtcdFlags {
         value_parser = parse_duration
     )]
     pub experimental_watch_progress_notify_interval: Duration,
+    /// Interpret 'auto-compaction-retention' one of: periodic|revision.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// Auto compaction retention for mvcc key value store. 0 means disable auto compaction
+    /// (periodic: a Go duration, or a number of hours; revision: a number of revisions).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -89,8 +96,6 @@ pub struct EtcdFlags {
 
 /// etcd flags that exist but are not implemented by this build; using one is an error.
 const NOT_YET: &[&str] = &[
-    "auto-compaction-mode",
-    "auto-compaction-retention",
     "auth-token",
     "cert-file",
     "key-file",
@@ -202,7 +207,39 @@ impl EtcdFlags {
             },
             snapshot_count: self.snapshot_count,
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
+            auto_compaction: parse_auto_compaction(
+                &self.auto_compaction_mode,
+                &self.auto_compaction_retention,
+            )?,
         })
+    }
+}
+
+/// etcd's auto-compaction flags: periodic retention is a Go duration or a plain number of hours;
+/// revision retention a number of revisions; "0" turns compaction off.
+fn parse_auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, String> {
+    let bad = || format!("invalid --auto-compaction-retention {retention:?} for mode {mode:?}");
+    if retention.trim() == "0" {
+        return Ok(AutoCompaction::Off);
+    }
+    match mode {
+        "periodic" => {
+            let period = match retention.parse::<u64>() {
+                Ok(hours) => Duration::from_secs(hours * 3600),
+                Err(_) => humantime::parse_duration(retention).map_err(|_| bad())?,
+            };
+            if period.is_zero() {
+                return Ok(AutoCompaction::Off);
+            }
+            Ok(AutoCompaction::Periodic(period))
+        }
+        "revision" => match retention.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(AutoCompaction::Revision(n)),
+            _ => Err(bad()),
+        },
+        other => Err(format!(
+            "invalid --auto-compaction-mode {other:?} (periodic or revision)"
+        )),
     }
 }
 
@@ -255,10 +292,10 @@ mod tests {
     fn unimplemented_etcd_flags_are_named() {
         let args = vec![
             "--name=x".to_string(),
-            "--auto-compaction-mode=periodic".to_string(),
+            "--heartbeat-interval=100".to_string(),
         ];
         let err = check_not_implemented(&args, std::iter::empty()).unwrap_err();
-        assert!(err.contains("--auto-compaction-mode"), "{err}");
+        assert!(err.contains("--heartbeat-interval"), "{err}");
         let env = vec![("ETCD_CERT_FILE".to_string(), "x".to_string())];
         assert!(check_not_implemented(&[], env.into_iter())
             .unwrap_err()
@@ -273,6 +310,26 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn auto_compaction_flags_read_as_etcd_reads_them() {
+        let parse = parse_auto_compaction;
+        assert_eq!(parse("periodic", "0"), Ok(AutoCompaction::Off));
+        assert_eq!(
+            parse("periodic", "72"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(72 * 3600)))
+        );
+        assert_eq!(
+            parse("periodic", "30m"),
+            Ok(AutoCompaction::Periodic(Duration::from_secs(1800)))
+        );
+        assert_eq!(
+            parse("revision", "1000"),
+            Ok(AutoCompaction::Revision(1000))
+        );
+        assert!(parse("revision", "1h").is_err());
+        assert!(parse("sometimes", "1").is_err());
     }
 
     #[test]
