@@ -59,6 +59,11 @@ impl Alarms {
         *self.raised.write() = raised;
     }
 
+    /// Clears every alarm (a restored snapshot starts a new cluster).
+    pub fn clear(wb: &mut WriteBatch<'_>) {
+        wb.put_meta(META_ALARMS, &PbAlarmResponse::default().encode_to_vec());
+    }
+
     /// Whether NOSPACE is raised.
     pub fn nospace(&self) -> bool {
         self.nospace.load(Ordering::Acquire)

@@ -3,6 +3,7 @@
 
 mod alarm;
 mod apply;
+pub mod backup;
 mod compactor;
 mod config;
 mod error;
@@ -23,4 +24,4 @@ mod watch;
 pub use config::{AutoCompaction, ClusterState, ServerConfig};
 pub use error::ServerError;
 pub use membership::{cluster_id, member_id};
-pub use server::{Core, ServeError, Server, StartError};
+pub use server::{restore, Core, ServeError, Server, StartError};

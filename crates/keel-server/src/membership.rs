@@ -171,6 +171,11 @@ impl Membership {
         wb.put_meta(META_MEMBERS_KEY, &encode_members(&members));
     }
 
+    /// Forgets the removed members (a restored snapshot starts a new cluster).
+    pub fn forget_removed(wb: &mut WriteBatch<'_>) {
+        wb.put_meta(META_REMOVED, &[]);
+    }
+
     /// Every member, by id.
     pub fn list(&self) -> Vec<Member> {
         self.members.read().values().cloned().collect()

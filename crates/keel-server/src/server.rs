@@ -211,6 +211,16 @@ impl Core {
         }
     }
 
+    /// A checkpoint of the whole store for a client's snapshot (the caller removes it).
+    pub fn backup_checkpoint(&self) -> Result<std::path::PathBuf, ServerError> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = self.snap_dir.join(format!("backup-{nanos}"));
+        self.store.checkpoint(&dir)?;
+        Ok(dir)
+    }
+
     /// Refreshes the store size the quota check reads.
     fn refresh_db_size(&self) {
         self.db_size
@@ -646,6 +656,47 @@ fn first_request_id(member_id: u64) -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     ((member_id & 0xffff) << 48) | ((ms << 8) & ((1 << 48) - 1))
+}
+
+/// Creates a new member's data dir from a snapshot file (`keel snapshot restore`): every key,
+/// revision and lease of the snapshot, and the membership of the new cluster `cfg` describes (as
+/// etcd's restore, each member of the new cluster is restored from the same file).
+pub fn restore(file: &std::path::Path, cfg: &ServerConfig) -> Result<(), StartError> {
+    let io = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
+    let member_dir = cfg.data_dir.join("member");
+    if member_dir.exists() {
+        return Err(StartError::Config(format!(
+            "data-dir {} exists; restore into a new one",
+            cfg.data_dir.display()
+        )));
+    }
+    let (identity, members) = bootstrap_identity(cfg)?;
+    let unpacked = member_dir.join("snap").join("restore");
+    crate::backup::decode(file, &unpacked).map_err(|e| io(&e))?;
+    let store = Store::open(&member_dir.join("kv")).map_err(|e| io(&e))?;
+    // The restored state is where the new cluster's raft log starts (index 1, term 1): the first
+    // start moves the empty log there, as after any snapshot installation.
+    let position = crate::snapshot::encode_position(keel_raft::BOOTSTRAP_INDEX, 1);
+    store
+        .install(&unpacked, META_INSTALLED, &position)
+        .map_err(|e| io(&e))?;
+    let mut wb = store.write_batch();
+    identity.record(&mut wb);
+    Membership::bootstrap(&mut wb, &members);
+    Membership::forget_removed(&mut wb);
+    crate::alarm::Alarms::clear(&mut wb);
+    wb.commit(keel_raft::BOOTSTRAP_INDEX)
+        .and_then(|_| store.sync())
+        .map_err(|e| io(&e))?;
+    drop(store);
+    std::fs::remove_dir_all(&unpacked).map_err(|e| io(&e))?;
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        member_id = format!("{:x}", identity.member_id),
+        cluster_id = format!("{:x}", identity.cluster_id),
+        "restored a snapshot"
+    );
+    Ok(())
 }
 
 /// Who this member is: as recorded in the data dir, else bootstrapped from the initial cluster

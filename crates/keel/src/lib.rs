@@ -10,4 +10,6 @@
 
 pub mod flags;
 
-pub use keel_server::{ClusterState, ServeError, Server, ServerConfig, ServerError, StartError};
+pub use keel_server::{
+    restore, ClusterState, ServeError, Server, ServerConfig, ServerError, StartError,
+};

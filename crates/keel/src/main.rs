@@ -2,6 +2,7 @@
 
 mod bench;
 mod members;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 use keel::flags::{check_not_implemented, normalize_go_style, EtcdFlags};
@@ -26,6 +27,11 @@ struct Cli {
 enum Command {
     /// Every member's replication state (role, progress, lag), as the leader sees it.
     Members(members::MembersArgs),
+    /// Save a member's snapshot, or restore one into a new data dir.
+    Snapshot {
+        #[command(subcommand)]
+        command: snapshot::SnapshotCommand,
+    },
     /// Benchmark an etcd-compatible endpoint list.
     Bench {
         #[command(subcommand)]
@@ -44,6 +50,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Bench { workload }) => runtime.block_on(bench::run(workload)),
         Some(Command::Members(args)) => runtime.block_on(members::run(args)),
+        Some(Command::Snapshot { command }) => runtime.block_on(snapshot::run(command)),
         None => runtime.block_on(serve(cli.etcd)),
     }
 }

@@ -460,22 +460,6 @@ async fn compaction_errors_and_physical_compaction() {
 }
 
 #[tokio::test]
-async fn a_request_this_build_cannot_serve_gets_not_capable() {
-    let m = Member::start().await;
-    let mut c = m.client().await;
-    let first = match c.snapshot().await {
-        Ok(mut stream) => stream.message().await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    assert_eq!(
-        status(first.unwrap_err()),
-        (Code::Unavailable, "etcdserver: not capable".into())
-    );
-    // The member goes on serving.
-    c.put("k", "v", None).await.unwrap();
-}
-
-#[tokio::test]
 async fn periodic_auto_compaction_drops_history_older_than_the_retention() {
     let m = Member::start_with(&[
         "--auto-compaction-mode=periodic",

@@ -1,5 +1,5 @@
-//! etcd's Maintenance service: status, alarms, defragmentation, hashes, leader transfer. What this
-//! build cannot do yet (snapshots, downgrade) answers with etcd's `not capable` error.
+//! etcd's Maintenance service: status, alarms, defragmentation, hashes, snapshots, leader
+//! transfer. Downgrade answers with etcd's `not capable` error.
 
 use std::sync::Arc;
 
@@ -13,9 +13,11 @@ use keel_proto::etcd::{
     PbSnapshotRequest as SnapshotRequest, PbSnapshotResponse as SnapshotResponse,
     PbStatusRequest as StatusRequest, PbStatusResponse as StatusResponse,
 };
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::not_capable;
+use crate::backup;
 use crate::server::Core;
 use crate::ServerError;
 
@@ -124,13 +126,39 @@ impl PbMaintenanceService for MaintenanceService {
         }))
     }
 
-    type SnapshotStream = tokio_stream::Empty<Result<SnapshotResponse, Status>>;
+    type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
 
+    /// The whole store, as `etcdctl snapshot save` expects: a stream of pieces with the bytes still
+    /// to come, the last piece the SHA-256 of all before it (see backup.rs).
     async fn snapshot(
         &self,
         _: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        not_capable()
+        let dir = self.core.backup_checkpoint()?;
+        let internal =
+            |e: &dyn std::fmt::Display| Status::from(ServerError::Internal(e.to_string()));
+        let total = backup::encoded_len(&dir).map_err(|e| internal(&e))?;
+        let header = self.core.header(self.core.store.current_revision());
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tracing::info!(bytes = total, "sending a snapshot to a client");
+        tokio::task::spawn_blocking(move || {
+            let mut remaining = total;
+            let sent = backup::encode(&dir, |blob| {
+                remaining -= blob.len() as u64;
+                let piece = SnapshotResponse {
+                    header: header.clone(),
+                    remaining_bytes: remaining,
+                    blob,
+                    ..Default::default()
+                };
+                tx.blocking_send(Ok(piece)).is_ok()
+            });
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(internal(&e)));
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn move_leader(

@@ -51,7 +51,7 @@ impl Member {
     }
 
     /// A member not started yet.
-    fn new(name: &str, extra: &[&str]) -> Member {
+    pub fn new(name: &str, extra: &[&str]) -> Member {
         Member {
             dir: tempfile::tempdir().unwrap(),
             name: name.to_string(),
