@@ -146,7 +146,7 @@ impl PbMaintenanceService for MaintenanceService {
             let sent = backup::encode(&dir, |blob| {
                 remaining -= blob.len() as u64;
                 let piece = SnapshotResponse {
-                    header: header.clone(),
+                    header,
                     remaining_bytes: remaining,
                     blob,
                     ..Default::default()
