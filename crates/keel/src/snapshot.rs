@@ -26,7 +26,7 @@ pub enum SnapshotCommand {
         /// The snapshot file.
         file: PathBuf,
         #[command(flatten)]
-        etcd: EtcdFlags,
+        etcd: Box<EtcdFlags>,
     },
 }
 
