@@ -263,31 +263,13 @@ async fn leases_work_through_followers_and_survive_leader_failover() {
 }
 
 /// Every key-value (with its revisions) a member holds, read locally, and its store revision.
-async fn local_state(endpoint: &str) -> (i64, Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>) {
+async fn local_state(endpoint: &str) -> (i64, Vec<common::FullKv>) {
     let mut c = etcd_client::Client::connect([endpoint], None)
         .await
         .unwrap();
-    let r = c
-        .get(
-            "",
-            Some(GetOptions::new().with_all_keys().with_serializable()),
-        )
-        .await
-        .unwrap();
-    let kvs = r
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                kv.key().to_vec(),
-                kv.value().to_vec(),
-                kv.create_revision(),
-                kv.mod_revision(),
-                kv.version(),
-            )
-        })
-        .collect();
-    (r.header().unwrap().revision(), kvs)
+    let opts = GetOptions::new().with_all_keys().with_serializable();
+    let r = c.get("", Some(opts)).await.unwrap();
+    (r.header().unwrap().revision(), common::full_kvs(&r))
 }
 
 /// Waits until every running member holds the same keys at the same revisions.

@@ -36,21 +36,7 @@ async fn etcdctl_snapshot_save_then_keel_restore_keeps_every_key_and_revision() 
     c.put("leased", "x", Some(PutOptions::new().with_lease(lease)))
         .await
         .unwrap();
-    let all = |r: etcd_client::GetResponse| {
-        r.kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    kv.key().to_vec(),
-                    kv.value().to_vec(),
-                    kv.create_revision(),
-                    kv.mod_revision(),
-                    kv.version(),
-                    kv.lease(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
+    let all = |r: etcd_client::GetResponse| common::full_kvs(&r);
     let before = all(c
         .get("", Some(GetOptions::new().with_all_keys()))
         .await

@@ -334,6 +334,27 @@ impl Cluster {
     }
 }
 
+/// A key-value with everything a client can see of it: key, value, create and mod revisions,
+/// version, lease.
+pub type FullKv = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
+
+/// Every key-value of a range response, whole.
+pub fn full_kvs(r: &etcd_client::GetResponse) -> Vec<FullKv> {
+    r.kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key().to_vec(),
+                kv.value().to_vec(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+                kv.lease(),
+            )
+        })
+        .collect()
+}
+
 /// A plain HTTP/1.1 GET (the client port also serves /metrics and /health): status and body.
 pub async fn http_get(endpoint: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
