@@ -17,6 +17,24 @@ pub mod admin {
     tonic::include_proto!("keelpb.admin");
 }
 
+/// The etcd types the lock and election APIs refer to, by their proto names.
+#[doc(hidden)]
+pub mod etcd_types {
+    pub use etcd_client::proto::{PbKeyValue as KeyValue, PbResponseHeader as ResponseHeader};
+}
+
+/// etcd's lock API (v3lockpb), server side.
+pub mod v3lock {
+    #![allow(missing_docs)]
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's election API (v3electionpb), server side.
+pub mod v3election {
+    #![allow(missing_docs)]
+    tonic::include_proto!("v3electionpb");
+}
+
 /// etcd's v3 API types and service traits (wire-compatible with etcd 3.5+).
 pub use etcd_client::proto as etcd;
 

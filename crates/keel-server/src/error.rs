@@ -98,6 +98,15 @@ pub enum ServerError {
     /// A learner asked for something only voting members serve.
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,
+    /// Election.Leader of an election nobody leads.
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    /// Election.Proclaim by a campaigner that no longer leads.
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// Election.Proclaim or Resign without the leader key.
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
     /// The leader's answer to a request forwarded to it.
     #[error("{message}")]
     Remote {
@@ -152,7 +161,11 @@ impl ServerError {
             | MembershipChangeInProgress => Code::FailedPrecondition,
             Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             NoLeader | Timeout | Stopped | NotCapable | NotSupportedForLearner => Code::Unavailable,
-            Internal(_) | LeaderTransferTimeout => Code::Unknown,
+            Internal(_)
+            | LeaderTransferTimeout
+            | ElectionNoLeader
+            | ElectionNotLeader
+            | MissingLeaderKey => Code::Unknown,
             Remote { code, .. } => *code,
             NoSpace => Code::ResourceExhausted,
         }

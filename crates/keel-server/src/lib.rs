@@ -5,6 +5,7 @@ mod alarm;
 mod apply;
 pub mod backup;
 mod compactor;
+mod concurrency;
 mod config;
 mod error;
 mod expiry;

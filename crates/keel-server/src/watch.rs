@@ -24,6 +24,18 @@ const FILTER_NODELETE: i32 = 1;
 /// One committed batch of changes, shared by every watcher it touches.
 type Batch = Arc<[Change]>;
 
+/// A watcher's place in the hub, given up when dropped.
+struct Registration<'h> {
+    hub: &'h Hub,
+    id: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.hub.unregister(self.id);
+    }
+}
+
 /// Publishes committed changes to the watchers whose keys they touch.
 pub struct Hub {
     store: Arc<Store>,
@@ -203,10 +215,12 @@ impl Hub {
         let (tx, rx) = mpsc::channel(FEED_CAPACITY);
         let state = Arc::new(FeedState::default());
         // Registered before reading history: whatever commits after this reaches the queue.
-        let id = self.register(spec.clone(), tx, state.clone());
-        let end = self.follow(&spec, &state, rx, emit).await;
-        self.unregister(id);
-        end
+        // Unregistered however the watcher ends, dropped mid-way (its client gone) included.
+        let _registration = Registration {
+            hub: self,
+            id: self.register(spec.clone(), tx, state.clone()),
+        };
+        self.follow(&spec, &state, rx, emit).await
     }
 
     async fn follow<F, Fut>(

@@ -2,8 +2,10 @@
 
 mod admin;
 mod cluster;
+mod election;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod watch;
 
@@ -11,11 +13,13 @@ use std::sync::Arc;
 
 pub use admin::AdminService;
 pub use cluster::{fetch_members, ClusterService, PeerMembershipService};
+pub use election::ElectionService;
 use keel_proto::etcd::{
     PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
 };
 pub use kv::KvService;
 pub use lease::LeaseService;
+pub use lock::LockService;
 pub use maintenance::{MaintenanceService, API_VERSION};
 use tonic::service::Routes;
 use tonic::transport::server::Router;
@@ -57,6 +61,8 @@ pub fn router(core: Arc<Core>, max_message: usize) -> Router {
     .add_service(
         PbWatchServer::new(WatchService::new(core.clone())).max_decoding_message_size(max_message),
     )
+    .add_service(LockService::server(core.clone()))
+    .add_service(ElectionService::server(core.clone()))
     .add_service(AdminService::server(core.clone()));
     let http = grpc.into_axum_router().merge(crate::metrics::routes(core));
     tonic::transport::Server::builder()

@@ -1,0 +1,189 @@
+//! etcd's Election service (v3electionpb): `etcdctl elect` and clients' elections. See
+//! concurrency.rs: the leader is the contender created first.
+
+use std::sync::Arc;
+
+use keel_proto::v3election::election_server::{Election, ElectionServer};
+use keel_proto::v3election::{
+    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
+    ProclaimResponse, ResignRequest, ResignResponse,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::concurrency::{
+    contender, contender_key, create_or_get, delete_if_held, put_if_held, wait_turn,
+};
+use crate::server::Core;
+use crate::ServerError;
+
+/// The Election service.
+pub struct ElectionService {
+    core: Arc<Core>,
+}
+
+impl ElectionService {
+    /// The service over `core`.
+    pub fn server(core: Arc<Core>) -> ElectionServer<ElectionService> {
+        ElectionServer::new(ElectionService { core })
+    }
+
+    /// The leader of `name`, read after a linearizable barrier.
+    async fn leader_of(&self, name: &[u8]) -> Result<LeaderResponse, ServerError> {
+        self.core.linearizable_barrier().await?;
+        let mut prefix = name.to_vec();
+        prefix.push(b'/');
+        let (kv, rev) = contender(&self.core, &prefix, None)?;
+        let kv = kv.ok_or(ServerError::ElectionNoLeader)?;
+        Ok(LeaderResponse {
+            header: self.core.header(rev),
+            kv: Some(kv),
+        })
+    }
+}
+
+fn leader_key(l: Option<LeaderKey>) -> Result<LeaderKey, ServerError> {
+    l.ok_or(ServerError::MissingLeaderKey)
+}
+
+#[tonic::async_trait]
+impl Election for ElectionService {
+    async fn campaign(
+        &self,
+        req: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        let r = req.into_inner();
+        let (prefix, key) = contender_key(&r.name, r.lease);
+        let mine = create_or_get(&self.core, &key, r.value.clone(), r.lease).await?;
+        // Campaigning again with a new value proclaims it.
+        if mine.value != r.value {
+            put_if_held(&self.core, &key, mine.create_revision, r.value, r.lease).await?;
+        }
+        wait_turn(&self.core, &prefix, mine.create_revision).await?;
+        Ok(Response::new(CampaignResponse {
+            header: self.core.header(self.core.store.current_revision()),
+            leader: Some(LeaderKey {
+                name: r.name,
+                key,
+                rev: mine.create_revision,
+                lease: r.lease,
+            }),
+        }))
+    }
+
+    async fn proclaim(
+        &self,
+        req: Request<ProclaimRequest>,
+    ) -> Result<Response<ProclaimResponse>, Status> {
+        let r = req.into_inner();
+        let l = leader_key(r.leader)?;
+        if !put_if_held(&self.core, &l.key, l.rev, r.value, l.lease).await? {
+            return Err(ServerError::ElectionNotLeader.into());
+        }
+        Ok(Response::new(ProclaimResponse {
+            header: self.core.header(self.core.store.current_revision()),
+        }))
+    }
+
+    async fn leader(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<Response<LeaderResponse>, Status> {
+        Ok(Response::new(self.leader_of(&req.into_inner().name).await?))
+    }
+
+    type ObserveStream = ReceiverStream<Result<LeaderResponse, Status>>;
+
+    /// Streams the leader whenever it (or its value) changes, until the client goes away.
+    async fn observe(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
+        let name = req.into_inner().name;
+        let core = self.core.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut prefix = name;
+            prefix.push(b'/');
+            let mut last: Option<keel_proto::etcd::PbKeyValue> = None;
+            loop {
+                let Ok((kv, rev)) = contender(&core, &prefix, None) else {
+                    return;
+                };
+                match kv {
+                    Some(kv) => {
+                        if last.as_ref() != Some(&kv) {
+                            let resp = LeaderResponse {
+                                header: core.header(rev),
+                                kv: Some(kv.clone()),
+                            };
+                            if tx.send(Ok(resp)).await.is_err() {
+                                return;
+                            }
+                        }
+                        // Until the leader's key changes (new value, or gone).
+                        if wait_changed(&core, &kv.key, rev + 1, &tx).await.is_err() {
+                            return;
+                        }
+                        last = Some(kv);
+                    }
+                    None => {
+                        if wait_any(&core, &prefix, rev + 1, &tx).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn resign(
+        &self,
+        req: Request<ResignRequest>,
+    ) -> Result<Response<ResignResponse>, Status> {
+        let l = leader_key(req.into_inner().leader)?;
+        let rev = delete_if_held(&self.core, &l.key, Some(l.rev)).await?;
+        Ok(Response::new(ResignResponse {
+            header: self.core.header(rev),
+        }))
+    }
+}
+
+type Observer = tokio::sync::mpsc::Sender<Result<LeaderResponse, Status>>;
+
+/// Waits for any change to `key` from `from` on; errs when the observer is gone.
+async fn wait_changed(core: &Core, key: &[u8], from: i64, tx: &Observer) -> Result<(), ()> {
+    watch_until_change(core, key.to_vec(), Vec::new(), from, tx).await
+}
+
+/// Waits for any contender of `prefix` to appear from `from` on.
+async fn wait_any(core: &Core, prefix: &[u8], from: i64, tx: &Observer) -> Result<(), ()> {
+    let end = crate::concurrency::prefix_end(prefix);
+    watch_until_change(core, prefix.to_vec(), end, from, tx).await
+}
+
+async fn watch_until_change(
+    core: &Core,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    from: i64,
+    tx: &Observer,
+) -> Result<(), ()> {
+    let spec = crate::watch::WatchSpec {
+        key,
+        range_end,
+        start_revision: from,
+        prev_kv: false,
+        no_put: false,
+        no_delete: false,
+        progress: Default::default(),
+    };
+    let watching = core
+        .hub
+        .run(spec, |events, _| std::future::ready(events.is_empty()));
+    tokio::select! {
+        _ = watching => Ok(()),
+        _ = tx.closed() => Err(()),
+    }
+}

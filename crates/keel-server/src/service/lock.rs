@@ -1,0 +1,54 @@
+//! etcd's Lock service (v3lockpb): `etcdctl lock` and clients' mutexes. See concurrency.rs.
+
+use std::sync::Arc;
+
+use keel_proto::v3lock::lock_server::{Lock, LockServer};
+use keel_proto::v3lock::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
+use tonic::{Request, Response, Status};
+
+use crate::concurrency::{contender_key, create_or_get, delete_if_held, wait_turn};
+use crate::server::Core;
+use crate::ServerError;
+
+/// The Lock service.
+pub struct LockService {
+    core: Arc<Core>,
+}
+
+impl LockService {
+    /// The service over `core`.
+    pub fn server(core: Arc<Core>) -> LockServer<LockService> {
+        LockServer::new(LockService { core })
+    }
+}
+
+#[tonic::async_trait]
+impl Lock for LockService {
+    /// Takes the lock once every holder that asked before is gone; a holder whose lease expires
+    /// loses its place (its key goes with the lease).
+    async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let r = req.into_inner();
+        let (prefix, key) = contender_key(&r.name, r.lease);
+        let mine = create_or_get(&self.core, &key, Vec::new(), r.lease).await?;
+        wait_turn(&self.core, &prefix, mine.create_revision).await?;
+        // The lease may have expired while waiting: then the lock is not ours.
+        let (first, rev) = crate::concurrency::contender(&self.core, &prefix, None)?;
+        if first.map(|kv| kv.key) != Some(key.clone()) {
+            return Err(ServerError::LeaseNotFound.into());
+        }
+        Ok(Response::new(LockResponse {
+            header: self.core.header(rev),
+            key,
+        }))
+    }
+
+    async fn unlock(
+        &self,
+        req: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
+        let rev = delete_if_held(&self.core, &req.into_inner().key, None).await?;
+        Ok(Response::new(UnlockResponse {
+            header: self.core.header(rev),
+        }))
+    }
+}
