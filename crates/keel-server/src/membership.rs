@@ -186,6 +186,11 @@ impl Membership {
         self.members.read().get(&id).cloned()
     }
 
+    /// Whether member `id` is a learner (asked on every write: no copy of the member is made).
+    pub fn is_learner(&self, id: u64) -> bool {
+        self.members.read().get(&id).is_some_and(|m| m.is_learner)
+    }
+
     /// Whether `id` was removed from the cluster.
     pub fn is_removed(&self, id: u64) -> bool {
         self.removed.read().contains(&id)

@@ -124,9 +124,7 @@ impl Core {
 
     /// Whether this member is a learner (it replicates but serves only serializable reads).
     pub fn is_learner(&self) -> bool {
-        self.membership
-            .get(self.identity.member_id)
-            .is_some_and(|m| m.is_learner)
+        self.membership.is_learner(self.identity.member_id)
     }
 
     /// A response header for `revision`, with this member's identity and raft term.
