@@ -25,6 +25,19 @@ pub enum AutoCompaction {
     Revision(i64),
 }
 
+/// TLS for the client URLs (etcd's --cert-file, --key-file, --trusted-ca-file, --client-cert-auth).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The server certificate (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// CA certificates client certificates are checked against (PEM).
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require and verify a client certificate.
+    pub client_cert_auth: bool,
+}
+
 /// A member's configuration.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -58,6 +71,8 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     /// Automatic compaction.
     pub auto_compaction: AutoCompaction,
+    /// TLS on the client URLs (which are then https).
+    pub client_tls: Option<TlsFiles>,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +94,7 @@ impl Default for ServerConfig {
             snapshot_count: 100_000,
             watch_progress_notify_interval: Duration::from_secs(600),
             auto_compaction: AutoCompaction::Off,
+            client_tls: None,
         }
     }
 }

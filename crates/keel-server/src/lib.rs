@@ -22,7 +22,7 @@ mod validate;
 mod wait;
 mod watch;
 
-pub use config::{AutoCompaction, ClusterState, ServerConfig};
+pub use config::{AutoCompaction, ClusterState, ServerConfig, TlsFiles};
 pub use error::ServerError;
 pub use membership::{cluster_id, member_id};
 pub use server::{restore, Core, ServeError, Server, StartError};

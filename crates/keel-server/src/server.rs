@@ -348,6 +348,7 @@ pub struct Server {
     transport: Arc<Transport>,
     apply_thread: Option<JoinHandle<()>>,
     auto_compaction: crate::config::AutoCompaction,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Server {
@@ -445,6 +446,16 @@ impl Server {
             .name("apply".into())
             .spawn(move || apply.run())
             .map_err(|e| storage(&e))?;
+        let tls = client_tls(&cfg)?;
+        if cfg
+            .listen_peer_urls
+            .iter()
+            .any(|u| u.starts_with("https://"))
+        {
+            return Err(StartError::Config(
+                "TLS on peer URLs is not supported by this build yet".into(),
+            ));
+        }
         let listeners = bind_all(&cfg.listen_client_urls).await?;
         let peer_listeners = bind_all(&cfg.listen_peer_urls).await?;
         tracing::info!(
@@ -462,6 +473,7 @@ impl Server {
             transport,
             apply_thread: Some(apply_thread),
             auto_compaction: cfg.auto_compaction,
+            tls,
         })
     }
 
@@ -525,12 +537,10 @@ impl Server {
         ));
         let max = self.core.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let (stop_tx, mut stop_rx) = watch::channel(false);
-        let serve = service::router(self.core.clone(), max).serve_with_incoming_shutdown(
-            clients,
-            async move {
+        let serve = service::router(self.core.clone(), max, self.tls.take())?
+            .serve_with_incoming_shutdown(clients, async move {
                 let _ = stop_rx.wait_for(|&stop| stop).await;
-            },
-        );
+            });
         tokio::pin!(serve);
         let mut removed = false;
         let res = tokio::select! {
@@ -923,12 +933,47 @@ fn incoming(
     }))
 }
 
-/// Resolves `http://host:port` to the address to bind.
+/// The TLS setting of the client listeners, checked against their URLs: with TLS every client URL
+/// is https, without it none is.
+fn client_tls(cfg: &ServerConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, StartError> {
+    let https = cfg
+        .listen_client_urls
+        .iter()
+        .filter(|u| u.starts_with("https://"))
+        .count();
+    let Some(tls) = &cfg.client_tls else {
+        if https > 0 {
+            return Err(StartError::Config(
+                "https client URLs need --cert-file and --key-file".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if https != cfg.listen_client_urls.len() {
+        return Err(StartError::Config(
+            "with --cert-file every --listen-client-urls URL must be https".into(),
+        ));
+    }
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| StartError::Config(format!("{}: {e}", p.display())))
+    };
+    let identity =
+        tonic::transport::Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if tls.client_cert_auth {
+        let ca = tls.trusted_ca_file.as_ref().ok_or_else(|| {
+            StartError::Config("--client-cert-auth needs --trusted-ca-file".into())
+        })?;
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(config))
+}
+
+/// Resolves `http://host:port` (or https, for TLS client listeners) to the address to bind.
 async fn socket_addr(url: &str) -> Result<SocketAddr, StartError> {
-    let bad = |why: &str| StartError::Config(format!("invalid client URL {url:?}: {why}"));
+    let bad = |why: &str| StartError::Config(format!("invalid URL {url:?}: {why}"));
     let rest = match url.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some(("https", _)) => return Err(bad("TLS is not supported by this build yet")),
+        Some(("http", rest)) | Some(("https", rest)) => rest,
         Some((scheme, _)) => return Err(bad(&format!("unsupported scheme {scheme:?}"))),
         None => return Err(bad("expected http://host:port")),
     };

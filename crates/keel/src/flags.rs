@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use keel_server::{AutoCompaction, ClusterState, ServerConfig};
+use keel_server::{AutoCompaction, ClusterState, ServerConfig, TlsFiles};
 
 /// The etcd flags Keel accepts.
 #[derive(Args, Clone, Debug)]
@@ -89,6 +89,18 @@ pub struct EtcdFlags {
     /// (periodic: a Go duration, or a number of hours; revision: a number of revisions).
     #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
+    /// Path to the client server TLS cert file.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Enable client cert authentication.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: Option<bool>,
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -97,10 +109,6 @@ pub struct EtcdFlags {
 /// etcd flags that exist but are not implemented by this build; using one is an error.
 const NOT_YET: &[&str] = &[
     "auth-token",
-    "cert-file",
-    "key-file",
-    "client-cert-auth",
-    "trusted-ca-file",
     "auto-tls",
     "peer-cert-file",
     "peer-key-file",
@@ -211,7 +219,24 @@ impl EtcdFlags {
                 &self.auto_compaction_mode,
                 &self.auto_compaction_retention,
             )?,
+            client_tls: self.client_tls()?,
         })
+    }
+
+    /// TLS on the client URLs, from etcd's flags.
+    fn client_tls(&self) -> Result<Option<TlsFiles>, String> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                trusted_ca_file: self.trusted_ca_file.clone(),
+                client_cert_auth: self.client_cert_auth.unwrap_or(false),
+            })),
+            (None, None) if self.client_cert_auth != Some(true) => Ok(None),
+            _ => Err(
+                "--cert-file and --key-file go together (and --client-cert-auth needs them)".into(),
+            ),
+        }
     }
 }
 
@@ -296,10 +321,10 @@ mod tests {
         ];
         let err = check_not_implemented(&args, std::iter::empty()).unwrap_err();
         assert!(err.contains("--heartbeat-interval"), "{err}");
-        let env = vec![("ETCD_CERT_FILE".to_string(), "x".to_string())];
+        let env = vec![("ETCD_PEER_CERT_FILE".to_string(), "x".to_string())];
         assert!(check_not_implemented(&[], env.into_iter())
             .unwrap_err()
-            .contains("ETCD_CERT_FILE"));
+            .contains("ETCD_PEER_CERT_FILE"));
         assert!(check_not_implemented(&args[..1], std::iter::empty()).is_ok());
     }
 

@@ -41,9 +41,13 @@ fn unexpected(request: &str) -> Status {
     )))
 }
 
-/// Every service on one router, with `/metrics` and `/health` over HTTP/1.1 beside gRPC;
-/// requests above `max_message` bytes are refused by gRPC itself.
-pub fn router(core: Arc<Core>, max_message: usize) -> Router {
+/// Every service on one router, with `/metrics` and `/health` over HTTP/1.1 beside gRPC, with TLS
+/// when configured; requests above `max_message` bytes are refused by gRPC itself.
+pub fn router(
+    core: Arc<Core>,
+    max_message: usize,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<Router, tonic::transport::Error> {
     let grpc = Routes::new(
         PbKvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_message),
     )
@@ -65,7 +69,9 @@ pub fn router(core: Arc<Core>, max_message: usize) -> Router {
     .add_service(ElectionService::server(core.clone()))
     .add_service(AdminService::server(core.clone()));
     let http = grpc.into_axum_router().merge(crate::metrics::routes(core));
-    tonic::transport::Server::builder()
-        .accept_http1(true)
-        .add_routes(Routes::from(http))
+    let mut server = tonic::transport::Server::builder().accept_http1(true);
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    Ok(server.add_routes(Routes::from(http)))
 }

@@ -24,7 +24,7 @@ pub struct Member {
 /// between picking it and the member binding it. These come from below that range (Linux: from
 /// 32768), handed out by a counter so that parallel tests never share one; the start depends on the
 /// process so that test binaries run one after another do not reuse each other's ports at once.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = 10_000 + (std::process::id() % 40) as u16 * 500;

@@ -1,0 +1,213 @@
+//! TLS on the client URLs: `--cert-file`/`--key-file` serve https that etcdctl reaches with the CA;
+//! `--client-cert-auth` with `--trusted-ca-file` also demands a client certificate.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, stderr, stdout};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+}
+
+/// A CA, and a server and a client certificate it signed (for 127.0.0.1).
+fn make_certs(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=keel-test-ca",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for who in ["server", "client"] {
+        let (key, csr, pem, ext) = (
+            format!("{who}.key"),
+            format!("{who}.csr"),
+            format!("{who}.pem"),
+            format!("{who}.ext"),
+        );
+        openssl(
+            dir,
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    &format!("/CN={who}"),
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+}
+
+struct Tls {
+    dir: tempfile::TempDir,
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Tls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Tls {
+    fn start(client_cert_auth: bool) -> Tls {
+        let dir = tempfile::tempdir().unwrap();
+        make_certs(dir.path());
+        let (port, peer) = (free_port(), free_port());
+        let endpoint = format!("https://127.0.0.1:{port}");
+        let d = dir.path();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+        cmd.arg(format!("--data-dir={}", d.join("data").display()))
+            .arg(format!("--listen-client-urls={endpoint}"))
+            .arg(format!("--advertise-client-urls={endpoint}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
+            .arg(format!("--cert-file={}", d.join("server.pem").display()))
+            .arg(format!("--key-file={}", d.join("server.key").display()));
+        if client_cert_auth {
+            cmd.arg(format!("--trusted-ca-file={}", d.join("ca.pem").display()))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Tls {
+            dir,
+            child,
+            endpoint,
+        }
+    }
+
+    fn etcdctl(&self, tls_args: &[String], args: &[&str]) -> Output {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint))
+            .arg("--dial-timeout=2s")
+            .arg("--command-timeout=3s")
+            .args(tls_args)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// etcdctl put with these TLS arguments, retried while the member starts.
+    fn put_eventually(&self, tls_args: &[String]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.etcdctl(tls_args, &["put", "k", "v"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never served over TLS: {}",
+                stderr(&out)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+#[test]
+fn clients_reach_keel_over_tls_with_its_ca() {
+    let m = Tls::start(false);
+    let ca = vec![format!("--cacert={}", m.file("ca.pem"))];
+    m.put_eventually(&ca);
+    assert_eq!(
+        stdout(&m.etcdctl(&ca, &["get", "k", "--print-value-only"])),
+        "v\n"
+    );
+    // Without the CA the server's certificate is not trusted.
+    let out = m.etcdctl(&[], &["get", "k"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn client_cert_auth_demands_a_certificate_from_the_ca() {
+    let m = Tls::start(true);
+    let full = vec![
+        format!("--cacert={}", m.file("ca.pem")),
+        format!("--cert={}", m.file("client.pem")),
+        format!("--key={}", m.file("client.key")),
+    ];
+    m.put_eventually(&full);
+    assert_eq!(
+        stdout(&m.etcdctl(&full, &["get", "k", "--print-value-only"])),
+        "v\n"
+    );
+    let out = m.etcdctl(&full[..1], &["get", "k"]);
+    assert!(
+        !out.status.success(),
+        "a client without a certificate was served"
+    );
+}
