@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod expiry;
 mod forward;
+mod gateway;
 mod lease;
 mod membership;
 mod metrics;

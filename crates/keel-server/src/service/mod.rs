@@ -68,7 +68,10 @@ pub fn router(
     .add_service(LockService::server(core.clone()))
     .add_service(ElectionService::server(core.clone()))
     .add_service(AdminService::server(core.clone()));
-    let http = grpc.into_axum_router().merge(crate::metrics::routes(core));
+    let http = grpc
+        .into_axum_router()
+        .merge(crate::metrics::routes(core.clone()))
+        .merge(crate::gateway::routes(core));
     let mut server = tonic::transport::Server::builder().accept_http1(true);
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;

@@ -357,9 +357,21 @@ pub fn full_kvs(r: &etcd_client::GetResponse) -> Vec<FullKv> {
 
 /// A plain HTTP/1.1 GET (the client port also serves /metrics and /health): status and body.
 pub async fn http_get(endpoint: &str, path: &str) -> (u16, String) {
+    http(endpoint, "GET", path, "").await
+}
+
+/// A plain HTTP/1.1 POST of a JSON body (etcd's gateway): status and body.
+pub async fn http_post(endpoint: &str, path: &str, body: &str) -> (u16, String) {
+    http(endpoint, "POST", path, body).await
+}
+
+async fn http(endpoint: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(endpoint).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).await.unwrap();

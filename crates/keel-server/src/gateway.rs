@@ -1,0 +1,278 @@
+//! etcd's HTTP/JSON gateway on the client URLs (`POST /v3/kv/put`, ...), as etcd's grpc-gateway
+//! speaks it: proto field names, 64-bit integers as strings, bytes as base64, defaults omitted; an
+//! error is `{"error", "message", "code"}` with the gRPC code and an HTTP status to match. Each
+//! route calls the same service as gRPC does.
+//!
+//! This build covers KV put/range/deleterange and Maintenance status.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use keel_proto::etcd::{
+    PbDeleteRequest as DeleteRangeRequest, PbKeyValue as KeyValue, PbKvService,
+    PbMaintenanceService, PbPutRequest as PutRequest, PbRangeRequest as RangeRequest,
+    PbResponseHeader as ResponseHeader, PbStatusRequest as StatusRequest,
+};
+use serde_json::{json, Map, Value};
+use tonic::{Code, Request, Status};
+
+use crate::server::Core;
+use crate::service::{KvService, MaintenanceService};
+
+// etcdserverpb.RangeRequest.SortOrder and SortTarget, by name.
+const SORT_ORDERS: [&str; 3] = ["NONE", "ASCEND", "DESCEND"];
+const SORT_TARGETS: [&str; 5] = ["KEY", "VERSION", "CREATE", "MOD", "VALUE"];
+
+/// The gateway's routes.
+pub fn routes(core: Arc<Core>) -> axum::Router {
+    let kv = Arc::new(KvService::new(core.clone()));
+    let maintenance = Arc::new(MaintenanceService::new(core));
+    let (k1, k2, k3) = (kv.clone(), kv.clone(), kv);
+    axum::Router::new()
+        .route(
+            "/v3/kv/put",
+            post(move |body: Bytes| async move { answer(put(&k1, &body).await) }),
+        )
+        .route(
+            "/v3/kv/range",
+            post(move |body: Bytes| async move { answer(range(&k2, &body).await) }),
+        )
+        .route(
+            "/v3/kv/deleterange",
+            post(move |body: Bytes| async move { answer(delete(&k3, &body).await) }),
+        )
+        .route(
+            "/v3/maintenance/status",
+            post(move || async move { answer(status(&maintenance).await) }),
+        )
+}
+
+type Answer = Result<Value, Status>;
+
+fn answer(a: Answer) -> Response {
+    let (code, body) = match a {
+        Ok(v) => (StatusCode::OK, v),
+        Err(s) => (
+            http_status(s.code()),
+            json!({"error": s.message(), "message": s.message(), "code": s.code() as i32}),
+        ),
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// grpc-gateway's mapping of gRPC codes to HTTP statuses.
+fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A request body: a JSON object (an empty body is an empty request).
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    fn parse(body: &[u8]) -> Result<Fields, Status> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Fields(Map::new()));
+        }
+        match serde_json::from_slice(body) {
+            Ok(Value::Object(m)) => Ok(Fields(m)),
+            Ok(_) => Err(Status::invalid_argument(
+                "the request body must be a JSON object",
+            )),
+            Err(e) => Err(Status::invalid_argument(format!("malformed JSON: {e}"))),
+        }
+    }
+
+    fn bytes(&self, name: &str) -> Result<Vec<u8>, Status> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::String(s)) => B64
+                .decode(s)
+                .map_err(|_| Status::invalid_argument(format!("{name}: not base64"))),
+            Some(_) => Err(Status::invalid_argument(format!(
+                "{name}: expected base64 text"
+            ))),
+        }
+    }
+
+    /// A 64-bit integer, as a JSON string or number.
+    fn int(&self, name: &str) -> Result<i64, Status> {
+        let bad = || Status::invalid_argument(format!("{name}: expected an integer"));
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(0),
+            Some(Value::String(s)) => s.parse().map_err(|_| bad()),
+            Some(Value::Number(n)) => n.as_i64().ok_or_else(bad),
+            Some(_) => Err(bad()),
+        }
+    }
+
+    fn flag(&self, name: &str) -> Result<bool, Status> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(Status::invalid_argument(format!(
+                "{name}: expected true or false"
+            ))),
+        }
+    }
+
+    /// An enum, by name or number.
+    fn enumeration(&self, name: &str, names: &[&str]) -> Result<i32, Status> {
+        match self.0.get(name) {
+            Some(Value::String(s)) => names
+                .iter()
+                .position(|n| n == s)
+                .map(|i| i as i32)
+                .ok_or_else(|| Status::invalid_argument(format!("{name}: unknown value {s:?}"))),
+            _ => Ok(self.int(name)? as i32),
+        }
+    }
+}
+
+/// Sets `name` unless the value is the default (grpc-gateway omits defaults).
+fn set(m: &mut Map<String, Value>, name: &str, v: Value) {
+    let default = match &v {
+        Value::String(s) => s.is_empty() || s == "0",
+        Value::Bool(b) => !b,
+        Value::Array(a) => a.is_empty(),
+        Value::Null => true,
+        _ => false,
+    };
+    if !default {
+        m.insert(name.to_string(), v);
+    }
+}
+
+fn header_json(h: &Option<ResponseHeader>) -> Value {
+    let h = h.unwrap_or_default();
+    let mut m = Map::new();
+    set(&mut m, "cluster_id", json!(h.cluster_id.to_string()));
+    set(&mut m, "member_id", json!(h.member_id.to_string()));
+    set(&mut m, "revision", json!(h.revision.to_string()));
+    set(&mut m, "raft_term", json!(h.raft_term.to_string()));
+    Value::Object(m)
+}
+
+fn kv_json(kv: &KeyValue) -> Value {
+    let mut m = Map::new();
+    set(&mut m, "key", json!(B64.encode(&kv.key)));
+    set(
+        &mut m,
+        "create_revision",
+        json!(kv.create_revision.to_string()),
+    );
+    set(&mut m, "mod_revision", json!(kv.mod_revision.to_string()));
+    set(&mut m, "version", json!(kv.version.to_string()));
+    set(&mut m, "value", json!(B64.encode(&kv.value)));
+    set(&mut m, "lease", json!(kv.lease.to_string()));
+    Value::Object(m)
+}
+
+fn kvs_json(kvs: &[KeyValue]) -> Value {
+    Value::Array(kvs.iter().map(kv_json).collect())
+}
+
+async fn put(kv: &KvService, body: &[u8]) -> Answer {
+    let f = Fields::parse(body)?;
+    let req = PutRequest {
+        key: f.bytes("key")?,
+        value: f.bytes("value")?,
+        lease: f.int("lease")?,
+        prev_kv: f.flag("prev_kv")?,
+        ignore_value: f.flag("ignore_value")?,
+        ignore_lease: f.flag("ignore_lease")?,
+    };
+    let r = kv.put(Request::new(req)).await?.into_inner();
+    let mut m = Map::new();
+    m.insert("header".into(), header_json(&r.header));
+    if let Some(prev) = &r.prev_kv {
+        m.insert("prev_kv".into(), kv_json(prev));
+    }
+    Ok(Value::Object(m))
+}
+
+async fn range(kv: &KvService, body: &[u8]) -> Answer {
+    let f = Fields::parse(body)?;
+    let req = RangeRequest {
+        key: f.bytes("key")?,
+        range_end: f.bytes("range_end")?,
+        limit: f.int("limit")?,
+        revision: f.int("revision")?,
+        sort_order: f.enumeration("sort_order", &SORT_ORDERS)?,
+        sort_target: f.enumeration("sort_target", &SORT_TARGETS)?,
+        serializable: f.flag("serializable")?,
+        keys_only: f.flag("keys_only")?,
+        count_only: f.flag("count_only")?,
+        min_mod_revision: f.int("min_mod_revision")?,
+        max_mod_revision: f.int("max_mod_revision")?,
+        min_create_revision: f.int("min_create_revision")?,
+        max_create_revision: f.int("max_create_revision")?,
+    };
+    let r = kv.range(Request::new(req)).await?.into_inner();
+    let mut m = Map::new();
+    m.insert("header".into(), header_json(&r.header));
+    set(&mut m, "kvs", kvs_json(&r.kvs));
+    set(&mut m, "more", json!(r.more));
+    set(&mut m, "count", json!(r.count.to_string()));
+    Ok(Value::Object(m))
+}
+
+async fn delete(kv: &KvService, body: &[u8]) -> Answer {
+    let f = Fields::parse(body)?;
+    let req = DeleteRangeRequest {
+        key: f.bytes("key")?,
+        range_end: f.bytes("range_end")?,
+        prev_kv: f.flag("prev_kv")?,
+    };
+    let r = kv.delete_range(Request::new(req)).await?.into_inner();
+    let mut m = Map::new();
+    m.insert("header".into(), header_json(&r.header));
+    set(&mut m, "deleted", json!(r.deleted.to_string()));
+    set(&mut m, "prev_kvs", kvs_json(&r.prev_kvs));
+    Ok(Value::Object(m))
+}
+
+async fn status(maintenance: &MaintenanceService) -> Answer {
+    let r = maintenance
+        .status(Request::new(StatusRequest {}))
+        .await?
+        .into_inner();
+    let mut m = Map::new();
+    m.insert("header".into(), header_json(&r.header));
+    set(&mut m, "version", json!(r.version));
+    set(&mut m, "dbSize", json!(r.db_size.to_string()));
+    set(&mut m, "leader", json!(r.leader.to_string()));
+    set(&mut m, "raftIndex", json!(r.raft_index.to_string()));
+    set(&mut m, "raftTerm", json!(r.raft_term.to_string()));
+    set(
+        &mut m,
+        "raftAppliedIndex",
+        json!(r.raft_applied_index.to_string()),
+    );
+    set(&mut m, "errors", json!(r.errors));
+    set(&mut m, "dbSizeInUse", json!(r.db_size_in_use.to_string()));
+    set(&mut m, "isLearner", json!(r.is_learner));
+    Ok(Value::Object(m))
+}

@@ -1,0 +1,82 @@
+//! etcd's HTTP/JSON gateway on the client port: the JSON etcd's grpc-gateway speaks (base64 bytes,
+//! 64-bit integers as strings, defaults omitted, errors as {error, message, code}).
+
+mod common;
+
+use common::{http_post, stdout, Member};
+use serde_json::Value;
+
+async fn post(m: &Member, path: &str, body: &str) -> (u16, Value) {
+    let (code, text) = http_post(&m.endpoint(), path, body).await;
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    (code, v)
+}
+
+#[tokio::test]
+async fn kv_and_status_over_http_json() {
+    let m = Member::start().await;
+    // foo=bar, base64 as etcd's gateway takes it.
+    let (code, put) = post(&m, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#).await;
+    assert_eq!(code, 200, "{put}");
+    assert_eq!(put["header"]["revision"], "2");
+    assert!(put["header"]["cluster_id"].is_string());
+    assert_eq!(
+        stdout(&m.etcdctl(&["get", "foo", "--print-value-only"])),
+        "bar\n"
+    );
+    m.etcdctl(&["put", "fop", "baz"]);
+
+    let (code, r) = post(&m, "/v3/kv/range", r#"{"key":"Zm9v"}"#).await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["count"], "1");
+    assert_eq!(r["kvs"][0]["key"], "Zm9v");
+    assert_eq!(r["kvs"][0]["value"], "YmFy");
+    assert_eq!(r["kvs"][0]["create_revision"], "2");
+    assert_eq!(r["kvs"][0]["version"], "1");
+    assert!(
+        r["kvs"][0].get("lease").is_none(),
+        "defaults are omitted: {r}"
+    );
+    // Prefix "fo" (range_end "fp"), newest first, limited to one.
+    let (_, r) = post(
+        &m,
+        "/v3/kv/range",
+        r#"{"key":"Zm8=","range_end":"ZnA=","sort_order":"DESCEND","sort_target":"KEY","limit":1}"#,
+    )
+    .await;
+    assert_eq!(r["kvs"][0]["key"], "Zm9w", "{r}");
+    assert_eq!(r["count"], "2");
+    assert_eq!(r["more"], true);
+
+    let (code, d) = post(&m, "/v3/kv/deleterange", r#"{"key":"Zm9v","prev_kv":true}"#).await;
+    assert_eq!(code, 200, "{d}");
+    assert_eq!(d["deleted"], "1");
+    assert_eq!(d["prev_kvs"][0]["value"], "YmFy");
+
+    let (code, s) = post(&m, "/v3/maintenance/status", "{}").await;
+    assert_eq!(code, 200, "{s}");
+    assert!(s["version"].is_string());
+    assert_eq!(s["leader"], s["header"]["member_id"]);
+}
+
+#[tokio::test]
+async fn bad_requests_get_etcds_errors_as_json() {
+    let m = Member::start().await;
+    let (code, e) = post(&m, "/v3/kv/put", r#"{"value":"YmFy"}"#).await;
+    assert_eq!(code, 400);
+    assert_eq!(e["error"], "etcdserver: key is not provided");
+    assert_eq!(e["message"], "etcdserver: key is not provided");
+    assert_eq!(e["code"], 3);
+    let (code, e) = post(&m, "/v3/kv/put", "{not json").await;
+    assert_eq!(code, 400);
+    assert_eq!(e["code"], 3);
+    let (code, e) = post(&m, "/v3/kv/range", r#"{"key":"Zm9v","revision":"99"}"#).await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        e["error"],
+        "etcdserver: mvcc: required revision is a future revision"
+    );
+    // The member goes on serving.
+    let (code, _) = post(&m, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#).await;
+    assert_eq!(code, 200);
+}
