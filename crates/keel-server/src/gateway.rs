@@ -3,7 +3,8 @@
 //! error is `{"error", "message", "code"}` with the gRPC code and an HTTP status to match. Each
 //! route calls the same service as gRPC does.
 //!
-//! This build covers KV put/range/deleterange and Maintenance status.
+//! This build covers KV put/range/deleterange/compaction, leases (grant, revoke, time-to-live,
+//! list) and Maintenance status.
 
 use std::sync::Arc;
 
@@ -14,15 +15,18 @@ use axum::routing::post;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use keel_proto::etcd::{
-    PbDeleteRequest as DeleteRangeRequest, PbKeyValue as KeyValue, PbKvService,
-    PbMaintenanceService, PbPutRequest as PutRequest, PbRangeRequest as RangeRequest,
-    PbResponseHeader as ResponseHeader, PbStatusRequest as StatusRequest,
+    PbCompactionRequest as CompactionRequest, PbDeleteRequest as DeleteRangeRequest,
+    PbKeyValue as KeyValue, PbKvService, PbLeaseGrantRequest as LeaseGrantRequest,
+    PbLeaseLeasesRequest as LeaseLeasesRequest, PbLeaseRevokeRequest as LeaseRevokeRequest,
+    PbLeaseService, PbLeaseTimeToLiveRequest as LeaseTimeToLiveRequest, PbMaintenanceService,
+    PbPutRequest as PutRequest, PbRangeRequest as RangeRequest, PbResponseHeader as ResponseHeader,
+    PbStatusRequest as StatusRequest,
 };
 use serde_json::{json, Map, Value};
 use tonic::{Code, Request, Status};
 
 use crate::server::Core;
-use crate::service::{KvService, MaintenanceService};
+use crate::service::{KvService, LeaseService, MaintenanceService};
 
 // etcdserverpb.RangeRequest.SortOrder and SortTarget, by name.
 const SORT_ORDERS: [&str; 3] = ["NONE", "ASCEND", "DESCEND"];
@@ -31,9 +35,29 @@ const SORT_TARGETS: [&str; 5] = ["KEY", "VERSION", "CREATE", "MOD", "VALUE"];
 /// The gateway's routes.
 pub fn routes(core: Arc<Core>) -> axum::Router {
     let kv = Arc::new(KvService::new(core.clone()));
+    let lease = Arc::new(LeaseService::new(core.clone()));
     let maintenance = Arc::new(MaintenanceService::new(core));
-    let (k1, k2, k3) = (kv.clone(), kv.clone(), kv);
+    let (k1, k2, k3, k4) = (kv.clone(), kv.clone(), kv.clone(), kv);
+    let (l1, l2, l3, l4) = (lease.clone(), lease.clone(), lease.clone(), lease);
+    // etcd serves the lease routes under /v3/kv/lease/ too (its older paths).
+    let revoke = post(move |body: Bytes| async move { answer(revoke(&l2, &body).await) });
+    let ttl = post(move |body: Bytes| async move { answer(time_to_live(&l3, &body).await) });
+    let leases = post(move || async move { answer(leases(&l4).await) });
     axum::Router::new()
+        .route(
+            "/v3/kv/compaction",
+            post(move |body: Bytes| async move { answer(compact(&k4, &body).await) }),
+        )
+        .route(
+            "/v3/lease/grant",
+            post(move |body: Bytes| async move { answer(grant(&l1, &body).await) }),
+        )
+        .route("/v3/lease/revoke", revoke.clone())
+        .route("/v3/kv/lease/revoke", revoke)
+        .route("/v3/lease/timetolive", ttl.clone())
+        .route("/v3/kv/lease/timetolive", ttl)
+        .route("/v3/lease/leases", leases.clone())
+        .route("/v3/kv/lease/leases", leases)
         .route(
             "/v3/kv/put",
             post(move |body: Bytes| async move { answer(put(&k1, &body).await) }),
@@ -251,6 +275,81 @@ async fn delete(kv: &KvService, body: &[u8]) -> Answer {
     m.insert("header".into(), header_json(&r.header));
     set(&mut m, "deleted", json!(r.deleted.to_string()));
     set(&mut m, "prev_kvs", kvs_json(&r.prev_kvs));
+    Ok(Value::Object(m))
+}
+
+async fn compact(kv: &KvService, body: &[u8]) -> Answer {
+    let f = Fields::parse(body)?;
+    let req = CompactionRequest {
+        revision: f.int("revision")?,
+        physical: f.flag("physical")?,
+    };
+    let r = kv.compact(Request::new(req)).await?.into_inner();
+    Ok(json!({ "header": header_json(&r.header) }))
+}
+
+/// A response with a header and etcd's upper-case lease fields (`ID`, `TTL`, ...).
+fn lease_json(header: &Option<ResponseHeader>, fields: &[(&str, i64)]) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("header".into(), header_json(header));
+    for (name, v) in fields {
+        set(&mut m, name, json!(v.to_string()));
+    }
+    m
+}
+
+async fn grant(lease: &LeaseService, body: &[u8]) -> Answer {
+    let f = Fields::parse(body)?;
+    let req = LeaseGrantRequest {
+        ttl: f.int("TTL")?,
+        id: f.int("ID")?,
+    };
+    let r = lease.lease_grant(Request::new(req)).await?.into_inner();
+    let mut m = lease_json(&r.header, &[("ID", r.id), ("TTL", r.ttl)]);
+    set(&mut m, "error", json!(r.error));
+    Ok(Value::Object(m))
+}
+
+async fn revoke(lease: &LeaseService, body: &[u8]) -> Answer {
+    let id = Fields::parse(body)?.int("ID")?;
+    let r = lease
+        .lease_revoke(Request::new(LeaseRevokeRequest { id }))
+        .await?
+        .into_inner();
+    Ok(Value::Object(lease_json(&r.header, &[])))
+}
+
+async fn time_to_live(lease: &LeaseService, body: &[u8]) -> Answer {
+    let f = Fields::parse(body)?;
+    let req = LeaseTimeToLiveRequest {
+        id: f.int("ID")?,
+        keys: f.flag("keys")?,
+    };
+    let r = lease
+        .lease_time_to_live(Request::new(req))
+        .await?
+        .into_inner();
+    let mut m = lease_json(
+        &r.header,
+        &[("ID", r.id), ("TTL", r.ttl), ("grantedTTL", r.granted_ttl)],
+    );
+    let keys: Vec<Value> = r.keys.iter().map(|k| json!(B64.encode(k))).collect();
+    set(&mut m, "keys", Value::Array(keys));
+    Ok(Value::Object(m))
+}
+
+async fn leases(lease: &LeaseService) -> Answer {
+    let r = lease
+        .lease_leases(Request::new(LeaseLeasesRequest {}))
+        .await?
+        .into_inner();
+    let mut m = lease_json(&r.header, &[]);
+    let ids: Vec<Value> = r
+        .leases
+        .iter()
+        .map(|l| json!({ "ID": l.id.to_string() }))
+        .collect();
+    set(&mut m, "leases", Value::Array(ids));
     Ok(Value::Object(m))
 }
 

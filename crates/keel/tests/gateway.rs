@@ -80,3 +80,38 @@ async fn bad_requests_get_etcds_errors_as_json() {
     let (code, _) = post(&m, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#).await;
     assert_eq!(code, 200);
 }
+
+#[tokio::test]
+async fn leases_and_compaction_over_http_json() {
+    let m = Member::start().await;
+    let (code, g) = post(&m, "/v3/lease/grant", r#"{"TTL":60,"ID":7}"#).await;
+    assert_eq!(code, 200, "{g}");
+    assert_eq!(
+        (g["ID"].as_str(), g["TTL"].as_str()),
+        (Some("7"), Some("60"))
+    );
+    post(
+        &m,
+        "/v3/kv/put",
+        r#"{"key":"Zm9v","value":"YmFy","lease":"7"}"#,
+    )
+    .await;
+    let (_, t) = post(&m, "/v3/lease/timetolive", r#"{"ID":7,"keys":true}"#).await;
+    assert_eq!(t["grantedTTL"], "60");
+    assert_eq!(t["keys"][0], "Zm9v");
+    let (_, l) = post(&m, "/v3/lease/leases", "{}").await;
+    assert_eq!(l["leases"][0]["ID"], "7");
+    // The older path etcd also serves.
+    let (code, _) = post(&m, "/v3/kv/lease/revoke", r#"{"ID":7}"#).await;
+    assert_eq!(code, 200);
+    let (_, t) = post(&m, "/v3/lease/timetolive", r#"{"ID":7}"#).await;
+    assert_eq!(t["TTL"], "-1");
+    let (code, c) = post(&m, "/v3/kv/compaction", r#"{"revision":"3"}"#).await;
+    assert_eq!(code, 200, "{c}");
+    let (code, e) = post(&m, "/v3/kv/range", r#"{"key":"Zm9v","revision":"2"}"#).await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        e["error"],
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+}
