@@ -3,7 +3,7 @@
 //! error is `{"error", "message", "code"}` with the gRPC code and an HTTP status to match. Each
 //! route calls the same service as gRPC does.
 //!
-//! This build covers KV put/range/deleterange/compaction, leases (grant, revoke, time-to-live,
+//! This build covers KV put/range/deleterange/txn/compaction, leases (grant, revoke, time-to-live,
 //! list) and Maintenance status.
 
 use std::sync::Arc;
@@ -15,12 +15,16 @@ use axum::routing::post;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use keel_proto::etcd::{
-    PbCompactionRequest as CompactionRequest, PbDeleteRequest as DeleteRangeRequest,
+    PbCompactionRequest as CompactionRequest, PbCompare as Compare,
+    PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse,
     PbKeyValue as KeyValue, PbKvService, PbLeaseGrantRequest as LeaseGrantRequest,
     PbLeaseLeasesRequest as LeaseLeasesRequest, PbLeaseRevokeRequest as LeaseRevokeRequest,
     PbLeaseService, PbLeaseTimeToLiveRequest as LeaseTimeToLiveRequest, PbMaintenanceService,
-    PbPutRequest as PutRequest, PbRangeRequest as RangeRequest, PbResponseHeader as ResponseHeader,
-    PbStatusRequest as StatusRequest,
+    PbPutRequest as PutRequest, PbPutResponse as PutResponse, PbRangeRequest as RangeRequest,
+    PbRangeResponse as RangeResponse, PbResponseHeader as ResponseHeader,
+    PbStatusRequest as StatusRequest, PbTargetUnion as Target, PbTxnOpRequest as Op,
+    PbTxnOpResponse as OpResponse, PbTxnRequest as TxnRequest, PbTxnRequestOp as RequestOp,
+    PbTxnResponse as TxnResponse,
 };
 use serde_json::{json, Map, Value};
 use tonic::{Code, Request, Status};
@@ -31,19 +35,26 @@ use crate::service::{KvService, LeaseService, MaintenanceService};
 // etcdserverpb.RangeRequest.SortOrder and SortTarget, by name.
 const SORT_ORDERS: [&str; 3] = ["NONE", "ASCEND", "DESCEND"];
 const SORT_TARGETS: [&str; 5] = ["KEY", "VERSION", "CREATE", "MOD", "VALUE"];
+// etcdserverpb.Compare.CompareResult and CompareTarget, by name.
+const COMPARE_RESULTS: [&str; 4] = ["EQUAL", "GREATER", "LESS", "NOT_EQUAL"];
+const COMPARE_TARGETS: [&str; 5] = ["VERSION", "CREATE", "MOD", "VALUE", "LEASE"];
 
 /// The gateway's routes.
 pub fn routes(core: Arc<Core>) -> axum::Router {
     let kv = Arc::new(KvService::new(core.clone()));
     let lease = Arc::new(LeaseService::new(core.clone()));
     let maintenance = Arc::new(MaintenanceService::new(core));
-    let (k1, k2, k3, k4) = (kv.clone(), kv.clone(), kv.clone(), kv);
+    let (k1, k2, k3, k4, k5) = (kv.clone(), kv.clone(), kv.clone(), kv.clone(), kv);
     let (l1, l2, l3, l4) = (lease.clone(), lease.clone(), lease.clone(), lease);
     // etcd serves the lease routes under /v3/kv/lease/ too (its older paths).
     let revoke = post(move |body: Bytes| async move { answer(revoke(&l2, &body).await) });
     let ttl = post(move |body: Bytes| async move { answer(time_to_live(&l3, &body).await) });
     let leases = post(move || async move { answer(leases(&l4).await) });
     axum::Router::new()
+        .route(
+            "/v3/kv/txn",
+            post(move |body: Bytes| async move { answer(txn(&k5, &body).await) }),
+        )
         .route(
             "/v3/kv/compaction",
             post(move |body: Bytes| async move { answer(compact(&k4, &body).await) }),
@@ -126,6 +137,34 @@ impl Fields {
                 "the request body must be a JSON object",
             )),
             Err(e) => Err(Status::invalid_argument(format!("malformed JSON: {e}"))),
+        }
+    }
+
+    /// A nested message, if present.
+    fn object(&self, name: &str) -> Result<Option<Fields>, Status> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(Fields(m.clone()))),
+            Some(_) => Err(Status::invalid_argument(format!(
+                "{name}: expected an object"
+            ))),
+        }
+    }
+
+    /// A repeated message field.
+    fn list(&self, name: &str) -> Result<Vec<Fields>, Status> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::Object(m) => Ok(Fields(m.clone())),
+                    _ => Err(Status::invalid_argument(format!(
+                        "{name}: expected objects"
+                    ))),
+                })
+                .collect(),
+            Some(_) => Err(Status::invalid_argument(format!("{name}: expected a list"))),
         }
     }
 
@@ -218,28 +257,28 @@ fn kvs_json(kvs: &[KeyValue]) -> Value {
     Value::Array(kvs.iter().map(kv_json).collect())
 }
 
-async fn put(kv: &KvService, body: &[u8]) -> Answer {
-    let f = Fields::parse(body)?;
-    let req = PutRequest {
+fn put_request(f: &Fields) -> Result<PutRequest, Status> {
+    Ok(PutRequest {
         key: f.bytes("key")?,
         value: f.bytes("value")?,
         lease: f.int("lease")?,
         prev_kv: f.flag("prev_kv")?,
         ignore_value: f.flag("ignore_value")?,
         ignore_lease: f.flag("ignore_lease")?,
-    };
-    let r = kv.put(Request::new(req)).await?.into_inner();
+    })
+}
+
+fn put_json(r: &PutResponse) -> Value {
     let mut m = Map::new();
     m.insert("header".into(), header_json(&r.header));
     if let Some(prev) = &r.prev_kv {
         m.insert("prev_kv".into(), kv_json(prev));
     }
-    Ok(Value::Object(m))
+    Value::Object(m)
 }
 
-async fn range(kv: &KvService, body: &[u8]) -> Answer {
-    let f = Fields::parse(body)?;
-    let req = RangeRequest {
+fn range_request(f: &Fields) -> Result<RangeRequest, Status> {
+    Ok(RangeRequest {
         key: f.bytes("key")?,
         range_end: f.bytes("range_end")?,
         limit: f.int("limit")?,
@@ -253,29 +292,127 @@ async fn range(kv: &KvService, body: &[u8]) -> Answer {
         max_mod_revision: f.int("max_mod_revision")?,
         min_create_revision: f.int("min_create_revision")?,
         max_create_revision: f.int("max_create_revision")?,
-    };
-    let r = kv.range(Request::new(req)).await?.into_inner();
+    })
+}
+
+fn range_json(r: &RangeResponse) -> Value {
     let mut m = Map::new();
     m.insert("header".into(), header_json(&r.header));
     set(&mut m, "kvs", kvs_json(&r.kvs));
     set(&mut m, "more", json!(r.more));
     set(&mut m, "count", json!(r.count.to_string()));
-    Ok(Value::Object(m))
+    Value::Object(m)
 }
 
-async fn delete(kv: &KvService, body: &[u8]) -> Answer {
-    let f = Fields::parse(body)?;
-    let req = DeleteRangeRequest {
+fn delete_request(f: &Fields) -> Result<DeleteRangeRequest, Status> {
+    Ok(DeleteRangeRequest {
         key: f.bytes("key")?,
         range_end: f.bytes("range_end")?,
         prev_kv: f.flag("prev_kv")?,
-    };
-    let r = kv.delete_range(Request::new(req)).await?.into_inner();
+    })
+}
+
+fn delete_json(r: &DeleteRangeResponse) -> Value {
     let mut m = Map::new();
     m.insert("header".into(), header_json(&r.header));
     set(&mut m, "deleted", json!(r.deleted.to_string()));
     set(&mut m, "prev_kvs", kvs_json(&r.prev_kvs));
-    Ok(Value::Object(m))
+    Value::Object(m)
+}
+
+fn compare(f: &Fields) -> Result<Compare, Status> {
+    let target = f.enumeration("target", &COMPARE_TARGETS)?;
+    let union = match COMPARE_TARGETS.get(target as usize) {
+        Some(&"VERSION") => Target::Version(f.int("version")?),
+        Some(&"CREATE") => Target::CreateRevision(f.int("create_revision")?),
+        Some(&"MOD") => Target::ModRevision(f.int("mod_revision")?),
+        Some(&"VALUE") => Target::Value(f.bytes("value")?),
+        Some(&"LEASE") => Target::Lease(f.int("lease")?),
+        _ => return Err(Status::invalid_argument("compare: unknown target")),
+    };
+    Ok(Compare {
+        result: f.enumeration("result", &COMPARE_RESULTS)?,
+        target,
+        key: f.bytes("key")?,
+        range_end: f.bytes("range_end")?,
+        target_union: Some(union),
+    })
+}
+
+fn request_op(f: &Fields) -> Result<RequestOp, Status> {
+    let request = if let Some(r) = f.object("request_range")? {
+        Op::RequestRange(range_request(&r)?)
+    } else if let Some(r) = f.object("request_put")? {
+        Op::RequestPut(put_request(&r)?)
+    } else if let Some(r) = f.object("request_delete_range")? {
+        Op::RequestDeleteRange(delete_request(&r)?)
+    } else if let Some(r) = f.object("request_txn")? {
+        Op::RequestTxn(txn_request(&r)?)
+    } else {
+        return Err(Status::invalid_argument(
+            "txn: an operation names no request",
+        ));
+    };
+    Ok(RequestOp {
+        request: Some(request),
+    })
+}
+
+fn txn_request(f: &Fields) -> Result<TxnRequest, Status> {
+    let ops =
+        |name| -> Result<Vec<RequestOp>, Status> { f.list(name)?.iter().map(request_op).collect() };
+    Ok(TxnRequest {
+        compare: f
+            .list("compare")?
+            .iter()
+            .map(compare)
+            .collect::<Result<_, _>>()?,
+        success: ops("success")?,
+        failure: ops("failure")?,
+    })
+}
+
+fn txn_json(r: &TxnResponse) -> Value {
+    let mut m = Map::new();
+    m.insert("header".into(), header_json(&r.header));
+    set(&mut m, "succeeded", json!(r.succeeded));
+    let responses: Vec<Value> = r
+        .responses
+        .iter()
+        .filter_map(|o| o.response.as_ref())
+        .map(|o| match o {
+            OpResponse::ResponseRange(r) => json!({ "response_range": range_json(r) }),
+            OpResponse::ResponsePut(r) => json!({ "response_put": put_json(r) }),
+            OpResponse::ResponseDeleteRange(r) => {
+                json!({ "response_delete_range": delete_json(r) })
+            }
+            OpResponse::ResponseTxn(r) => json!({ "response_txn": txn_json(r) }),
+        })
+        .collect();
+    set(&mut m, "responses", Value::Array(responses));
+    Value::Object(m)
+}
+
+async fn put(kv: &KvService, body: &[u8]) -> Answer {
+    let req = put_request(&Fields::parse(body)?)?;
+    Ok(put_json(&kv.put(Request::new(req)).await?.into_inner()))
+}
+
+async fn range(kv: &KvService, body: &[u8]) -> Answer {
+    let req = range_request(&Fields::parse(body)?)?;
+    Ok(range_json(&kv.range(Request::new(req)).await?.into_inner()))
+}
+
+async fn delete(kv: &KvService, body: &[u8]) -> Answer {
+    let req = delete_request(&Fields::parse(body)?)?;
+    Ok(delete_json(
+        &kv.delete_range(Request::new(req)).await?.into_inner(),
+    ))
+}
+
+async fn txn(kv: &KvService, body: &[u8]) -> Answer {
+    let req = txn_request(&Fields::parse(body)?)?;
+    Ok(txn_json(&kv.txn(Request::new(req)).await?.into_inner()))
 }
 
 async fn compact(kv: &KvService, body: &[u8]) -> Answer {

@@ -115,3 +115,38 @@ async fn leases_and_compaction_over_http_json() {
         "etcdserver: mvcc: required revision has been compacted"
     );
 }
+
+#[tokio::test]
+async fn txn_over_http_json() {
+    let m = Member::start().await;
+    post(&m, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#).await;
+    let (code, t) = post(
+        &m,
+        "/v3/kv/txn",
+        r#"{"compare":[{"result":"EQUAL","target":"VALUE","key":"Zm9v","value":"YmFy"}],
+            "success":[{"request_put":{"key":"Zm9v","value":"YmF6"}},{"request_range":{"key":"Zm9v"}}],
+            "failure":[]}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{t}");
+    assert_eq!(t["succeeded"], true);
+    assert_eq!(t["responses"][0]["response_put"]["header"]["revision"], "3");
+    let got = &t["responses"][1]["response_range"]["kvs"][0];
+    assert_eq!(
+        (got["value"].as_str(), got["version"].as_str()),
+        (Some("YmF6"), Some("2"))
+    );
+    // Compare fails (foo exists): the failure branch runs; `succeeded` false is omitted.
+    let (_, t) = post(
+        &m,
+        "/v3/kv/txn",
+        r#"{"compare":[{"target":"CREATE","key":"Zm9v","create_revision":"0"}],
+            "success":[{"request_put":{"key":"Zm9v","value":"eA=="}}],
+            "failure":[{"request_delete_range":{"key":"Zm9v","prev_kv":true}}]}"#,
+    )
+    .await;
+    assert!(t.get("succeeded").is_none(), "{t}");
+    assert_eq!(t["responses"][0]["response_delete_range"]["deleted"], "1");
+    let (code, e) = post(&m, "/v3/kv/txn", r#"{"success":[{}]}"#).await;
+    assert_eq!(code, 400, "{e}");
+}
