@@ -3,7 +3,8 @@
 //! error is `{"error", "message", "code"}` with the gRPC code and an HTTP status to match. Each
 //! route calls the same service as gRPC does.
 //!
-//! This build covers KV put/range/deleterange/txn/compaction, leases (grant, revoke, time-to-live,
+//! This build covers KV put/range/deleterange/txn/compaction, watch (one watcher per request, its
+//! responses streamed as JSON lines), leases (grant, revoke, time-to-live,
 //! list) and Maintenance status.
 
 use std::sync::Arc;
@@ -17,9 +18,10 @@ use base64::Engine;
 use keel_proto::etcd::{
     PbCompactionRequest as CompactionRequest, PbCompare as Compare,
     PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse,
-    PbKeyValue as KeyValue, PbKvService, PbLeaseGrantRequest as LeaseGrantRequest,
-    PbLeaseLeasesRequest as LeaseLeasesRequest, PbLeaseRevokeRequest as LeaseRevokeRequest,
-    PbLeaseService, PbLeaseTimeToLiveRequest as LeaseTimeToLiveRequest, PbMaintenanceService,
+    PbEvent as Event, PbKeyValue as KeyValue, PbKvService,
+    PbLeaseGrantRequest as LeaseGrantRequest, PbLeaseLeasesRequest as LeaseLeasesRequest,
+    PbLeaseRevokeRequest as LeaseRevokeRequest, PbLeaseService,
+    PbLeaseTimeToLiveRequest as LeaseTimeToLiveRequest, PbMaintenanceService,
     PbPutRequest as PutRequest, PbPutResponse as PutResponse, PbRangeRequest as RangeRequest,
     PbRangeResponse as RangeResponse, PbResponseHeader as ResponseHeader,
     PbStatusRequest as StatusRequest, PbTargetUnion as Target, PbTxnOpRequest as Op,
@@ -31,6 +33,8 @@ use tonic::{Code, Request, Status};
 
 use crate::server::Core;
 use crate::service::{KvService, LeaseService, MaintenanceService};
+use crate::watch::{WatchEnd, WatchSpec};
+use crate::ServerError;
 
 // etcdserverpb.RangeRequest.SortOrder and SortTarget, by name.
 const SORT_ORDERS: [&str; 3] = ["NONE", "ASCEND", "DESCEND"];
@@ -41,6 +45,7 @@ const COMPARE_TARGETS: [&str; 5] = ["VERSION", "CREATE", "MOD", "VALUE", "LEASE"
 
 /// The gateway's routes.
 pub fn routes(core: Arc<Core>) -> axum::Router {
+    let core_for_watch = core.clone();
     let kv = Arc::new(KvService::new(core.clone()));
     let lease = Arc::new(LeaseService::new(core.clone()));
     let maintenance = Arc::new(MaintenanceService::new(core));
@@ -50,7 +55,12 @@ pub fn routes(core: Arc<Core>) -> axum::Router {
     let revoke = post(move |body: Bytes| async move { answer(revoke(&l2, &body).await) });
     let ttl = post(move |body: Bytes| async move { answer(time_to_live(&l3, &body).await) });
     let leases = post(move || async move { answer(leases(&l4).await) });
+    let watch_core = core_for_watch;
     axum::Router::new()
+        .route(
+            "/v3/watch",
+            post(move |body: Bytes| async move { watch(watch_core.clone(), &body) }),
+        )
         .route(
             "/v3/kv/txn",
             post(move |body: Bytes| async move { answer(txn(&k5, &body).await) }),
@@ -413,6 +423,110 @@ async fn delete(kv: &KvService, body: &[u8]) -> Answer {
 async fn txn(kv: &KvService, body: &[u8]) -> Answer {
     let req = txn_request(&Fields::parse(body)?)?;
     Ok(txn_json(&kv.txn(Request::new(req)).await?.into_inner()))
+}
+
+// mvccpb.Event.EventType and WatchCreateRequest.FilterType, by name.
+const EVENT_TYPES: [&str; 2] = ["PUT", "DELETE"];
+const FILTERS: [&str; 2] = ["NOPUT", "NODELETE"];
+
+fn event_json(e: &Event) -> Value {
+    let mut m = Map::new();
+    if e.r#type != 0 {
+        let name = EVENT_TYPES
+            .get(e.r#type as usize)
+            .copied()
+            .unwrap_or("DELETE");
+        m.insert("type".into(), json!(name));
+    }
+    if let Some(kv) = &e.kv {
+        m.insert("kv".into(), kv_json(kv));
+    }
+    if let Some(prev) = &e.prev_kv {
+        m.insert("prev_kv".into(), kv_json(prev));
+    }
+    Value::Object(m)
+}
+
+/// One JSON line of a watch stream: `{"result": {...}}`.
+fn watch_line(mut result: Map<String, Value>, header: Option<ResponseHeader>) -> Bytes {
+    result.insert("header".into(), header_json(&header));
+    let mut line = json!({ "result": result }).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+/// `POST /v3/watch` with a `create_request`: the created answer, then each group of events, as
+/// JSON lines on one streamed response, until the client goes away.
+fn watch(core: Arc<Core>, body: &[u8]) -> Response {
+    let spec = match watch_spec(body) {
+        Ok(spec) => spec,
+        Err(s) => return answer(Err(s)),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
+    tokio::spawn(async move {
+        let created = Map::from_iter([("created".to_string(), json!(true))]);
+        let header = core.header(core.store.current_revision());
+        if tx.send(Ok(watch_line(created, header))).await.is_err() {
+            return;
+        }
+        let end = core
+            .hub
+            .run(spec, |events, rev| {
+                let mut result = Map::new();
+                let events: Vec<Value> = events.iter().map(event_json).collect();
+                result.insert("events".into(), Value::Array(events));
+                let line = watch_line(result, core.header(rev));
+                let tx = tx.clone();
+                async move { tx.send(Ok(line)).await.is_ok() }
+            })
+            .await;
+        if let WatchEnd::Compacted(rev) = end {
+            let result = Map::from_iter([
+                ("compact_revision".to_string(), json!(rev.to_string())),
+                ("canceled".to_string(), json!(true)),
+            ]);
+            let header = core.header(core.store.current_revision());
+            let _ = tx.send(Ok(watch_line(result, header))).await;
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn watch_spec(body: &[u8]) -> Result<WatchSpec, Status> {
+    let f = Fields::parse(body)?;
+    let c = f
+        .object("create_request")?
+        .ok_or_else(|| Status::invalid_argument("watch: only create_request is served here"))?;
+    let filters = match c.0.get("filters") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => FILTERS
+                    .iter()
+                    .position(|n| n == s)
+                    .map(|i| i as i32)
+                    .ok_or_else(|| Status::invalid_argument(format!("filters: unknown {s:?}"))),
+                Value::Number(n) => Ok(n.as_i64().unwrap_or(-1) as i32),
+                _ => Err(Status::invalid_argument("filters: expected names")),
+            })
+            .collect::<Result<Vec<i32>, Status>>()?,
+        _ => Vec::new(),
+    };
+    let key = c.bytes("key")?;
+    if key.is_empty() {
+        return Err(ServerError::EmptyKey.into());
+    }
+    Ok(WatchSpec {
+        key,
+        range_end: c.bytes("range_end")?,
+        start_revision: c.int("start_revision")?,
+        prev_kv: c.flag("prev_kv")?,
+        no_put: false,
+        no_delete: false,
+        progress: Default::default(),
+    }
+    .with_filters(&filters))
 }
 
 async fn compact(kv: &KvService, body: &[u8]) -> Answer {

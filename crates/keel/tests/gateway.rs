@@ -150,3 +150,59 @@ async fn txn_over_http_json() {
     let (code, e) = post(&m, "/v3/kv/txn", r#"{"success":[{}]}"#).await;
     assert_eq!(code, 400, "{e}");
 }
+
+/// Reads `n` JSON results of an HTTP watch stream (chunked JSON lines) from `s`.
+async fn results(s: &mut tokio::net::TcpStream, seen: &mut String, n: usize) -> Vec<Value> {
+    use tokio::io::AsyncReadExt;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lines: Vec<Value> = seen
+            .split('\n')
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| l.starts_with("{\"result\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stream stalled: {seen}"
+        );
+        let mut buf = [0u8; 4096];
+        let k = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(k > 0, "stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..k]));
+    }
+}
+
+#[tokio::test]
+async fn watch_streams_json_lines_over_http() {
+    use tokio::io::AsyncWriteExt;
+    let m = Member::start().await;
+    post(&m, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#).await;
+    let body = r#"{"create_request":{"key":"Zm9v","start_revision":"2","prev_kv":true}}"#;
+    let mut s = tokio::net::TcpStream::connect(m.endpoint()).await.unwrap();
+    let req = format!(
+        "POST /v3/watch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    let r = results(&mut s, &mut seen, 2).await;
+    assert_eq!(r[0]["result"]["created"], true);
+    assert_eq!(r[1]["result"]["events"][0]["kv"]["value"], "YmFy");
+    post(&m, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmF6"}"#).await;
+    post(&m, "/v3/kv/deleterange", r#"{"key":"Zm9v"}"#).await;
+    let r = results(&mut s, &mut seen, 4).await;
+    let put = &r[2]["result"]["events"][0];
+    assert_eq!(put["kv"]["value"], "YmF6");
+    assert_eq!(put["prev_kv"]["value"], "YmFy");
+    assert!(put.get("type").is_none());
+    let del = &r[3]["result"]["events"][0];
+    assert_eq!(del["type"], "DELETE");
+    assert_eq!(del["kv"]["mod_revision"], "4");
+}
