@@ -308,6 +308,12 @@ impl Node {
         self.status.read().term
     }
 
+    /// This member's role and the leader it knows (cheap: no copy of the replication progress).
+    pub fn role(&self) -> (Role, u64) {
+        let s = self.status.read();
+        (s.role, s.leader_id)
+    }
+
     /// What raft's state was after the last turn of the driver.
     pub fn status(&self) -> RaftStatus {
         self.status.read().clone()

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use keel_proto::etcd::PbCompactionRequest;
 use keel_proto::RequestBody;
-use keel_raft::Role;
 
 use crate::config::AutoCompaction;
 use crate::server::Core;
@@ -60,7 +59,7 @@ async fn revision(core: Arc<Core>, keep: i64) {
 
 /// Proposes compaction at `rev` if this member leads and it moves the compacted revision forward.
 async fn compact(core: &Core, rev: i64) {
-    if core.raft_status().role != Role::Leader || rev <= core.store.compacted_revision() {
+    if !core.is_leader() || rev <= core.store.compacted_revision() {
         return;
     }
     let req = RequestBody::Compaction(PbCompactionRequest {

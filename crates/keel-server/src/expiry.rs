@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use keel_proto::etcd::PbLeaseRevokeRequest as LeaseRevokeRequest;
 use keel_proto::RequestBody;
-use keel_raft::Role;
 
 use crate::server::Core;
 use crate::ServerError;
@@ -25,7 +24,7 @@ pub const PROMOTE_EXTEND: Duration = Duration::from_secs(1);
 impl Core {
     /// Makes the lessor primary exactly while this member leads. Returns whether it is primary.
     pub fn sync_lessor_role(&self) -> bool {
-        let leading = self.raft_status().role == Role::Leader;
+        let leading = self.is_leader();
         if leading {
             self.leases.promote(PROMOTE_EXTEND);
         } else {

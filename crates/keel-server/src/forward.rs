@@ -60,7 +60,7 @@ fn forwarded(e: etcd_client::Error) -> ServerError {
 
 impl Core {
     async fn leader_client(&self) -> Result<Client, ServerError> {
-        let leader = self.raft_status().leader_id;
+        let leader = self.leader_id();
         if leader == 0 {
             return Err(ServerError::NoLeader);
         }
@@ -112,7 +112,7 @@ impl Core {
     /// Renews lease `id` on the leader; 0 if it does not exist there.
     pub async fn forward_renew(&self, id: i64) -> Result<i64, ServerError> {
         let mut c = self.leader_client().await?;
-        let slot = self.keepalive_slot(self.raft_status().leader_id, id);
+        let slot = self.keepalive_slot(self.leader_id(), id);
         let mut stream = slot.lock().await;
         if let Some((keeper, responses)) = stream.as_mut() {
             let renewed = match keeper.keep_alive().await {

@@ -256,7 +256,7 @@ pub fn routes(core: Arc<Core>) -> axum::Router {
             "/health",
             get(move || {
                 // etcd's answer: healthy while the member knows a leader.
-                let healthy = health_core.raft_status().leader_id != 0;
+                let healthy = health_core.leader_id() != 0;
                 async move {
                     let (code, body) = if healthy {
                         (StatusCode::OK, r#"{"health":"true","reason":""}"#)

@@ -115,6 +115,16 @@ impl Core {
         self.node.term()
     }
 
+    /// Whether this member leads (cheap: no copy of the replication progress).
+    pub fn is_leader(&self) -> bool {
+        self.node.role().0 == keel_raft::Role::Leader
+    }
+
+    /// The leader this member knows, 0 for none (cheap).
+    pub fn leader_id(&self) -> u64 {
+        self.node.role().1
+    }
+
     /// Snapshot transfers under way from this member, by destination.
     pub fn transport_snapshot_transfers(
         &self,
@@ -312,7 +322,7 @@ impl Core {
         );
         self.node.transfer_leader(target);
         let moved = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            while self.raft_status().leader_id != target {
+            while self.leader_id() != target {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })

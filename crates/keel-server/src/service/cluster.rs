@@ -16,7 +16,7 @@ use keel_proto::peer::membership_client::MembershipClient;
 use keel_proto::peer::membership_server::{Membership, MembershipServer};
 use keel_proto::peer::{MembersRequest, MembersResponse};
 use keel_proto::RequestBody;
-use keel_raft::{ConfChangeType, Role};
+use keel_raft::ConfChangeType;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -142,7 +142,7 @@ impl ClusterService {
         if !member.is_learner {
             return Err(ServerError::MemberNotLearner);
         }
-        if self.core.raft_status().role != Role::Leader {
+        if !self.core.is_leader() {
             return self.core.forward_promote(id).await;
         }
         self.check_learner_ready(id)?;
