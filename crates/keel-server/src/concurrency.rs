@@ -51,6 +51,15 @@ fn op(request: Op) -> RequestOp {
     }
 }
 
+fn put_op(key: &[u8], value: Vec<u8>, lease: i64) -> RequestOp {
+    op(Op::RequestPut(PutRequest {
+        key: key.to_vec(),
+        value,
+        lease,
+        ..Default::default()
+    }))
+}
+
 fn create_is(key: &[u8], rev: i64) -> Compare {
     Compare {
         result: EQUAL,
@@ -80,21 +89,16 @@ pub async fn put_if_held(
     value: Vec<u8>,
     lease: i64,
 ) -> Result<bool, ServerError> {
-    let put = PutRequest {
-        key: key.to_vec(),
-        value,
-        lease,
-        ..Default::default()
-    };
     let t = TxnRequest {
         compare: vec![create_is(key, rev)],
-        success: vec![op(Op::RequestPut(put))],
+        success: vec![put_op(key, value, lease)],
         failure: vec![],
     };
     Ok(txn(core, t).await?.succeeded)
 }
 
-/// Deletes `key` if it has create revision `rev`; the response header's revision.
+/// Deletes `key` (if `rev` is given, only while it has that create revision); the response
+/// header's revision.
 pub async fn delete_if_held(core: &Core, key: &[u8], rev: Option<i64>) -> Result<i64, ServerError> {
     let delete = op(Op::RequestDeleteRange(DeleteRangeRequest {
         key: key.to_vec(),
@@ -116,19 +120,13 @@ pub async fn create_or_get(
     value: Vec<u8>,
     lease: i64,
 ) -> Result<KeyValue, ServerError> {
-    let put = PutRequest {
-        key: key.to_vec(),
-        value,
-        lease,
-        ..Default::default()
-    };
     let get = RangeRequest {
         key: key.to_vec(),
         ..Default::default()
     };
     let t = TxnRequest {
         compare: vec![create_is(key, 0)],
-        success: vec![op(Op::RequestPut(put)), op(Op::RequestRange(get.clone()))],
+        success: vec![put_op(key, value, lease), op(Op::RequestRange(get.clone()))],
         failure: vec![op(Op::RequestRange(get))],
     };
     let r = txn(core, t).await?;

@@ -60,15 +60,7 @@ async fn kill9_during_writes_loses_no_acknowledged_write() {
     let rev = all.header().unwrap().revision();
     assert!(rev >= max_rev, "revision went back: {rev} < {max_rev}");
     // Revisions continue: the next write gets the next revision.
-    assert_eq!(
-        c.put("after", "1", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision(),
-        rev + 1
-    );
+    assert_eq!(common::put_revision(&mut c, "after", "1").await, rev + 1);
 }
 
 #[tokio::test]
@@ -94,15 +86,7 @@ async fn graceful_restart_keeps_data_history_and_compaction() {
         .get("k", Some(GetOptions::new().with_revision(9)))
         .await
         .is_err());
-    assert_eq!(
-        c.put("k", "new", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision(),
-        23
-    );
+    assert_eq!(common::put_revision(&mut c, "k", "new").await, 23);
 }
 
 #[tokio::test]
@@ -138,13 +122,5 @@ async fn restart_after_raft_log_compaction_keeps_everything() {
         .unwrap();
     assert_eq!(all.count(), 6400);
     assert_eq!(all.header().unwrap().revision(), 6401);
-    assert_eq!(
-        c.put("after", "1", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision(),
-        6402
-    );
+    assert_eq!(common::put_revision(&mut c, "after", "1").await, 6402);
 }

@@ -148,7 +148,19 @@ async fn etcdctl_endpoint_hashkv_follows_history() {
             .to_string()
     };
     let before = hash_at("3");
+    let whole = |m: &Member| {
+        let out = m.etcdctl(&["endpoint", "hash", "-w", "fields"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        // Only the hash: the header's revision changes with every write anyway.
+        stdout(&out)
+            .lines()
+            .find_map(|l| l.strip_prefix("\"Hash\" : ").map(str::to_string))
+            .unwrap_or_else(|| panic!("{}", stdout(&out)))
+    };
+    let whole_before = whole(&m);
     m.etcdctl(&["put", "c", "3"]);
+    // The hash of all replicated state follows every write.
+    assert_ne!(whole(&m), whole_before);
     // History through revision 3 is unchanged by a later write; the current hash is not.
     assert_eq!(hash_at("3"), before);
     assert_ne!(hash_at("0"), before);

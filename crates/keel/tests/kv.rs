@@ -467,13 +467,7 @@ async fn periodic_auto_compaction_drops_history_older_than_the_retention() {
     ])
     .await;
     let mut c = m.client().await;
-    let first = c
-        .put("k", "1", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let first = common::put_revision(&mut c, "k", "1").await;
     c.put("k", "2", None).await.unwrap();
     // Readable now; gone once the retention has passed (plus a sampling step).
     assert!(c

@@ -179,6 +179,21 @@ async fn a_learner_joins_catches_up_by_snapshot_is_promoted_and_a_member_is_remo
 async fn bad_membership_requests_get_etcds_errors() {
     let cluster = Cluster::start(3).await;
     let mut c = cluster.client().await;
+    // Joining without `member add` first is refused with a pointer to what to do.
+    let mut stranger = cluster.joiner("stranger", &[]);
+    stranger.start_process();
+    let exit = stranger.wait_exit(Duration::from_secs(10));
+    assert!(
+        exit.is_some_and(|s| !s.success()),
+        "an unknown member joined"
+    );
+    assert!(
+        stranger
+            .log()
+            .contains("add this member with `etcdctl member add` first"),
+        "{}",
+        stranger.log()
+    );
     let taken = cluster.members[1].peer_url();
     let err = c.member_add([taken], None).await.unwrap_err();
     assert_eq!(

@@ -334,6 +334,12 @@ impl Cluster {
     }
 }
 
+/// Puts `key` = `value` and returns the revision the write got.
+pub async fn put_revision(c: &mut etcd_client::Client, key: &str, value: &str) -> i64 {
+    let r = c.put(key, value, None).await.unwrap();
+    r.header().unwrap().revision()
+}
+
 /// A key-value with everything a client can see of it: key, value, create and mod revisions,
 /// version, lease.
 pub type FullKv = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
