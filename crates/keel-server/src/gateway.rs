@@ -5,7 +5,7 @@
 //!
 //! This build covers KV put/range/deleterange/txn/compaction, watch (one watcher per request, its
 //! responses streamed as JSON lines), leases (grant, revoke, time-to-live,
-//! list) and Maintenance status.
+//! list), the member list and Maintenance status.
 
 use std::sync::Arc;
 
@@ -16,23 +16,23 @@ use axum::routing::post;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use keel_proto::etcd::{
-    PbCompactionRequest as CompactionRequest, PbCompare as Compare,
+    PbClusterService, PbCompactionRequest as CompactionRequest, PbCompare as Compare,
     PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse,
     PbEvent as Event, PbKeyValue as KeyValue, PbKvService,
     PbLeaseGrantRequest as LeaseGrantRequest, PbLeaseLeasesRequest as LeaseLeasesRequest,
     PbLeaseRevokeRequest as LeaseRevokeRequest, PbLeaseService,
     PbLeaseTimeToLiveRequest as LeaseTimeToLiveRequest, PbMaintenanceService,
-    PbPutRequest as PutRequest, PbPutResponse as PutResponse, PbRangeRequest as RangeRequest,
-    PbRangeResponse as RangeResponse, PbResponseHeader as ResponseHeader,
-    PbStatusRequest as StatusRequest, PbTargetUnion as Target, PbTxnOpRequest as Op,
-    PbTxnOpResponse as OpResponse, PbTxnRequest as TxnRequest, PbTxnRequestOp as RequestOp,
-    PbTxnResponse as TxnResponse,
+    PbMemberListRequest as MemberListRequest, PbPutRequest as PutRequest,
+    PbPutResponse as PutResponse, PbRangeRequest as RangeRequest, PbRangeResponse as RangeResponse,
+    PbResponseHeader as ResponseHeader, PbStatusRequest as StatusRequest, PbTargetUnion as Target,
+    PbTxnOpRequest as Op, PbTxnOpResponse as OpResponse, PbTxnRequest as TxnRequest,
+    PbTxnRequestOp as RequestOp, PbTxnResponse as TxnResponse,
 };
 use serde_json::{json, Map, Value};
 use tonic::{Code, Request, Status};
 
 use crate::server::Core;
-use crate::service::{KvService, LeaseService, MaintenanceService};
+use crate::service::{ClusterService, KvService, LeaseService, MaintenanceService};
 use crate::watch::{WatchEnd, WatchSpec};
 use crate::ServerError;
 
@@ -48,6 +48,7 @@ pub fn routes(core: Arc<Core>) -> axum::Router {
     let core_for_watch = core.clone();
     let kv = Arc::new(KvService::new(core.clone()));
     let lease = Arc::new(LeaseService::new(core.clone()));
+    let cluster = Arc::new(ClusterService::new(core.clone()));
     let maintenance = Arc::new(MaintenanceService::new(core));
     let (k1, k2, k3, k4, k5) = (kv.clone(), kv.clone(), kv.clone(), kv.clone(), kv);
     let (l1, l2, l3, l4) = (lease.clone(), lease.clone(), lease.clone(), lease);
@@ -90,6 +91,10 @@ pub fn routes(core: Arc<Core>) -> axum::Router {
         .route(
             "/v3/kv/deleterange",
             post(move |body: Bytes| async move { answer(delete(&k3, &body).await) }),
+        )
+        .route(
+            "/v3/cluster/member/list",
+            post(move |body: Bytes| async move { answer(member_list(&cluster, &body).await) }),
         )
         .route(
             "/v3/maintenance/status",
@@ -601,6 +606,31 @@ async fn leases(lease: &LeaseService) -> Answer {
         .map(|l| json!({ "ID": l.id.to_string() }))
         .collect();
     set(&mut m, "leases", Value::Array(ids));
+    Ok(Value::Object(m))
+}
+
+async fn member_list(cluster: &ClusterService, body: &[u8]) -> Answer {
+    let linearizable = Fields::parse(body)?.flag("linearizable")?;
+    let r = cluster
+        .member_list(Request::new(MemberListRequest { linearizable }))
+        .await?
+        .into_inner();
+    let members: Vec<Value> = r
+        .members
+        .iter()
+        .map(|m| {
+            let mut o = Map::new();
+            set(&mut o, "ID", json!(m.id.to_string()));
+            set(&mut o, "name", json!(m.name));
+            set(&mut o, "peerURLs", json!(m.peer_ur_ls));
+            set(&mut o, "clientURLs", json!(m.client_ur_ls));
+            set(&mut o, "isLearner", json!(m.is_learner));
+            Value::Object(o)
+        })
+        .collect();
+    let mut m = Map::new();
+    m.insert("header".into(), header_json(&r.header));
+    set(&mut m, "members", Value::Array(members));
     Ok(Value::Object(m))
 }
 

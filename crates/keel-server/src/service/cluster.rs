@@ -124,12 +124,14 @@ impl ClusterService {
     async fn hand_over_leadership(&self, leaving: u64) -> Result<(), ServerError> {
         let status = self.core.raft_status();
         let voters = self.core.membership.list();
+        // Active members first, then the most caught up. `active` alone is not enough: raft clears
+        // it for every member at each quorum check until they answer again.
         let heir = status
             .progress
             .iter()
-            .filter(|p| p.id != leaving && p.active)
+            .filter(|p| p.id != leaving)
             .filter(|p| voters.iter().any(|m| m.id == p.id && !m.is_learner))
-            .max_by_key(|p| p.matched);
+            .max_by_key(|p| (p.active, p.matched));
         match heir {
             Some(p) => self.core.move_leader(p.id).await,
             // No voter to hand over to: the removal itself will end leadership.
@@ -283,10 +285,15 @@ impl PbClusterService for ClusterService {
         }
     }
 
+    /// The members this member has applied; with `linearizable` (etcd 3.5), only after it has
+    /// applied everything committed when the request arrived.
     async fn member_list(
         &self,
-        _: Request<MemberListRequest>,
+        req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        if req.into_inner().linearizable {
+            self.core.linearizable_barrier().await?;
+        }
         Ok(Response::new(MemberListResponse {
             header: self.header(),
             members: self.core.members(),
