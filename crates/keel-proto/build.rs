@@ -11,5 +11,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["proto/etcd/v3lock.proto", "proto/etcd/v3election.proto"],
             &["proto"],
         )?;
+    // etcd's Auth service: its messages are etcd-client's but for AuthStatus (see auth.proto).
+    let mut auth = tonic_prost_build::configure()
+        .build_client(false)
+        .extern_path(
+            ".etcdserverpb.ResponseHeader",
+            "crate::etcd_types::ResponseHeader",
+        );
+    for msg in AUTH_MESSAGES {
+        for side in ["Request", "Response"] {
+            auth = auth.extern_path(
+                format!(".etcdserverpb.{msg}{side}"),
+                format!("::etcd_client::proto::Pb{msg}{side}"),
+            );
+        }
+    }
+    auth.compile_protos(&["proto/etcd/auth.proto"], &["proto"])?;
     Ok(())
 }
+
+/// The Auth messages etcd-client exports (as `Pb<name>Request`/`Pb<name>Response`).
+const AUTH_MESSAGES: [&str; 16] = [
+    "AuthEnable",
+    "AuthDisable",
+    "Authenticate",
+    "AuthUserAdd",
+    "AuthUserGet",
+    "AuthUserList",
+    "AuthUserDelete",
+    "AuthUserChangePassword",
+    "AuthUserGrantRole",
+    "AuthUserRevokeRole",
+    "AuthRoleAdd",
+    "AuthRoleGet",
+    "AuthRoleList",
+    "AuthRoleDelete",
+    "AuthRoleGrantPermission",
+    "AuthRoleRevokePermission",
+];

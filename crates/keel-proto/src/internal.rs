@@ -6,8 +6,12 @@
 //! types, which the `etcd-client` crate already generates; a .proto here would have to restate them.
 
 use crate::etcd::{
-    PbAlarmRequest, PbCompactionRequest, PbDeleteRequest, PbLeaseGrantRequest,
-    PbLeaseRevokeRequest, PbMember, PbMemberUpdateRequest, PbPutRequest, PbTxnRequest,
+    PbAlarmRequest, PbAuthDisableRequest, PbAuthEnableRequest, PbAuthRoleAddRequest,
+    PbAuthRoleDeleteRequest, PbAuthRoleGrantPermissionRequest, PbAuthRoleRevokePermissionRequest,
+    PbAuthUserAddRequest, PbAuthUserChangePasswordRequest, PbAuthUserDeleteRequest,
+    PbAuthUserGrantRoleRequest, PbAuthUserRevokeRoleRequest, PbCompactionRequest, PbDeleteRequest,
+    PbLeaseGrantRequest, PbLeaseRevokeRequest, PbMember, PbMemberUpdateRequest, PbPutRequest,
+    PbTxnRequest,
 };
 
 /// One client mutation with the id its proposer waits on.
@@ -17,8 +21,28 @@ pub struct InternalRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// The mutation.
-    #[prost(oneof = "RequestBody", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18")]
+    #[prost(
+        oneof = "RequestBody",
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30"
+    )]
     pub body: Option<RequestBody>,
+    /// Who asked, for the state machine's permission checks; none for a member's own proposals
+    /// (lease expiry, alarms, published attributes), which act with every permission.
+    #[prost(message, optional, tag = "2")]
+    pub auth: Option<RequestAuth>,
+}
+
+/// The client a request was proposed for, as the proposing member authenticated it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RequestAuth {
+    /// The user ("" when auth was disabled at the proposer).
+    #[prost(string, tag = "1")]
+    pub username: String,
+    /// The auth revision the proposer checked against: if the auth state changed since, the
+    /// request fails with `etcdserver: revision of auth store is old` rather than run on stale
+    /// permissions.
+    #[prost(uint64, tag = "2")]
+    pub revision: u64,
 }
 
 /// The mutations a client can propose.
@@ -51,6 +75,96 @@ pub enum RequestBody {
     /// Maintenance.Alarm ACTIVATE/DEACTIVATE (also raised by a member over its space quota).
     #[prost(message, tag = "18")]
     Alarm(PbAlarmRequest),
+    /// Auth.AuthEnable.
+    #[prost(message, tag = "19")]
+    AuthEnable(PbAuthEnableRequest),
+    /// Auth.AuthDisable.
+    #[prost(message, tag = "20")]
+    AuthDisable(PbAuthDisableRequest),
+    /// Auth.Authenticate, after the proposer checked the password: every member learns the token.
+    #[prost(message, tag = "21")]
+    Authenticate(Authenticate),
+    /// Auth.UserAdd, with the password already hashed (never the password itself).
+    #[prost(message, tag = "22")]
+    UserAdd(PbAuthUserAddRequest),
+    /// Auth.UserDelete.
+    #[prost(message, tag = "23")]
+    UserDelete(PbAuthUserDeleteRequest),
+    /// Auth.UserChangePassword, with the password already hashed.
+    #[prost(message, tag = "24")]
+    UserChangePassword(PbAuthUserChangePasswordRequest),
+    /// Auth.UserGrantRole.
+    #[prost(message, tag = "25")]
+    UserGrantRole(PbAuthUserGrantRoleRequest),
+    /// Auth.UserRevokeRole.
+    #[prost(message, tag = "26")]
+    UserRevokeRole(PbAuthUserRevokeRoleRequest),
+    /// Auth.RoleAdd.
+    #[prost(message, tag = "27")]
+    RoleAdd(PbAuthRoleAddRequest),
+    /// Auth.RoleDelete.
+    #[prost(message, tag = "28")]
+    RoleDelete(PbAuthRoleDeleteRequest),
+    /// Auth.RoleGrantPermission.
+    #[prost(message, tag = "29")]
+    RoleGrantPermission(PbAuthRoleGrantPermissionRequest),
+    /// Auth.RoleRevokePermission.
+    #[prost(message, tag = "30")]
+    RoleRevokePermission(PbAuthRoleRevokePermissionRequest),
+}
+
+/// A successful password check, replicated so that every member accepts the simple token.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Authenticate {
+    /// The user.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The random part of the token; the entry's raft index completes it.
+    #[prost(string, tag = "2")]
+    pub token_prefix: String,
+}
+
+/// An auth user as the state machine stores it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UserRecord {
+    /// The name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The bcrypt hash of the password (empty for a user without one).
+    #[prost(string, tag = "2")]
+    pub password_hash: String,
+    /// The granted roles, sorted.
+    #[prost(string, repeated, tag = "3")]
+    pub roles: Vec<String>,
+    /// A user that cannot authenticate with a password (etcd's UserAddOptions.no_password).
+    #[prost(bool, tag = "4")]
+    pub no_password: bool,
+}
+
+/// An auth role as the state machine stores it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RoleRecord {
+    /// The name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Its key permissions, sorted by key.
+    #[prost(message, repeated, tag = "2")]
+    pub permissions: Vec<PermissionRecord>,
+}
+
+/// A key permission, on the wire as etcd's authpb.Permission (the same field numbers, so it
+/// converts to etcd's type by re-decoding).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PermissionRecord {
+    /// READ = 0, WRITE = 1, READWRITE = 2.
+    #[prost(int32, tag = "1")]
+    pub perm_type: i32,
+    /// The key, or the start of the range.
+    #[prost(bytes = "vec", tag = "2")]
+    pub key: Vec<u8>,
+    /// The end of the range (exclusive); empty for the key alone, a zero byte for every key from `key`.
+    #[prost(bytes = "vec", tag = "3")]
+    pub range_end: Vec<u8>,
 }
 
 /// The context of a raft conf change entry: which member it is about, as the state machine records
@@ -104,6 +218,7 @@ mod tests {
                 value: b"v".to_vec(),
                 ..Default::default()
             })),
+            auth: None,
         };
         let bytes = req.encode_to_vec();
         assert_eq!(InternalRequest::decode(bytes.as_slice()).unwrap(), req);

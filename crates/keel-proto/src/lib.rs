@@ -35,7 +35,16 @@ pub mod v3election {
     tonic::include_proto!("v3electionpb");
 }
 
+/// etcd's Auth service (etcdserverpb.Auth), server side, and its AuthStatus messages.
+pub mod auth {
+    #![allow(missing_docs)]
+    tonic::include_proto!("etcdserverpb");
+}
+
 /// etcd's v3 API types and service traits (wire-compatible with etcd 3.5+).
 pub use etcd_client::proto as etcd;
 
-pub use internal::{InternalRequest, LeaseRecord, MemberAttributes, MemberChange, RequestBody};
+pub use internal::{
+    Authenticate, InternalRequest, LeaseRecord, MemberAttributes, MemberChange, PermissionRecord,
+    RequestAuth, RequestBody, RoleRecord, UserRecord,
+};

@@ -15,12 +15,13 @@ use keel_proto::etcd::{
     PbLeaseRevokeResponse as LeaseRevokeResponse, PbPutRequest as PutRequest,
     PbPutResponse as PutResponse, PbTxnResponse as TxnResponse,
 };
-use keel_proto::{InternalRequest, MemberChange, RequestBody};
+use keel_proto::{InternalRequest, MemberChange, RequestAuth, RequestBody};
 use keel_raft::{Committed, Entry, EntryType, InstallSnapshot};
 use prost::Message;
 use tokio::sync::watch;
 
 use crate::alarm::Alarms;
+use crate::auth::AuthStore;
 use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::snapshot::{encode_position, META_INSTALLED};
@@ -53,6 +54,10 @@ pub enum Response {
     Members(Vec<Member>),
     /// An alarm was raised or cleared: the alarm changed (none if nothing changed).
     Alarm(Vec<keel_proto::etcd::PbAlarmMember>),
+    /// The auth state changed (or was already as asked).
+    AuthChanged,
+    /// A user authenticated: its simple token.
+    Authenticated(String),
 }
 
 /// The parts of the state machine beside the key-value store.
@@ -63,18 +68,28 @@ pub struct Machine {
     pub members: Arc<Membership>,
     /// The raised alarms.
     pub alarms: Arc<Alarms>,
+    /// Users, roles and permissions.
+    pub auth: Arc<AuthStore>,
 }
 
 /// What a proposer receives once its entry is applied.
 pub type Applied = Result<Response, ServerError>;
 
-/// Applies one request to the write batch.
-pub fn apply(wb: &mut WriteBatch<'_>, machine: &Machine, body: &RequestBody) -> Applied {
+/// Applies one request, proposed for `who` as entry `index`, to the write batch.
+pub fn apply(
+    wb: &mut WriteBatch<'_>,
+    machine: &Machine,
+    body: &RequestBody,
+    who: Option<&RequestAuth>,
+    index: u64,
+) -> Applied {
     let leases = &*machine.leases;
     // While NOSPACE is raised nothing may grow the store (etcd's capped applier).
     if machine.alarms.nospace() && grows(body) {
         return Err(ServerError::NoSpace);
     }
+    machine.auth.authorize(who, body, leases)?;
+    use RequestBody::*;
     match body {
         RequestBody::Put(p) => apply_put(wb, leases, p).map(Response::Put),
         RequestBody::DeleteRange(d) => apply_delete(wb, leases, d).map(Response::DeleteRange),
@@ -93,6 +108,21 @@ pub fn apply(wb: &mut WriteBatch<'_>, machine: &Machine, body: &RequestBody) -> 
             .members
             .update_peer_urls(wb, u.id, &u.peer_ur_ls)
             .map(Response::Members),
+        AuthEnable(_)
+        | AuthDisable(_)
+        | Authenticate(_)
+        | UserAdd(_)
+        | UserDelete(_)
+        | UserChangePassword(_)
+        | UserGrantRole(_)
+        | UserRevokeRole(_)
+        | RoleAdd(_)
+        | RoleDelete(_)
+        | RoleGrantPermission(_)
+        | RoleRevokePermission(_) => Ok(match machine.auth.apply(wb, body, index)? {
+            Some(token) => Response::Authenticated(token),
+            None => Response::AuthChanged,
+        }),
     }
 }
 
@@ -244,6 +274,7 @@ impl ApplyLoop {
         let m = &self.machine;
         m.leases.reload(&self.store)?;
         m.alarms.reload(&self.store)?;
+        m.auth.reload(&self.store)?;
         m.members.reload(&self.store)
     }
 
@@ -302,7 +333,7 @@ impl ApplyLoop {
                 }
             };
             let Some(body) = req.body else { continue };
-            let res = apply(&mut wb, &self.machine, &body);
+            let res = apply(&mut wb, &self.machine, &body, req.auth.as_ref(), e.index);
             if let Err(ServerError::Internal(msg)) = &res {
                 return Err(ServerError::Internal(msg.clone()));
             }

@@ -9,7 +9,7 @@ use keel_proto::etcd::{
     PbTxnOpRequest as Op, PbTxnOpResponse as OpResponse, PbTxnRequest as TxnRequest,
     PbTxnRequestOp as RequestOp, PbTxnResponse as TxnResponse,
 };
-use keel_proto::RequestBody;
+use keel_proto::{RequestAuth, RequestBody};
 
 use crate::apply::Response as Applied;
 use crate::server::Core;
@@ -70,9 +70,13 @@ fn create_is(key: &[u8], rev: i64) -> Compare {
     }
 }
 
-/// Runs a txn through raft.
-pub async fn txn(core: &Core, t: TxnRequest) -> Result<TxnResponse, ServerError> {
-    match core.propose(RequestBody::Txn(t)).await? {
+/// Runs a txn through raft for `who`.
+pub async fn txn(
+    core: &Core,
+    who: &RequestAuth,
+    t: TxnRequest,
+) -> Result<TxnResponse, ServerError> {
+    match core.propose(who, RequestBody::Txn(t)).await? {
         Applied::Txn(r) => Ok(r),
         other => Err(ServerError::Internal(format!(
             "txn answered with {other:?}"
@@ -84,6 +88,7 @@ pub async fn txn(core: &Core, t: TxnRequest) -> Result<TxnResponse, ServerError>
 /// it); whether it did.
 pub async fn put_if_held(
     core: &Core,
+    who: &RequestAuth,
     key: &[u8],
     rev: i64,
     value: Vec<u8>,
@@ -94,12 +99,17 @@ pub async fn put_if_held(
         success: vec![put_op(key, value, lease)],
         failure: vec![],
     };
-    Ok(txn(core, t).await?.succeeded)
+    Ok(txn(core, who, t).await?.succeeded)
 }
 
 /// Deletes `key` (if `rev` is given, only while it has that create revision); the response
 /// header's revision.
-pub async fn delete_if_held(core: &Core, key: &[u8], rev: Option<i64>) -> Result<i64, ServerError> {
+pub async fn delete_if_held(
+    core: &Core,
+    who: &RequestAuth,
+    key: &[u8],
+    rev: Option<i64>,
+) -> Result<i64, ServerError> {
     let delete = op(Op::RequestDeleteRange(DeleteRangeRequest {
         key: key.to_vec(),
         ..Default::default()
@@ -109,13 +119,14 @@ pub async fn delete_if_held(core: &Core, key: &[u8], rev: Option<i64>) -> Result
         success: vec![delete],
         failure: vec![],
     };
-    let r = txn(core, t).await?;
+    let r = txn(core, who, t).await?;
     Ok(r.header.map_or(0, |h| h.revision))
 }
 
 /// Creates `key` with `value` and `lease` unless it exists; returns its key-value as it is now.
 pub async fn create_or_get(
     core: &Core,
+    who: &RequestAuth,
     key: &[u8],
     value: Vec<u8>,
     lease: i64,
@@ -129,7 +140,7 @@ pub async fn create_or_get(
         success: vec![put_op(key, value, lease), op(Op::RequestRange(get.clone()))],
         failure: vec![op(Op::RequestRange(get))],
     };
-    let r = txn(core, t).await?;
+    let r = txn(core, who, t).await?;
     r.responses
         .into_iter()
         .filter_map(|o| match o.response {
@@ -159,6 +170,15 @@ pub fn contender(
     let resp = range::range(&core.store.view(), &r)?;
     let rev = resp.header.map_or(0, |h| h.revision);
     Ok((resp.kvs.into_iter().next(), rev))
+}
+
+/// May `who` read every contender of `prefix` (as waiting for its turn does)?
+pub fn check_contenders_readable(
+    core: &Core,
+    who: &RequestAuth,
+    prefix: &[u8],
+) -> Result<(), ServerError> {
+    core.auth.check_read(who, prefix, &prefix_end(prefix))
 }
 
 /// Waits until every contender of `prefix` created before revision `rev` is gone.

@@ -73,6 +73,12 @@ pub struct ServerConfig {
     pub auto_compaction: AutoCompaction,
     /// TLS on the client URLs (which are then https).
     pub client_tls: Option<TlsFiles>,
+    /// etcd's --auth-token: `simple`, or `jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...`.
+    pub auth_token: String,
+    /// How long a simple token lives without use (etcd's --auth-token-ttl).
+    pub auth_token_ttl: Duration,
+    /// The bcrypt cost of password hashes (etcd's --bcrypt-cost).
+    pub bcrypt_cost: u32,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +101,9 @@ impl Default for ServerConfig {
             watch_progress_notify_interval: Duration::from_secs(600),
             auto_compaction: AutoCompaction::Off,
             client_tls: None,
+            auth_token: "simple".into(),
+            auth_token_ttl: Duration::from_secs(300),
+            bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST,
         }
     }
 }

@@ -107,6 +107,57 @@ pub enum ServerError {
     /// Election.Proclaim or Resign without the leader key.
     #[error("\"leader\" field must be provided")]
     MissingLeaderKey,
+    /// An auth request while auth is disabled.
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// Authenticate with an unknown user or a wrong password.
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// A token that is not (or no longer) valid.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// The caller's user lacks the permission the request needs.
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    /// A request without a user while auth is enabled, or UserAdd without a name.
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    /// UserAdd of a user that exists.
+    #[error("etcdserver: user name already exists")]
+    UserExists,
+    /// A user that does not exist.
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    /// RoleAdd of a role that exists.
+    #[error("etcdserver: role name already exists")]
+    RoleExists,
+    /// A role that does not exist.
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    /// RoleAdd without a name.
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// AuthEnable without a root user.
+    #[error("etcdserver: root user does not exist")]
+    RootUserMissing,
+    /// AuthEnable while the root user lacks the root role.
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleMissing,
+    /// UserRevokeRole of a role the user does not have.
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    /// RoleRevokePermission of a permission the role does not have.
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    /// RoleGrantPermission without a permission.
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    /// Deleting the root user or role, or revoking root from root, while auth is enabled.
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// The auth state changed since the caller's permissions were checked (or its JWT issued).
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
     /// The leader's answer to a request forwarded to it.
     #[error("{message}")]
     Remote {
@@ -147,7 +198,10 @@ impl ServerError {
         use ServerError::*;
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge | MemberBadUrls => Code::InvalidArgument,
+            | RequestTooLarge | MemberBadUrls | AuthFailed | UserEmpty | RoleEmpty
+            | PermissionNotGiven | InvalidAuthMgmt | AuthOldRevision => Code::InvalidArgument,
+            InvalidAuthToken => Code::Unauthenticated,
+            PermissionDenied => Code::PermissionDenied,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             LeaseExists
             | NotLeader
@@ -158,7 +212,16 @@ impl ServerError {
             | LearnerNotReady
             | TooManyLearners
             | MemberNotEnoughStarted
-            | MembershipChangeInProgress => Code::FailedPrecondition,
+            | MembershipChangeInProgress
+            | AuthNotEnabled
+            | UserExists
+            | UserNotFound
+            | RoleExists
+            | RoleNotFound
+            | RootUserMissing
+            | RootRoleMissing
+            | RoleNotGranted
+            | PermissionNotGranted => Code::FailedPrecondition,
             Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             NoLeader | Timeout | Stopped | NotCapable | NotSupportedForLearner => Code::Unavailable,
             Internal(_)

@@ -49,7 +49,7 @@ pub async fn run(core: Arc<Core>) {
             let core = core.clone();
             tokio::spawn(async move {
                 let revoke = RequestBody::LeaseRevoke(LeaseRevokeRequest { id });
-                match core.propose(revoke).await {
+                match core.propose_internal(revoke).await {
                     Ok(_) => tracing::debug!(lease = id, "expired lease revoked"),
                     // Revoked meanwhile by a client: nothing left to do.
                     Err(ServerError::LeaseNotFound) => {}

@@ -8,8 +8,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions};
-use keel_proto::etcd::PbMember;
+use keel_proto::etcd::{
+    PbMember, PbMemberPromoteRequest, PbMemberPromoteResponse, PbMemberRemoveRequest,
+    PbMemberRemoveResponse,
+};
 use parking_lot::Mutex;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::lease::TimeToLive;
 use crate::server::Core;
@@ -25,6 +31,8 @@ type KeepAlive = Arc<tokio::sync::Mutex<Option<(LeaseKeeper, LeaseKeepAliveStrea
 #[derive(Default)]
 pub struct LeaderLink {
     cached: Mutex<Option<(u64, Client)>>,
+    /// A channel for requests forwarded with the caller's token (which etcd-client cannot carry).
+    channel: Mutex<Option<(u64, Channel)>>,
     keepalives: Mutex<(u64, HashMap<i64, KeepAlive>)>,
 }
 
@@ -37,29 +45,9 @@ fn unavailable(e: etcd_client::Error) -> ServerError {
     }
 }
 
-fn to_pb(m: &etcd_client::Member) -> PbMember {
-    PbMember {
-        id: m.id(),
-        name: m.name().to_string(),
-        peer_ur_ls: m.peer_urls().to_vec(),
-        client_ur_ls: m.client_urls().to_vec(),
-        is_learner: m.is_learner(),
-    }
-}
-
-/// The leader's own answer, passed on as it is.
-fn forwarded(e: etcd_client::Error) -> ServerError {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => ServerError::Remote {
-            code: s.code(),
-            message: s.message().to_string(),
-        },
-        other => unavailable(other),
-    }
-}
-
 impl Core {
-    async fn leader_client(&self) -> Result<Client, ServerError> {
+    /// The leader and its peer URLs; an error if there is none, or if it is this member.
+    fn leader_urls(&self) -> Result<(u64, Vec<String>), ServerError> {
         let leader = self.leader_id();
         if leader == 0 {
             return Err(ServerError::NoLeader);
@@ -68,36 +56,96 @@ impl Core {
             // Leading, but the lessor has not been promoted yet: the caller retries locally.
             return Err(ServerError::NotLeader);
         }
-        if let Some((id, c)) = self.leader_link.cached.lock().as_ref() {
-            if *id == leader {
-                return Ok(c.clone());
-            }
-        }
         let urls = self
             .membership
             .get(leader)
             .map(|m| m.peer_ur_ls)
             .ok_or(ServerError::NoLeader)?;
+        Ok((leader, urls))
+    }
+
+    async fn leader_client(&self) -> Result<Client, ServerError> {
+        let (leader, urls) = self.leader_urls()?;
+        if let Some((id, c)) = self.leader_link.cached.lock().as_ref() {
+            if *id == leader {
+                return Ok(c.clone());
+            }
+        }
         let client = Client::connect(urls, None).await.map_err(unavailable)?;
         *self.leader_link.cached.lock() = Some((leader, client.clone()));
         Ok(client)
     }
 
+    fn leader_channel(&self) -> Result<Channel, ServerError> {
+        let (leader, urls) = self.leader_urls()?;
+        let mut cached = self.leader_link.channel.lock();
+        match cached.as_ref() {
+            Some((id, c)) if *id == leader => Ok(c.clone()),
+            _ => {
+                let endpoints = urls
+                    .into_iter()
+                    .map(|u| {
+                        Endpoint::from_shared(u).map_err(|e| ServerError::Internal(e.to_string()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let channel = Channel::balance_list(endpoints.into_iter());
+                *cached = Some((leader, channel.clone()));
+                Ok(channel)
+            }
+        }
+    }
+
+    /// Calls `path` on the leader with the caller's token, so the leader checks the same user.
+    async fn forward_unary<Req, Resp>(
+        &self,
+        path: &'static str,
+        msg: Req,
+        token: Option<MetadataValue<Ascii>>,
+    ) -> Result<Resp, ServerError>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut grpc = tonic::client::Grpc::new(self.leader_channel()?);
+        grpc.ready()
+            .await
+            .map_err(|e| ServerError::Internal(format!("forwarding to the leader: {e}")))?;
+        let mut req = tonic::Request::new(msg);
+        if let Some(t) = token {
+            req.metadata_mut().insert("token", t);
+        }
+        let codec = tonic_prost::ProstCodec::default();
+        grpc.unary(req, PathAndQuery::from_static(path), codec)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| ServerError::Remote {
+                code: s.code(),
+                message: s.message().to_string(),
+            })
+    }
+
     /// Removes member `id` (the leader itself) through the leader; the members after.
-    pub async fn forward_remove(&self, id: u64) -> Result<Vec<PbMember>, ServerError> {
-        let mut c = self.leader_client().await?;
-        let r = c.member_remove(id).await.map_err(forwarded)?;
-        Ok(r.members().iter().map(to_pb).collect())
+    pub async fn forward_remove(
+        &self,
+        id: u64,
+        token: Option<MetadataValue<Ascii>>,
+    ) -> Result<Vec<PbMember>, ServerError> {
+        let req = PbMemberRemoveRequest { id };
+        let path = "/etcdserverpb.Cluster/MemberRemove";
+        let r: PbMemberRemoveResponse = self.forward_unary(path, req, token).await?;
+        Ok(r.members)
     }
 
     /// Promotes learner `id` on the leader (only it knows whether the learner caught up).
     pub async fn forward_promote(
         &self,
         id: u64,
-    ) -> Result<Vec<keel_proto::etcd::PbMember>, ServerError> {
-        let mut c = self.leader_client().await?;
-        let r = c.member_promote(id).await.map_err(forwarded)?;
-        Ok(r.members().iter().map(to_pb).collect())
+        token: Option<MetadataValue<Ascii>>,
+    ) -> Result<Vec<PbMember>, ServerError> {
+        let req = PbMemberPromoteRequest { id };
+        let path = "/etcdserverpb.Cluster/MemberPromote";
+        let r: PbMemberPromoteResponse = self.forward_unary(path, req, token).await?;
+        Ok(r.members)
     }
 
     /// The keep-alive stream slot of lease `id` for the current leader.

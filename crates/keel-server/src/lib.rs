@@ -3,6 +3,7 @@
 
 mod alarm;
 mod apply;
+mod auth;
 pub mod backup;
 mod compactor;
 mod concurrency;

@@ -11,14 +11,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use keel_mvcc::Store;
 use keel_proto::etcd::{PbMember as Member, PbResponseHeader};
-use keel_proto::{InternalRequest, MemberAttributes, MemberChange, RequestBody};
+use keel_proto::{InternalRequest, MemberAttributes, MemberChange, RequestAuth, RequestBody};
 use keel_raft::{ConfChange, ConfChangeType, LogStore, Node, NodeConfig, RaftStatus, Transport};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 
 use crate::alarm::Alarms;
 use crate::apply::{ApplyLoop, Machine, Response};
+use crate::auth::{AuthStore, Tokens};
 use crate::config::{ClusterState, ServerConfig};
 use crate::lease::Lessor;
 use crate::membership::{cluster_id, conf_state, member_id, Identity, Membership};
@@ -98,6 +100,10 @@ pub struct Core {
     transport: Arc<Transport>,
     /// The raised alarms (replicated).
     pub alarms: Arc<Alarms>,
+    /// Users, roles, permissions and tokens.
+    pub auth: Arc<AuthStore>,
+    /// The bcrypt cost of new password hashes.
+    pub bcrypt_cost: u32,
     /// Backend space quota in bytes: above it, this member raises NOSPACE.
     quota_bytes: u64,
     /// The store's size on disk, refreshed in the background (the quota check reads it).
@@ -170,15 +176,43 @@ impl Core {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Proposes a client's mutation through raft and waits until it is applied.
-    pub async fn propose(&self, body: RequestBody) -> Result<Response, ServerError> {
+    /// Who a client request comes from, by the token in its metadata (`token`, or the gateway's
+    /// `authorization`).
+    pub fn caller(&self, metadata: &MetadataMap) -> Result<RequestAuth, ServerError> {
+        let token = token_of(metadata);
+        self.auth
+            .identify(token.as_ref().and_then(|v| v.to_str().ok()))
+    }
+
+    /// The caller of a request only a root user may make.
+    pub fn admin(&self, metadata: &MetadataMap) -> Result<RequestAuth, ServerError> {
+        let who = self.caller(metadata)?;
+        self.auth.check_admin(&who)?;
+        Ok(who)
+    }
+
+    /// Proposes a client's mutation through raft for `who` and waits until it is applied (the
+    /// state machine checks `who`'s permissions).
+    pub async fn propose(
+        &self,
+        who: &RequestAuth,
+        body: RequestBody,
+    ) -> Result<Response, ServerError> {
         if self.is_learner() {
             return Err(ServerError::NotSupportedForLearner);
         }
         if crate::apply::grows(&body) {
             self.check_quota(body.encoded_len() as u64).await?;
         }
-        self.propose_internal(body).await
+        self.propose_as(Some(who.clone()), body).await
+    }
+
+    /// Proposes the member's own mutation (acting with every permission) and waits for it.
+    pub(crate) async fn propose_internal(
+        &self,
+        body: RequestBody,
+    ) -> Result<Response, ServerError> {
+        self.propose_as(None, body).await
     }
 
     /// etcd's quota check: a write that would take the store past the quota raises NOSPACE (for
@@ -235,15 +269,17 @@ impl Core {
             .store(self.store.size().total, Ordering::Relaxed);
     }
 
-    /// Proposes a mutation (the member's own, or a checked client request) and waits for it.
-    pub(crate) async fn propose_internal(
+    /// Proposes a mutation (for a client, or the member's own) and waits for it.
+    async fn propose_as(
         &self,
+        auth: Option<RequestAuth>,
         body: RequestBody,
     ) -> Result<Response, ServerError> {
         let id = self.next_id();
         let data = InternalRequest {
             id,
             body: Some(body),
+            auth,
         }
         .encode_to_vec();
         if data.len() > self.max_request_bytes {
@@ -350,6 +386,14 @@ impl Core {
     }
 }
 
+/// The auth token a request carries: gRPC clients send `token`, the HTTP gateway `authorization`.
+pub fn token_of(metadata: &MetadataMap) -> Option<MetadataValue<Ascii>> {
+    metadata
+        .get("token")
+        .or_else(|| metadata.get("authorization"))
+        .cloned()
+}
+
 /// A started member.
 pub struct Server {
     core: Arc<Core>,
@@ -410,6 +454,9 @@ impl Server {
         let hub = Arc::new(crate::watch::Hub::new(store.clone()));
         let leases = Arc::new(Lessor::restore(&store).map_err(|e| storage(&e))?);
         let alarms = Arc::new(Alarms::load(&store).map_err(|e| storage(&e))?);
+        let tokens =
+            Tokens::from_flag(&cfg.auth_token, cfg.auth_token_ttl).map_err(StartError::Config)?;
+        let auth = Arc::new(AuthStore::load(&store, tokens).map_err(|e| storage(&e))?);
         let core = Arc::new(Core {
             store: store.clone(),
             node,
@@ -429,6 +476,8 @@ impl Server {
             snap_dir,
             transport: transport.clone(),
             alarms: alarms.clone(),
+            auth: auth.clone(),
+            bcrypt_cost: cfg.bcrypt_cost,
             quota_bytes: cfg.quota_backend_bytes,
             db_size: AtomicU64::new(0),
         });
@@ -444,6 +493,7 @@ impl Server {
                 leases,
                 members: membership,
                 alarms,
+                auth,
             },
             snapshot_count: cfg.snapshot_count,
             compact_log: Box::new(move |index| {

@@ -101,6 +101,16 @@ pub struct EtcdFlags {
     /// Enable client cert authentication.
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub client_cert_auth: Option<bool>,
+    /// Specify auth token type and options: 'simple', or
+    /// 'jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256,ttl=5m'.
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// The TTL of simple tokens, in seconds (renewed on each use).
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// The cost of bcrypt password hashes (4..=31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -108,7 +118,6 @@ pub struct EtcdFlags {
 
 /// etcd flags that exist but are not implemented by this build; using one is an error.
 const NOT_YET: &[&str] = &[
-    "auth-token",
     "auto-tls",
     "peer-cert-file",
     "peer-key-file",
@@ -220,6 +229,9 @@ impl EtcdFlags {
                 &self.auto_compaction_retention,
             )?,
             client_tls: self.client_tls()?,
+            auth_token: self.auth_token.clone(),
+            auth_token_ttl: std::time::Duration::from_secs(self.auth_token_ttl),
+            bcrypt_cost: self.bcrypt_cost,
         })
     }
 

@@ -23,13 +23,15 @@ use tonic::{Request, Response, Status};
 use super::unexpected;
 use crate::apply::Response as Applied;
 use crate::membership::member_id;
-use crate::server::Core;
+use crate::server::{token_of, Core};
 use crate::ServerError;
 
 /// A learner may be promoted once its log has this share of the leader's (etcd's readyPercent).
 const LEARNER_READY: f64 = 0.9;
 /// etcd allows one learner at a time.
 const MAX_LEARNERS: usize = 1;
+
+type Token = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
 
 /// The Cluster service.
 pub struct ClusterService {
@@ -139,13 +141,13 @@ impl ClusterService {
         }
     }
 
-    async fn promote(&self, id: u64) -> Result<Vec<Member>, ServerError> {
+    async fn promote(&self, id: u64, token: Option<Token>) -> Result<Vec<Member>, ServerError> {
         let member = self.member(id)?;
         if !member.is_learner {
             return Err(ServerError::MemberNotLearner);
         }
         if !self.core.is_leader() {
-            return self.core.forward_promote(id).await;
+            return self.core.forward_promote(id, token).await;
         }
         self.check_learner_ready(id)?;
         self.check_quorum_after(VoterChange::Promote)?;
@@ -195,6 +197,7 @@ impl PbClusterService for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.core.admin(req.metadata())?;
         let r = req.into_inner();
         self.check_voting()?;
         check_urls(&r.peer_ur_ls)?;
@@ -238,6 +241,8 @@ impl PbClusterService for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.core.admin(req.metadata())?;
+        let token = token_of(req.metadata());
         let id = req.into_inner().id;
         self.check_voting()?;
         let member = self.member(id)?;
@@ -247,7 +252,7 @@ impl PbClusterService for ClusterService {
         let status = self.core.raft_status();
         if id == status.leader_id && id != status.id {
             // Only the leader can hand its leadership over before it goes.
-            let members = self.core.forward_remove(id).await?;
+            let members = self.core.forward_remove(id, token).await?;
             return Ok(Response::new(MemberRemoveResponse {
                 header: self.header(),
                 members,
@@ -271,12 +276,17 @@ impl PbClusterService for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let who = self.core.admin(req.metadata())?;
         let r = req.into_inner();
         self.check_voting()?;
         check_urls(&r.peer_ur_ls)?;
         self.member(r.id)?;
         self.check_urls_free(&r.peer_ur_ls, r.id)?;
-        match self.core.propose(RequestBody::MemberUpdate(r)).await? {
+        match self
+            .core
+            .propose(&who, RequestBody::MemberUpdate(r))
+            .await?
+        {
             Applied::Members(members) => Ok(Response::new(MemberUpdateResponse {
                 header: self.header(),
                 members,
@@ -304,8 +314,10 @@ impl PbClusterService for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.core.admin(req.metadata())?;
+        let token = token_of(req.metadata());
         let id = req.into_inner().id;
-        let members = self.promote(id).await?;
+        let members = self.promote(id, token).await?;
         tracing::info!(member = format!("{id:x}"), "learner promoted");
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),

@@ -12,10 +12,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::concurrency::{
-    contender, contender_key, create_or_get, delete_if_held, put_if_held, wait_turn,
+    check_contenders_readable, contender, contender_key, create_or_get, delete_if_held,
+    put_if_held, wait_turn,
 };
 use crate::server::Core;
 use crate::ServerError;
+use keel_proto::RequestAuth;
 
 /// The Election service.
 pub struct ElectionService {
@@ -29,10 +31,15 @@ impl ElectionService {
     }
 
     /// The leader of `name`, read after a linearizable barrier.
-    async fn leader_of(&self, name: &[u8]) -> Result<LeaderResponse, ServerError> {
+    async fn leader_of(
+        &self,
+        who: &RequestAuth,
+        name: &[u8],
+    ) -> Result<LeaderResponse, ServerError> {
         self.core.linearizable_barrier().await?;
         let mut prefix = name.to_vec();
         prefix.push(b'/');
+        check_contenders_readable(&self.core, who, &prefix)?;
         let (kv, rev) = contender(&self.core, &prefix, None)?;
         let kv = kv.ok_or(ServerError::ElectionNoLeader)?;
         Ok(LeaderResponse {
@@ -52,12 +59,22 @@ impl Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let who = self.core.caller(req.metadata())?;
         let r = req.into_inner();
         let (prefix, key) = contender_key(&r.name, r.lease);
-        let mine = create_or_get(&self.core, &key, r.value.clone(), r.lease).await?;
+        check_contenders_readable(&self.core, &who, &prefix)?;
+        let mine = create_or_get(&self.core, &who, &key, r.value.clone(), r.lease).await?;
         // Campaigning again with a new value proclaims it.
         if mine.value != r.value {
-            put_if_held(&self.core, &key, mine.create_revision, r.value, r.lease).await?;
+            put_if_held(
+                &self.core,
+                &who,
+                &key,
+                mine.create_revision,
+                r.value,
+                r.lease,
+            )
+            .await?;
         }
         wait_turn(&self.core, &prefix, mine.create_revision).await?;
         Ok(Response::new(CampaignResponse {
@@ -75,9 +92,10 @@ impl Election for ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let who = self.core.caller(req.metadata())?;
         let r = req.into_inner();
         let l = leader_key(r.leader)?;
-        if !put_if_held(&self.core, &l.key, l.rev, r.value, l.lease).await? {
+        if !put_if_held(&self.core, &who, &l.key, l.rev, r.value, l.lease).await? {
             return Err(ServerError::ElectionNotLeader.into());
         }
         Ok(Response::new(ProclaimResponse {
@@ -89,7 +107,9 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        Ok(Response::new(self.leader_of(&req.into_inner().name).await?))
+        let who = self.core.caller(req.metadata())?;
+        let name = req.into_inner().name;
+        Ok(Response::new(self.leader_of(&who, &name).await?))
     }
 
     type ObserveStream = ReceiverStream<Result<LeaderResponse, Status>>;
@@ -99,12 +119,13 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
-        let name = req.into_inner().name;
+        let who = self.core.caller(req.metadata())?;
+        let mut prefix = req.into_inner().name;
+        prefix.push(b'/');
+        check_contenders_readable(&self.core, &who, &prefix)?;
         let core = self.core.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
-            let mut prefix = name;
-            prefix.push(b'/');
             let mut last: Option<keel_proto::etcd::PbKeyValue> = None;
             loop {
                 let Ok((kv, rev)) = contender(&core, &prefix, None) else {
@@ -142,8 +163,9 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        let who = self.core.caller(req.metadata())?;
         let l = leader_key(req.into_inner().leader)?;
-        let rev = delete_if_held(&self.core, &l.key, Some(l.rev)).await?;
+        let rev = delete_if_held(&self.core, &who, &l.key, Some(l.rev)).await?;
         Ok(Response::new(ResignResponse {
             header: self.core.header(rev),
         }))

@@ -10,7 +10,7 @@ use keel_proto::etcd::{
     PbRangeResponse as RangeResponse, PbRangeStreamResponse, PbTxnOpRequest as Op,
     PbTxnRequest as TxnRequest, PbTxnResponse as TxnResponse,
 };
-use keel_proto::RequestBody;
+use keel_proto::{RequestAuth, RequestBody};
 use tonic::{Request, Response, Status};
 
 use super::unexpected;
@@ -29,13 +29,32 @@ impl KvService {
         KvService { core }
     }
 
-    async fn do_range(&self, r: RangeRequest) -> Result<RangeResponse, ServerError> {
+    async fn do_range(&self, req: Request<RangeRequest>) -> Result<RangeResponse, ServerError> {
+        let who = self.core.caller(req.metadata())?;
+        let r = req.into_inner();
         validate::check_range(&r)?;
         if !r.serializable {
             self.core.linearizable_barrier().await?;
         }
+        self.core.auth.check_read(&who, &r.key, &r.range_end)?;
         let mut resp = range::range(&self.core.store.view(), &r)?;
+        self.core.auth.check_current(&who)?;
         self.core.fill_header(&mut resp.header);
+        Ok(resp)
+    }
+
+    /// A read-only txn, checked and served locally.
+    async fn txn_read(
+        &self,
+        who: &RequestAuth,
+        t: &TxnRequest,
+    ) -> Result<TxnResponse, ServerError> {
+        if !serializable(t) {
+            self.core.linearizable_barrier().await?;
+        }
+        self.core.auth.check_txn(who, t, &self.core.leases)?;
+        let resp = txn::txn_read(&self.core.store.view(), t)?;
+        self.core.auth.check_current(who)?;
         Ok(resp)
     }
 }
@@ -51,7 +70,7 @@ fn serializable(t: &TxnRequest) -> bool {
 #[tonic::async_trait]
 impl PbKvService for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        Ok(Response::new(self.do_range(req.into_inner()).await?))
+        Ok(Response::new(self.do_range(req).await?))
     }
 
     type RangeStreamStream = tokio_stream::Once<Result<PbRangeStreamResponse, Status>>;
@@ -60,7 +79,7 @@ impl PbKvService for KvService {
         &self,
         req: Request<RangeRequest>,
     ) -> Result<Response<Self::RangeStreamStream>, Status> {
-        let resp = self.do_range(req.into_inner()).await?;
+        let resp = self.do_range(req).await?;
         let chunk = PbRangeStreamResponse {
             range_response: Some(resp),
         };
@@ -68,9 +87,10 @@ impl PbKvService for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let who = self.core.caller(req.metadata())?;
         let r = req.into_inner();
         validate::check_put(&r)?;
-        let Applied::Put(mut resp) = self.core.propose(RequestBody::Put(r)).await? else {
+        let Applied::Put(mut resp) = self.core.propose(&who, RequestBody::Put(r)).await? else {
             return Err(unexpected("put"));
         };
         self.core.fill_header(&mut resp.header);
@@ -81,10 +101,11 @@ impl PbKvService for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let who = self.core.caller(req.metadata())?;
         let r = req.into_inner();
         validate::check_delete(&r)?;
-        let Applied::DeleteRange(mut resp) = self.core.propose(RequestBody::DeleteRange(r)).await?
-        else {
+        let body = RequestBody::DeleteRange(r);
+        let Applied::DeleteRange(mut resp) = self.core.propose(&who, body).await? else {
             return Err(unexpected("delete_range"));
         };
         self.core.fill_header(&mut resp.header);
@@ -92,18 +113,16 @@ impl PbKvService for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let who = self.core.caller(req.metadata())?;
         let t = req.into_inner();
         validate::check_txn(&t, self.core.max_txn_ops)?;
         let mut resp = if txn::is_write(&t) {
-            let Applied::Txn(resp) = self.core.propose(RequestBody::Txn(t)).await? else {
+            let Applied::Txn(resp) = self.core.propose(&who, RequestBody::Txn(t)).await? else {
                 return Err(unexpected("txn"));
             };
             resp
         } else {
-            if !serializable(&t) {
-                self.core.linearizable_barrier().await?;
-            }
-            txn::txn_read(&self.core.store.view(), &t)?
+            self.txn_read(&who, &t).await?
         };
         self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))
@@ -113,11 +132,9 @@ impl PbKvService for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let Applied::Compaction(mut resp) = self
-            .core
-            .propose(RequestBody::Compaction(req.into_inner()))
-            .await?
-        else {
+        let who = self.core.caller(req.metadata())?;
+        let body = RequestBody::Compaction(req.into_inner());
+        let Applied::Compaction(mut resp) = self.core.propose(&who, body).await? else {
             return Err(unexpected("compaction"));
         };
         self.core.fill_header(&mut resp.header);

@@ -78,6 +78,7 @@ impl PbLeaseService for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let who = self.core.caller(req.metadata())?;
         let mut g = req.into_inner();
         if g.ttl > MAX_LEASE_TTL {
             return Err(ServerError::LeaseTtlTooLarge.into());
@@ -87,8 +88,8 @@ impl PbLeaseService for LeaseService {
             g.id = (self.core.next_id() & i64::MAX as u64) as i64;
         }
         g.ttl = g.ttl.max(MIN_LEASE_TTL);
-        let Applied::LeaseGrant(mut resp) = self.core.propose(RequestBody::LeaseGrant(g)).await?
-        else {
+        let body = RequestBody::LeaseGrant(g);
+        let Applied::LeaseGrant(mut resp) = self.core.propose(&who, body).await? else {
             return Err(unexpected("lease_grant"));
         };
         self.core.fill_header(&mut resp.header);
@@ -99,8 +100,9 @@ impl PbLeaseService for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let who = self.core.caller(req.metadata())?;
         let body = RequestBody::LeaseRevoke(req.into_inner());
-        let Applied::LeaseRevoke(mut resp) = self.core.propose(body).await? else {
+        let Applied::LeaseRevoke(mut resp) = self.core.propose(&who, body).await? else {
             return Err(unexpected("lease_revoke"));
         };
         self.core.fill_header(&mut resp.header);

@@ -6,7 +6,9 @@ use keel_proto::v3lock::lock_server::{Lock, LockServer};
 use keel_proto::v3lock::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use tonic::{Request, Response, Status};
 
-use crate::concurrency::{contender_key, create_or_get, delete_if_held, wait_turn};
+use crate::concurrency::{
+    check_contenders_readable, contender_key, create_or_get, delete_if_held, wait_turn,
+};
 use crate::server::Core;
 use crate::ServerError;
 
@@ -27,9 +29,11 @@ impl Lock for LockService {
     /// Takes the lock once every holder that asked before is gone; a holder whose lease expires
     /// loses its place (its key goes with the lease).
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let who = self.core.caller(req.metadata())?;
         let r = req.into_inner();
         let (prefix, key) = contender_key(&r.name, r.lease);
-        let mine = create_or_get(&self.core, &key, Vec::new(), r.lease).await?;
+        check_contenders_readable(&self.core, &who, &prefix)?;
+        let mine = create_or_get(&self.core, &who, &key, Vec::new(), r.lease).await?;
         wait_turn(&self.core, &prefix, mine.create_revision).await?;
         // The lease may have expired while waiting: then the lock is not ours.
         let (first, rev) = crate::concurrency::contender(&self.core, &prefix, None)?;
@@ -46,7 +50,8 @@ impl Lock for LockService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        let rev = delete_if_held(&self.core, &req.into_inner().key, None).await?;
+        let who = self.core.caller(req.metadata())?;
+        let rev = delete_if_held(&self.core, &who, &req.into_inner().key, None).await?;
         Ok(Response::new(UnlockResponse {
             header: self.core.header(rev),
         }))

@@ -84,8 +84,9 @@ impl PbMaintenanceService for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.core.admin(req.metadata())?;
         let store = self.core.store.clone();
         // RocksDB compacts in the background of this call; readers are never blocked by it.
         tokio::task::spawn_blocking(move || store.defragment())
@@ -96,7 +97,8 @@ impl PbMaintenanceService for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.core.admin(req.metadata())?;
         let store = self.core.store.clone();
         let hash = tokio::task::spawn_blocking(move || store.hash_all())
             .await
@@ -112,6 +114,7 @@ impl PbMaintenanceService for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.core.admin(req.metadata())?;
         let rev = req.into_inner().revision;
         let store = self.core.store.clone();
         let h = tokio::task::spawn_blocking(move || store.hash_kv(rev))
@@ -132,8 +135,9 @@ impl PbMaintenanceService for MaintenanceService {
     /// to come, the last piece the SHA-256 of all before it (see backup.rs).
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.core.admin(req.metadata())?;
         let dir = self.core.backup_checkpoint()?;
         let internal =
             |e: &dyn std::fmt::Display| Status::from(ServerError::Internal(e.to_string()));
@@ -165,6 +169,7 @@ impl PbMaintenanceService for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.core.admin(req.metadata())?;
         self.core.move_leader(req.into_inner().target_id).await?;
         Ok(Response::new(MoveLeaderResponse {
             header: self.core.header(self.core.store.current_revision()),

@@ -1,6 +1,7 @@
 //! The gRPC services, thin: each validates, calls the core, and maps errors through `error.rs`.
 
 mod admin;
+mod auth;
 mod cluster;
 mod election;
 mod kv;
@@ -12,6 +13,7 @@ mod watch;
 use std::sync::Arc;
 
 pub use admin::AdminService;
+pub use auth::AuthService;
 pub use cluster::{fetch_members, ClusterService, PeerMembershipService};
 pub use election::ElectionService;
 use keel_proto::etcd::{
@@ -67,7 +69,8 @@ pub fn router(
     )
     .add_service(LockService::server(core.clone()))
     .add_service(ElectionService::server(core.clone()))
-    .add_service(AdminService::server(core.clone()));
+    .add_service(AdminService::server(core.clone()))
+    .add_service(AuthService::server(core.clone()).max_decoding_message_size(max_message));
     let http = grpc
         .into_axum_router()
         .merge(crate::metrics::routes(core.clone()))

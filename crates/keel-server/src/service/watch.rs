@@ -19,6 +19,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::server::Core;
@@ -68,6 +69,9 @@ struct Stream {
     out: Out,
     watchers: HashMap<i64, Watcher>,
     next_id: i64,
+    /// The metadata the stream was opened with: its token names the user each watcher is
+    /// checked for when created.
+    metadata: MetadataMap,
 }
 
 impl Stream {
@@ -79,6 +83,13 @@ impl Stream {
         }
     }
 
+    /// May the stream's user watch these keys? (An empty key is the smallest key, "\0".)
+    fn check_read(&self, key: &[u8], range_end: &[u8]) -> Result<(), crate::ServerError> {
+        let who = self.core.caller(&self.metadata)?;
+        let key = if key.is_empty() { &[0][..] } else { key };
+        self.core.auth.check_read(&who, key, range_end)
+    }
+
     async fn send(&self, r: WatchResponse) -> bool {
         self.out.send(Ok(r)).await.is_ok()
     }
@@ -87,6 +98,21 @@ impl Stream {
         let current = self.core.store.current_revision();
         match req.request_union {
             Some(Union::CreateRequest(c)) => {
+                if let Err(e) = self.check_read(&c.key, &c.range_end) {
+                    let status = Status::from(e);
+                    let r = WatchResponse {
+                        created: true,
+                        canceled: true,
+                        // As etcd words it: Go's rendering of the gRPC error.
+                        cancel_reason: format!(
+                            "rpc error: code = {:?} desc = {}",
+                            status.code(),
+                            status.message()
+                        ),
+                        ..self.response(-1, current)
+                    };
+                    return self.send(r).await;
+                }
                 let id = if c.watch_id != 0 {
                     c.watch_id
                 } else {
@@ -318,9 +344,11 @@ impl PbWatchService for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let metadata = req.metadata().clone();
         let mut inbound = req.into_inner();
         let (out, rx) = mpsc::channel(STREAM_BUFFER);
         let mut stream = Stream {
+            metadata,
             core: self.core.clone(),
             out,
             watchers: HashMap::new(),

@@ -3,36 +3,41 @@
 //! error is `{"error", "message", "code"}` with the gRPC code and an HTTP status to match. Each
 //! route calls the same service as gRPC does.
 //!
-//! This build covers KV put/range/deleterange/txn/compaction, watch (one watcher per request, its
-//! responses streamed as JSON lines), leases (grant, revoke, time-to-live,
-//! list), the member list and Maintenance status.
+//! Routes: KV put/range/deleterange/txn/compaction, watch (one watcher per request, its responses
+//! streamed as JSON lines), leases (grant, revoke, time-to-live, list), Auth (`auth.rs`), Cluster
+//! and Maintenance but the snapshot (`ops.rs`). A token from `/v3/auth/authenticate` goes in the
+//! `Authorization` header.
 
 use std::sync::Arc;
 
+mod auth;
+mod ops;
+
 use axum::body::Bytes;
+use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{post, MethodRouter};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use keel_proto::etcd::{
-    PbClusterService, PbCompactionRequest as CompactionRequest, PbCompare as Compare,
+    PbCompactionRequest as CompactionRequest, PbCompare as Compare,
     PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse,
     PbEvent as Event, PbKeyValue as KeyValue, PbKvService,
     PbLeaseGrantRequest as LeaseGrantRequest, PbLeaseLeasesRequest as LeaseLeasesRequest,
     PbLeaseRevokeRequest as LeaseRevokeRequest, PbLeaseService,
-    PbLeaseTimeToLiveRequest as LeaseTimeToLiveRequest, PbMaintenanceService,
-    PbMemberListRequest as MemberListRequest, PbPutRequest as PutRequest,
+    PbLeaseTimeToLiveRequest as LeaseTimeToLiveRequest, PbPutRequest as PutRequest,
     PbPutResponse as PutResponse, PbRangeRequest as RangeRequest, PbRangeResponse as RangeResponse,
-    PbResponseHeader as ResponseHeader, PbStatusRequest as StatusRequest, PbTargetUnion as Target,
-    PbTxnOpRequest as Op, PbTxnOpResponse as OpResponse, PbTxnRequest as TxnRequest,
-    PbTxnRequestOp as RequestOp, PbTxnResponse as TxnResponse,
+    PbResponseHeader as ResponseHeader, PbTargetUnion as Target, PbTxnOpRequest as Op,
+    PbTxnOpResponse as OpResponse, PbTxnRequest as TxnRequest, PbTxnRequestOp as RequestOp,
+    PbTxnResponse as TxnResponse,
 };
 use serde_json::{json, Map, Value};
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
 
 use crate::server::Core;
-use crate::service::{ClusterService, KvService, LeaseService, MaintenanceService};
+use crate::service::{KvService, LeaseService};
 use crate::watch::{WatchEnd, WatchSpec};
 use crate::ServerError;
 
@@ -45,61 +50,55 @@ const COMPARE_TARGETS: [&str; 5] = ["VERSION", "CREATE", "MOD", "VALUE", "LEASE"
 
 /// The gateway's routes.
 pub fn routes(core: Arc<Core>) -> axum::Router {
-    let core_for_watch = core.clone();
     let kv = Arc::new(KvService::new(core.clone()));
     let lease = Arc::new(LeaseService::new(core.clone()));
-    let cluster = Arc::new(ClusterService::new(core.clone()));
-    let maintenance = Arc::new(MaintenanceService::new(core));
-    let (k1, k2, k3, k4, k5) = (kv.clone(), kv.clone(), kv.clone(), kv.clone(), kv);
-    let (l1, l2, l3, l4) = (lease.clone(), lease.clone(), lease.clone(), lease);
-    // etcd serves the lease routes under /v3/kv/lease/ too (its older paths).
-    let revoke = post(move |body: Bytes| async move { answer(revoke(&l2, &body).await) });
-    let ttl = post(move |body: Bytes| async move { answer(time_to_live(&l3, &body).await) });
-    let leases = post(move || async move { answer(leases(&l4).await) });
-    let watch_core = core_for_watch;
+    let watch_core = core.clone();
     axum::Router::new()
         .route(
             "/v3/watch",
-            post(move |body: Bytes| async move { watch(watch_core.clone(), &body) }),
+            post(move |h: HeaderMap, body: Bytes| async move { watch(watch_core, &h, &body) }),
         )
-        .route(
-            "/v3/kv/txn",
-            post(move |body: Bytes| async move { answer(txn(&k5, &body).await) }),
-        )
-        .route(
-            "/v3/kv/compaction",
-            post(move |body: Bytes| async move { answer(compact(&k4, &body).await) }),
-        )
-        .route(
-            "/v3/lease/grant",
-            post(move |body: Bytes| async move { answer(grant(&l1, &body).await) }),
-        )
-        .route("/v3/lease/revoke", revoke.clone())
-        .route("/v3/kv/lease/revoke", revoke)
-        .route("/v3/lease/timetolive", ttl.clone())
-        .route("/v3/kv/lease/timetolive", ttl)
-        .route("/v3/lease/leases", leases.clone())
-        .route("/v3/kv/lease/leases", leases)
-        .route(
-            "/v3/kv/put",
-            post(move |body: Bytes| async move { answer(put(&k1, &body).await) }),
-        )
-        .route(
-            "/v3/kv/range",
-            post(move |body: Bytes| async move { answer(range(&k2, &body).await) }),
-        )
-        .route(
-            "/v3/kv/deleterange",
-            post(move |body: Bytes| async move { answer(delete(&k3, &body).await) }),
-        )
-        .route(
-            "/v3/cluster/member/list",
-            post(move |body: Bytes| async move { answer(member_list(&cluster, &body).await) }),
-        )
-        .route(
-            "/v3/maintenance/status",
-            post(move || async move { answer(status(&maintenance).await) }),
-        )
+        .route("/v3/kv/put", route(&kv, put))
+        .route("/v3/kv/range", route(&kv, range))
+        .route("/v3/kv/deleterange", route(&kv, delete))
+        .route("/v3/kv/txn", route(&kv, txn))
+        .route("/v3/kv/compaction", route(&kv, compact))
+        .route("/v3/lease/grant", route(&lease, grant))
+        // etcd serves the lease routes under /v3/kv/lease/ too (its older paths).
+        .route("/v3/lease/revoke", route(&lease, revoke))
+        .route("/v3/kv/lease/revoke", route(&lease, revoke))
+        .route("/v3/lease/timetolive", route(&lease, time_to_live))
+        .route("/v3/kv/lease/timetolive", route(&lease, time_to_live))
+        .route("/v3/lease/leases", route(&lease, leases))
+        .route("/v3/kv/lease/leases", route(&lease, leases))
+        .merge(ops::routes(core.clone()))
+        .merge(auth::routes(core))
+}
+
+/// A POST route answering with `handler(service, request headers, request body)`.
+fn route<S, F, Fut>(service: &Arc<S>, handler: F) -> MethodRouter
+where
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>, HeaderMap, Bytes) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Answer> + Send + 'static,
+{
+    let service = service.clone();
+    post(move |h: HeaderMap, body: Bytes| async move { answer(handler(service, h, body).await) })
+}
+
+/// A gRPC request carrying the HTTP request's auth token (grpc-gateway passes `Authorization` on
+/// as metadata, where etcd looks for it).
+fn request<T>(h: &HeaderMap, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    for name in ["authorization", "token"] {
+        let value = h
+            .get(name)
+            .and_then(|v| MetadataValue::try_from(v.as_bytes()).ok());
+        if let Some(v) = value {
+            r.metadata_mut().insert(name, v);
+        }
+    }
+    r
 }
 
 type Answer = Result<Value, Status>;
@@ -217,6 +216,30 @@ impl Fields {
     }
 
     /// An enum, by name or number.
+    /// A string field ("" when absent).
+    fn string(&self, name: &str) -> Result<String, Status> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(Status::invalid_argument(format!(
+                "{name}: expected a string"
+            ))),
+        }
+    }
+
+    /// A repeated string field.
+    fn strings(&self, name: &str) -> Result<Vec<String>, Status> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .ok_or_else(|| Status::invalid_argument(format!("{name}: expected strings"))),
+            Some(_) => Err(Status::invalid_argument(format!("{name}: expected a list"))),
+        }
+    }
+
     fn enumeration(&self, name: &str, names: &[&str]) -> Result<i32, Status> {
         match self.0.get(name) {
             Some(Value::String(s)) => names
@@ -408,26 +431,26 @@ fn txn_json(r: &TxnResponse) -> Value {
     Value::Object(m)
 }
 
-async fn put(kv: &KvService, body: &[u8]) -> Answer {
-    let req = put_request(&Fields::parse(body)?)?;
-    Ok(put_json(&kv.put(Request::new(req)).await?.into_inner()))
+async fn put(kv: Arc<KvService>, h: HeaderMap, body: Bytes) -> Answer {
+    let req = put_request(&Fields::parse(&body)?)?;
+    Ok(put_json(&kv.put(request(&h, req)).await?.into_inner()))
 }
 
-async fn range(kv: &KvService, body: &[u8]) -> Answer {
-    let req = range_request(&Fields::parse(body)?)?;
-    Ok(range_json(&kv.range(Request::new(req)).await?.into_inner()))
+async fn range(kv: Arc<KvService>, h: HeaderMap, body: Bytes) -> Answer {
+    let req = range_request(&Fields::parse(&body)?)?;
+    Ok(range_json(&kv.range(request(&h, req)).await?.into_inner()))
 }
 
-async fn delete(kv: &KvService, body: &[u8]) -> Answer {
-    let req = delete_request(&Fields::parse(body)?)?;
+async fn delete(kv: Arc<KvService>, h: HeaderMap, body: Bytes) -> Answer {
+    let req = delete_request(&Fields::parse(&body)?)?;
     Ok(delete_json(
-        &kv.delete_range(Request::new(req)).await?.into_inner(),
+        &kv.delete_range(request(&h, req)).await?.into_inner(),
     ))
 }
 
-async fn txn(kv: &KvService, body: &[u8]) -> Answer {
-    let req = txn_request(&Fields::parse(body)?)?;
-    Ok(txn_json(&kv.txn(Request::new(req)).await?.into_inner()))
+async fn txn(kv: Arc<KvService>, h: HeaderMap, body: Bytes) -> Answer {
+    let req = txn_request(&Fields::parse(&body)?)?;
+    Ok(txn_json(&kv.txn(request(&h, req)).await?.into_inner()))
 }
 
 // mvccpb.Event.EventType and WatchCreateRequest.FilterType, by name.
@@ -462,8 +485,12 @@ fn watch_line(mut result: Map<String, Value>, header: Option<ResponseHeader>) ->
 
 /// `POST /v3/watch` with a `create_request`: the created answer, then each group of events, as
 /// JSON lines on one streamed response, until the client goes away.
-fn watch(core: Arc<Core>, body: &[u8]) -> Response {
-    let spec = match watch_spec(body) {
+fn watch(core: Arc<Core>, h: &HeaderMap, body: &[u8]) -> Response {
+    let spec = match watch_spec(body).and_then(|spec| {
+        let who = core.caller(request(h, ()).metadata())?;
+        core.auth.check_read(&who, &spec.key, &spec.range_end)?;
+        Ok(spec)
+    }) {
         Ok(spec) => spec,
         Err(s) => return answer(Err(s)),
     };
@@ -534,13 +561,13 @@ fn watch_spec(body: &[u8]) -> Result<WatchSpec, Status> {
     .with_filters(&filters))
 }
 
-async fn compact(kv: &KvService, body: &[u8]) -> Answer {
-    let f = Fields::parse(body)?;
+async fn compact(kv: Arc<KvService>, h: HeaderMap, body: Bytes) -> Answer {
+    let f = Fields::parse(&body)?;
     let req = CompactionRequest {
         revision: f.int("revision")?,
         physical: f.flag("physical")?,
     };
-    let r = kv.compact(Request::new(req)).await?.into_inner();
+    let r = kv.compact(request(&h, req)).await?.into_inner();
     Ok(json!({ "header": header_json(&r.header) }))
 }
 
@@ -554,35 +581,35 @@ fn lease_json(header: &Option<ResponseHeader>, fields: &[(&str, i64)]) -> Map<St
     m
 }
 
-async fn grant(lease: &LeaseService, body: &[u8]) -> Answer {
-    let f = Fields::parse(body)?;
+async fn grant(lease: Arc<LeaseService>, h: HeaderMap, body: Bytes) -> Answer {
+    let f = Fields::parse(&body)?;
     let req = LeaseGrantRequest {
         ttl: f.int("TTL")?,
         id: f.int("ID")?,
     };
-    let r = lease.lease_grant(Request::new(req)).await?.into_inner();
+    let r = lease.lease_grant(request(&h, req)).await?.into_inner();
     let mut m = lease_json(&r.header, &[("ID", r.id), ("TTL", r.ttl)]);
     set(&mut m, "error", json!(r.error));
     Ok(Value::Object(m))
 }
 
-async fn revoke(lease: &LeaseService, body: &[u8]) -> Answer {
-    let id = Fields::parse(body)?.int("ID")?;
+async fn revoke(lease: Arc<LeaseService>, h: HeaderMap, body: Bytes) -> Answer {
+    let id = Fields::parse(&body)?.int("ID")?;
     let r = lease
-        .lease_revoke(Request::new(LeaseRevokeRequest { id }))
+        .lease_revoke(request(&h, LeaseRevokeRequest { id }))
         .await?
         .into_inner();
     Ok(Value::Object(lease_json(&r.header, &[])))
 }
 
-async fn time_to_live(lease: &LeaseService, body: &[u8]) -> Answer {
-    let f = Fields::parse(body)?;
+async fn time_to_live(lease: Arc<LeaseService>, h: HeaderMap, body: Bytes) -> Answer {
+    let f = Fields::parse(&body)?;
     let req = LeaseTimeToLiveRequest {
         id: f.int("ID")?,
         keys: f.flag("keys")?,
     };
     let r = lease
-        .lease_time_to_live(Request::new(req))
+        .lease_time_to_live(request(&h, req))
         .await?
         .into_inner();
     let mut m = lease_json(
@@ -594,9 +621,9 @@ async fn time_to_live(lease: &LeaseService, body: &[u8]) -> Answer {
     Ok(Value::Object(m))
 }
 
-async fn leases(lease: &LeaseService) -> Answer {
+async fn leases(lease: Arc<LeaseService>, h: HeaderMap, _: Bytes) -> Answer {
     let r = lease
-        .lease_leases(Request::new(LeaseLeasesRequest {}))
+        .lease_leases(request(&h, LeaseLeasesRequest {}))
         .await?
         .into_inner();
     let mut m = lease_json(&r.header, &[]);
@@ -606,53 +633,5 @@ async fn leases(lease: &LeaseService) -> Answer {
         .map(|l| json!({ "ID": l.id.to_string() }))
         .collect();
     set(&mut m, "leases", Value::Array(ids));
-    Ok(Value::Object(m))
-}
-
-async fn member_list(cluster: &ClusterService, body: &[u8]) -> Answer {
-    let linearizable = Fields::parse(body)?.flag("linearizable")?;
-    let r = cluster
-        .member_list(Request::new(MemberListRequest { linearizable }))
-        .await?
-        .into_inner();
-    let members: Vec<Value> = r
-        .members
-        .iter()
-        .map(|m| {
-            let mut o = Map::new();
-            set(&mut o, "ID", json!(m.id.to_string()));
-            set(&mut o, "name", json!(m.name));
-            set(&mut o, "peerURLs", json!(m.peer_ur_ls));
-            set(&mut o, "clientURLs", json!(m.client_ur_ls));
-            set(&mut o, "isLearner", json!(m.is_learner));
-            Value::Object(o)
-        })
-        .collect();
-    let mut m = Map::new();
-    m.insert("header".into(), header_json(&r.header));
-    set(&mut m, "members", Value::Array(members));
-    Ok(Value::Object(m))
-}
-
-async fn status(maintenance: &MaintenanceService) -> Answer {
-    let r = maintenance
-        .status(Request::new(StatusRequest {}))
-        .await?
-        .into_inner();
-    let mut m = Map::new();
-    m.insert("header".into(), header_json(&r.header));
-    set(&mut m, "version", json!(r.version));
-    set(&mut m, "dbSize", json!(r.db_size.to_string()));
-    set(&mut m, "leader", json!(r.leader.to_string()));
-    set(&mut m, "raftIndex", json!(r.raft_index.to_string()));
-    set(&mut m, "raftTerm", json!(r.raft_term.to_string()));
-    set(
-        &mut m,
-        "raftAppliedIndex",
-        json!(r.raft_applied_index.to_string()),
-    );
-    set(&mut m, "errors", json!(r.errors));
-    set(&mut m, "dbSizeInUse", json!(r.db_size_in_use.to_string()));
-    set(&mut m, "isLearner", json!(r.is_learner));
     Ok(Value::Object(m))
 }

@@ -1,0 +1,349 @@
+//! etcd's Auth service. Changes go through raft (the state machine checks the caller is root
+//! again, against the state it applies to); reads are served locally after a ReadIndex barrier.
+//! Passwords are hashed (and checked) here, off the async threads, so the log never holds one.
+
+use std::sync::Arc;
+
+use keel_proto::auth::auth_server::{Auth, AuthServer};
+use keel_proto::auth::{AuthStatusRequest, AuthStatusResponse};
+use keel_proto::etcd::{
+    PbAuthDisableRequest as AuthDisableRequest, PbAuthDisableResponse as AuthDisableResponse,
+    PbAuthEnableRequest as AuthEnableRequest, PbAuthEnableResponse as AuthEnableResponse,
+    PbAuthRoleAddRequest as RoleAddRequest, PbAuthRoleAddResponse as RoleAddResponse,
+    PbAuthRoleDeleteRequest as RoleDeleteRequest, PbAuthRoleDeleteResponse as RoleDeleteResponse,
+    PbAuthRoleGetRequest as RoleGetRequest, PbAuthRoleGetResponse as RoleGetResponse,
+    PbAuthRoleGrantPermissionRequest as RoleGrantRequest,
+    PbAuthRoleGrantPermissionResponse as RoleGrantResponse,
+    PbAuthRoleListRequest as RoleListRequest, PbAuthRoleListResponse as RoleListResponse,
+    PbAuthRoleRevokePermissionRequest as RoleRevokeRequest,
+    PbAuthRoleRevokePermissionResponse as RoleRevokeResponse,
+    PbAuthUserAddRequest as UserAddRequest, PbAuthUserAddResponse as UserAddResponse,
+    PbAuthUserChangePasswordRequest as ChangePasswordRequest,
+    PbAuthUserChangePasswordResponse as ChangePasswordResponse,
+    PbAuthUserDeleteRequest as UserDeleteRequest, PbAuthUserDeleteResponse as UserDeleteResponse,
+    PbAuthUserGetRequest as UserGetRequest, PbAuthUserGetResponse as UserGetResponse,
+    PbAuthUserGrantRoleRequest as GrantRoleRequest,
+    PbAuthUserGrantRoleResponse as GrantRoleResponse, PbAuthUserListRequest as UserListRequest,
+    PbAuthUserListResponse as UserListResponse, PbAuthUserRevokeRoleRequest as RevokeRoleRequest,
+    PbAuthUserRevokeRoleResponse as RevokeRoleResponse,
+    PbAuthenticateRequest as AuthenticateRequest, PbAuthenticateResponse as AuthenticateResponse,
+    PbResponseHeader,
+};
+use keel_proto::{RequestAuth, RequestBody};
+use prost::Message;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use super::unexpected;
+use crate::apply::Response as Applied;
+use crate::auth::{hash_password, password_matches};
+use crate::server::Core;
+use crate::ServerError;
+
+/// Times Authenticate checks the password again when the user changed while it was checked.
+const AUTHENTICATE_ATTEMPTS: usize = 3;
+
+/// The Auth service.
+pub struct AuthService {
+    core: Arc<Core>,
+}
+
+impl AuthService {
+    /// The service over `core`.
+    pub fn new(core: Arc<Core>) -> AuthService {
+        AuthService { core }
+    }
+
+    /// The gRPC server of the service over `core`.
+    pub fn server(core: Arc<Core>) -> AuthServer<AuthService> {
+        AuthServer::new(AuthService::new(core))
+    }
+
+    fn header(&self) -> Option<PbResponseHeader> {
+        self.core.header(self.core.store.current_revision())
+    }
+
+    /// Proposes an auth change for a root caller.
+    async fn change(
+        &self,
+        metadata: &MetadataMap,
+        body: RequestBody,
+    ) -> Result<Option<PbResponseHeader>, ServerError> {
+        let who = self.core.admin(metadata)?;
+        self.propose(&who, body).await
+    }
+
+    async fn propose(
+        &self,
+        who: &RequestAuth,
+        body: RequestBody,
+    ) -> Result<Option<PbResponseHeader>, ServerError> {
+        match self.core.propose(who, body).await? {
+            Applied::AuthChanged => Ok(self.header()),
+            other => Err(ServerError::Internal(format!(
+                "an auth change answered with {other:?}"
+            ))),
+        }
+    }
+
+    /// A bcrypt hash of `password`, made off the async threads.
+    async fn hash(&self, password: String) -> Result<String, ServerError> {
+        let cost = self.core.bcrypt_cost;
+        tokio::task::spawn_blocking(move || hash_password(&password, cost))
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))?
+    }
+
+    /// Checks `name`'s password; the auth revision it was checked at.
+    async fn check_password(&self, name: &str, password: &str) -> Result<u64, ServerError> {
+        let (hash, revision) = self.core.auth.password_of(name)?;
+        let hash = hash.ok_or(ServerError::AuthFailed)?;
+        let password = password.to_string();
+        let matches = tokio::task::spawn_blocking(move || password_matches(&password, &hash))
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))?;
+        if !matches {
+            tracing::warn!(user = name, "authentication failed: wrong password");
+            return Err(ServerError::AuthFailed);
+        }
+        Ok(revision)
+    }
+
+    /// A root caller, or (for reads of its own user or roles) the user asking about itself.
+    async fn reader(
+        &self,
+        metadata: &MetadataMap,
+        allowed: impl Fn(&RequestAuth) -> bool,
+    ) -> Result<(), ServerError> {
+        let who = self.core.caller(metadata)?;
+        self.core.linearizable_barrier().await?;
+        match self.core.auth.check_admin(&who) {
+            Err(_) if allowed(&who) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn auth_enable(
+        &self,
+        req: Request<AuthEnableRequest>,
+    ) -> Result<Response<AuthEnableResponse>, Status> {
+        let body = RequestBody::AuthEnable(AuthEnableRequest {});
+        let header = self.change(req.metadata(), body).await?;
+        Ok(Response::new(AuthEnableResponse { header }))
+    }
+
+    async fn auth_disable(
+        &self,
+        req: Request<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
+        let body = RequestBody::AuthDisable(AuthDisableRequest {});
+        let header = self.change(req.metadata(), body).await?;
+        Ok(Response::new(AuthDisableResponse { header }))
+    }
+
+    async fn auth_status(
+        &self,
+        _: Request<AuthStatusRequest>,
+    ) -> Result<Response<AuthStatusResponse>, Status> {
+        self.core.linearizable_barrier().await?;
+        Ok(Response::new(AuthStatusResponse {
+            header: self.header(),
+            enabled: self.core.auth.enabled(),
+            auth_revision: self.core.auth.revision(),
+        }))
+    }
+
+    /// Checks the password here; a simple token is then proposed so every member knows it, a JWT
+    /// is signed here.
+    async fn authenticate(
+        &self,
+        req: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        let r = req.into_inner();
+        self.core.linearizable_barrier().await?;
+        for _ in 0..AUTHENTICATE_ATTEMPTS {
+            let revision = self.check_password(&r.name, &r.password).await?;
+            let auth = &self.core.auth;
+            let token = if auth.tokens.is_jwt() {
+                auth.tokens
+                    .sign(&r.name, revision)
+                    .map_err(ServerError::Internal)?
+            } else {
+                let who = RequestAuth {
+                    username: r.name.clone(),
+                    revision,
+                };
+                let body = RequestBody::Authenticate(keel_proto::Authenticate {
+                    name: r.name.clone(),
+                    token_prefix: crate::auth::Tokens::new_prefix(),
+                });
+                match self.core.propose(&who, body).await {
+                    Ok(Applied::Authenticated(token)) => token,
+                    // The user changed while its password was checked: check again.
+                    Err(ServerError::AuthOldRevision) => continue,
+                    Ok(_) => return Err(unexpected("authenticate")),
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            return Ok(Response::new(AuthenticateResponse {
+                header: self.header(),
+                token,
+            }));
+        }
+        Err(ServerError::AuthOldRevision.into())
+    }
+
+    async fn user_add(
+        &self,
+        req: Request<UserAddRequest>,
+    ) -> Result<Response<UserAddResponse>, Status> {
+        let who = self.core.admin(req.metadata())?;
+        let mut r = req.into_inner();
+        let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
+        // A client may send the hash itself (etcd 3.5); else the password is hashed here.
+        if !no_password && r.hashed_password.is_empty() {
+            r.hashed_password = self.hash(std::mem::take(&mut r.password)).await?;
+        }
+        r.password.clear();
+        let header = self.propose(&who, RequestBody::UserAdd(r)).await?;
+        Ok(Response::new(UserAddResponse { header }))
+    }
+
+    async fn user_get(
+        &self,
+        req: Request<UserGetRequest>,
+    ) -> Result<Response<UserGetResponse>, Status> {
+        let name = req.get_ref().name.clone();
+        self.reader(req.metadata(), |who| who.username == name)
+            .await?;
+        Ok(Response::new(UserGetResponse {
+            header: self.header(),
+            roles: self.core.auth.user_roles(&name)?,
+        }))
+    }
+
+    async fn user_list(
+        &self,
+        req: Request<UserListRequest>,
+    ) -> Result<Response<UserListResponse>, Status> {
+        self.reader(req.metadata(), |_| false).await?;
+        Ok(Response::new(UserListResponse {
+            header: self.header(),
+            users: self.core.auth.user_names(),
+        }))
+    }
+
+    async fn user_delete(
+        &self,
+        req: Request<UserDeleteRequest>,
+    ) -> Result<Response<UserDeleteResponse>, Status> {
+        let body = RequestBody::UserDelete(req.get_ref().clone());
+        let header = self.change(req.metadata(), body).await?;
+        Ok(Response::new(UserDeleteResponse { header }))
+    }
+
+    async fn user_change_password(
+        &self,
+        req: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        let who = self.core.admin(req.metadata())?;
+        let mut r = req.into_inner();
+        if r.hashed_password.is_empty() {
+            r.hashed_password = self.hash(std::mem::take(&mut r.password)).await?;
+        }
+        r.password.clear();
+        let header = self
+            .propose(&who, RequestBody::UserChangePassword(r))
+            .await?;
+        Ok(Response::new(ChangePasswordResponse { header }))
+    }
+
+    async fn user_grant_role(
+        &self,
+        req: Request<GrantRoleRequest>,
+    ) -> Result<Response<GrantRoleResponse>, Status> {
+        let body = RequestBody::UserGrantRole(req.get_ref().clone());
+        let header = self.change(req.metadata(), body).await?;
+        Ok(Response::new(GrantRoleResponse { header }))
+    }
+
+    async fn user_revoke_role(
+        &self,
+        req: Request<RevokeRoleRequest>,
+    ) -> Result<Response<RevokeRoleResponse>, Status> {
+        let body = RequestBody::UserRevokeRole(req.get_ref().clone());
+        let header = self.change(req.metadata(), body).await?;
+        Ok(Response::new(RevokeRoleResponse { header }))
+    }
+
+    async fn role_add(
+        &self,
+        req: Request<RoleAddRequest>,
+    ) -> Result<Response<RoleAddResponse>, Status> {
+        let body = RequestBody::RoleAdd(req.get_ref().clone());
+        let header = self.change(req.metadata(), body).await?;
+        Ok(Response::new(RoleAddResponse { header }))
+    }
+
+    async fn role_get(
+        &self,
+        req: Request<RoleGetRequest>,
+    ) -> Result<Response<RoleGetResponse>, Status> {
+        let role = req.get_ref().role.clone();
+        let auth = &self.core.auth;
+        self.reader(req.metadata(), |who| auth.has_role(&who.username, &role))
+            .await?;
+        // Keel's permission record has etcd's authpb.Permission encoding.
+        let perm = auth
+            .role_permissions(&role)?
+            .iter()
+            .map(|p| Message::decode(p.encode_to_vec().as_slice()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| ServerError::Internal(e.to_string()))?;
+        Ok(Response::new(RoleGetResponse {
+            header: self.header(),
+            perm,
+        }))
+    }
+
+    async fn role_list(
+        &self,
+        req: Request<RoleListRequest>,
+    ) -> Result<Response<RoleListResponse>, Status> {
+        self.reader(req.metadata(), |_| false).await?;
+        Ok(Response::new(RoleListResponse {
+            header: self.header(),
+            roles: self.core.auth.role_names(),
+        }))
+    }
+
+    async fn role_delete(
+        &self,
+        req: Request<RoleDeleteRequest>,
+    ) -> Result<Response<RoleDeleteResponse>, Status> {
+        let body = RequestBody::RoleDelete(req.get_ref().clone());
+        let header = self.change(req.metadata(), body).await?;
+        Ok(Response::new(RoleDeleteResponse { header }))
+    }
+
+    async fn role_grant_permission(
+        &self,
+        req: Request<RoleGrantRequest>,
+    ) -> Result<Response<RoleGrantResponse>, Status> {
+        let body = RequestBody::RoleGrantPermission(req.get_ref().clone());
+        let header = self.change(req.metadata(), body).await?;
+        Ok(Response::new(RoleGrantResponse { header }))
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        req: Request<RoleRevokeRequest>,
+    ) -> Result<Response<RoleRevokeResponse>, Status> {
+        let body = RequestBody::RoleRevokePermission(req.get_ref().clone());
+        let header = self.change(req.metadata(), body).await?;
+        Ok(Response::new(RoleRevokeResponse { header }))
+    }
+}
