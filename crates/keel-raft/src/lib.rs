@@ -7,7 +7,7 @@ mod logger;
 mod node;
 mod transport;
 
-pub use log_store::{LogStore, SnapshotImage, SnapshotSource, BOOTSTRAP_INDEX};
+pub use log_store::{wal_fsync_seconds, LogStore, SnapshotImage, SnapshotSource, BOOTSTRAP_INDEX};
 pub use node::{
     Committed, InstallSnapshot, Node, NodeConfig, PeerProgress, RaftStatus, Replication, Role,
     Stepper,

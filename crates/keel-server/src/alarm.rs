@@ -16,6 +16,8 @@ use crate::ServerError;
 
 /// etcdserverpb.AlarmType.NOSPACE.
 pub const NOSPACE: i32 = 1;
+/// etcdserverpb.AlarmType.CORRUPT.
+pub const CORRUPT: i32 = 2;
 /// etcdserverpb.AlarmType names, for messages.
 const NAMES: [&str; 3] = ["NONE", "NOSPACE", "CORRUPT"];
 /// etcdserverpb.AlarmRequest.AlarmAction.

@@ -339,7 +339,9 @@ impl ApplyLoop {
             }
             results.push((req.id, res));
         }
+        let started = std::time::Instant::now();
         let changes = wb.commit(last)?;
+        crate::metrics::backend_commit_seconds().observe(started.elapsed().as_secs_f64());
         self.hub.publish(changes);
         self.applied.send_replace(last);
         self.registry.complete(results);

@@ -1,11 +1,131 @@
-//! `/metrics` (Prometheus text format) and `/health` on the client URLs. Gauges are read from the
-//! member's state when scraped, so the request paths pay nothing for them. Names follow etcd's
-//! where etcd has the metric; replication per member is Keel's own (`keel_raft_member_*`).
+//! `/metrics` (Prometheus text format), `/health`, `/readyz` and `/livez` on the client URLs.
+//! Gauges are read from the member's state when scraped, so the request paths pay nothing for them;
+//! the request paths only count and time (gRPC requests, WAL fsyncs, backend commits, failed
+//! proposals). Names follow etcd's (and go-grpc-prometheus's) where etcd has the metric;
+//! replication per member is Keel's own (`keel_raft_member_*`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use axum::body::Body;
+use axum::http::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{
+    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// gRPC status codes by number, as Go names them (go-grpc-prometheus's `grpc_code` label).
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// Process-wide request metrics (every member in a process counts into them, as etcd's default
+/// registry does); each member's registry exposes them.
+struct RequestMetrics {
+    started: IntCounterVec,
+    handled: IntCounterVec,
+    handling: HistogramVec,
+    proposals_failed: IntCounter,
+    backend_commit: Histogram,
+}
+
+fn request_metrics() -> &'static RequestMetrics {
+    static M: OnceLock<RequestMetrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let method = ["grpc_service", "grpc_method"];
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        RequestMetrics {
+            started: counter(
+                "grpc_server_started_total",
+                "Total number of RPCs started on the server.",
+                &method,
+            ),
+            handled: counter(
+                "grpc_server_handled_total",
+                "Total number of RPCs completed on the server, regardless of success or failure.",
+                &["grpc_service", "grpc_method", "grpc_code"],
+            ),
+            handling: HistogramVec::new(
+                HistogramOpts::new(
+                    "grpc_server_handling_seconds",
+                    "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+                )
+                .buckets(exponential_buckets(0.0001, 2.0, 18).expect("valid buckets")),
+                &method,
+            )
+            .expect("valid metric"),
+            proposals_failed: IntCounter::new(
+                "etcd_server_proposals_failed_total",
+                "The total number of failed proposals seen.",
+            )
+            .expect("valid metric"),
+            backend_commit: Histogram::with_opts(
+                HistogramOpts::new(
+                    "etcd_disk_backend_commit_duration_seconds",
+                    "The latency distributions of commit called by backend.",
+                )
+                .buckets(exponential_buckets(0.001, 2.0, 14).expect("valid buckets")),
+            )
+            .expect("valid metric"),
+        }
+    })
+}
+
+/// Proposals that failed (no leader, timed out, member stopping).
+pub fn proposals_failed() -> &'static IntCounter {
+    &request_metrics().proposals_failed
+}
+
+/// How long each apply batch took to commit to the store.
+pub fn backend_commit_seconds() -> &'static Histogram {
+    &request_metrics().backend_commit
+}
+
+/// Counts and times every gRPC request (`/package.Service/Method`); the code is the `grpc-status`
+/// the response starts with (errors), else OK. A stream is timed to its start.
+pub async fn observe_grpc(req: Request<Body>, next: Next) -> Response {
+    let uri = req.uri().clone();
+    let Some((service, method)) = uri.path().strip_prefix('/').and_then(|p| p.split_once('/'))
+    else {
+        return next.run(req).await;
+    };
+    let m = request_metrics();
+    let labels = [service, method];
+    m.started.with_label_values(&labels).inc();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    m.handling
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    let code = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    let name = GRPC_CODES.get(code).copied().unwrap_or("Unknown");
+    m.handled.with_label_values(&[service, method, name]).inc();
+    resp
+}
 
 use crate::server::Core;
 
@@ -23,6 +143,9 @@ pub struct Metrics {
     db_in_use: IntGauge,
     revision: IntGauge,
     compact_revision: IntGauge,
+    proposals_committed: IntGauge,
+    proposals_applied: IntGauge,
+    proposals_pending: IntGauge,
     matched: IntGaugeVec,
     lag_entries: IntGaugeVec,
     lag_seconds: GaugeVec,
@@ -111,6 +234,21 @@ impl Default for Metrics {
                 "etcd_mvcc_compact_revision",
                 "The revision of the last compaction.",
             ),
+            proposals_committed: gauge(
+                &r,
+                "etcd_server_proposals_committed_total",
+                "The total number of consensus proposals committed.",
+            ),
+            proposals_applied: gauge(
+                &r,
+                "etcd_server_proposals_applied_total",
+                "The total number of consensus proposals applied.",
+            ),
+            proposals_pending: gauge(
+                &r,
+                "etcd_server_proposals_pending",
+                "The current number of pending proposals to commit.",
+            ),
             matched: member_gauge(
                 &r,
                 "keel_raft_member_matched_index",
@@ -146,7 +284,21 @@ impl Default for Metrics {
                 "keel_raft_member_snapshot_bytes_total",
                 "Size of the snapshot being sent to the member.",
             ),
-            registry: r,
+            registry: {
+                let m = request_metrics();
+                let shared: [Box<dyn prometheus::core::Collector>; 6] = [
+                    Box::new(m.started.clone()),
+                    Box::new(m.handled.clone()),
+                    Box::new(m.handling.clone()),
+                    Box::new(m.proposals_failed.clone()),
+                    Box::new(m.backend_commit.clone()),
+                    Box::new(keel_raft::wal_fsync_seconds().clone()),
+                ];
+                for c in shared {
+                    r.register(c).expect("unique metric");
+                }
+                r
+            },
         }
     }
 }
@@ -176,6 +328,10 @@ impl Metrics {
         self.db_in_use.set(size.in_use as i64);
         self.revision.set(core.store.current_revision());
         self.compact_revision.set(core.store.compacted_revision());
+        self.proposals_committed.set(status.commit_index as i64);
+        self.proposals_applied
+            .set(core.store.applied_index() as i64);
+        self.proposals_pending.set(core.proposals_pending() as i64);
 
         let per_member: [&dyn Reset; 7] = [
             &self.matched,
@@ -238,12 +394,26 @@ impl Reset for GaugeVec {
     }
 }
 
+/// etcd's /readyz checks: a leader is known, the data is not flagged corrupt.
+fn ready_checks(core: &Core) -> [(&'static str, bool); 2] {
+    let corrupt = core
+        .alarms
+        .list()
+        .iter()
+        .any(|a| a.alarm == crate::alarm::CORRUPT);
+    [
+        ("leader", core.leader_id() != 0),
+        ("data_corruption", !corrupt),
+    ]
+}
+
 /// The HTTP routes beside gRPC on the client URLs.
 pub fn routes(core: Arc<Core>) -> axum::Router {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
     let metrics = Arc::new(Metrics::default());
     let health_core = core.clone();
+    let ready_core = core.clone();
     axum::Router::new()
         .route(
             "/metrics",
@@ -252,6 +422,37 @@ pub fn routes(core: Arc<Core>) -> axum::Router {
                 async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
             }),
         )
+        .route(
+            "/readyz",
+            get(move || {
+                let checks = ready_checks(&ready_core);
+                async move {
+                    let failed = checks.iter().any(|(_, ok)| !ok);
+                    let mut body: String = checks
+                        .iter()
+                        .map(|(name, ok)| {
+                            format!(
+                                "[{}]{name} {}\n",
+                                if *ok { "+" } else { "-" },
+                                if *ok { "ok" } else { "failed" }
+                            )
+                        })
+                        .collect();
+                    body.push_str(if failed {
+                        "readyz check failed\n"
+                    } else {
+                        "ok\n"
+                    });
+                    let code = if failed {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    };
+                    (code, body)
+                }
+            }),
+        )
+        .route("/livez", get(|| async { "ok\n" }))
         .route(
             "/health",
             get(move || {

@@ -191,6 +191,11 @@ impl Core {
         Ok(who)
     }
 
+    /// Proposers waiting for their entries to be applied.
+    pub fn proposals_pending(&self) -> usize {
+        self.registry.pending()
+    }
+
     /// Proposes a client's mutation through raft for `who` and waits until it is applied (the
     /// state machine checks `who`'s permissions).
     pub async fn propose(
@@ -288,9 +293,14 @@ impl Core {
         let applied = self.registry.register(id);
         if let Err(e) = self.node.propose(data).await {
             self.registry.cancel(id);
+            crate::metrics::proposals_failed().inc();
             return Err(e.into());
         }
-        self.wait_applied(id, applied).await
+        let res = self.wait_applied(id, applied).await;
+        if matches!(res, Err(ServerError::Timeout | ServerError::Stopped)) {
+            crate::metrics::proposals_failed().inc();
+        }
+        res
     }
 
     /// Proposes a raft membership change about `member` and waits until it is applied; returns

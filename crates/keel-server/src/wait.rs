@@ -27,6 +27,11 @@ impl Registry {
         self.waiting.lock().remove(&id);
     }
 
+    /// How many proposers wait.
+    pub fn pending(&self) -> usize {
+        self.waiting.lock().len()
+    }
+
     /// Completes the proposers of a batch of applied entries.
     pub fn complete(&self, results: Vec<(u64, Applied)>) {
         let mut waiting = self.waiting.lock();

@@ -163,6 +163,9 @@ async fn a_minority_never_acknowledges_a_write() {
         (code, body.as_str()),
         (503, r#"{"health":"false","reason":"RAFT NO LEADER"}"#)
     );
+    let (code, body) = common::http_get(&lone, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("[-]leader failed"), "{body}");
     // The majority returns: writes are acknowledged again.
     for i in 0..3 {
         if i != leader {
@@ -175,6 +178,8 @@ async fn a_minority_never_acknowledges_a_write() {
         (code, body.as_str()),
         (200, r#"{"health":"true","reason":""}"#)
     );
+    let (code, body) = common::http_get(&lone, "/readyz").await;
+    assert_eq!((code, body.lines().last()), (200, Some("ok")), "{body}");
 }
 
 #[tokio::test]

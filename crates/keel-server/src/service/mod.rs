@@ -73,6 +73,7 @@ pub fn router(
     .add_service(AuthService::server(core.clone()).max_decoding_message_size(max_message));
     let http = grpc
         .into_axum_router()
+        .layer(axum::middleware::from_fn(crate::metrics::observe_grpc))
         .merge(crate::metrics::routes(core.clone()))
         .merge(crate::gateway::routes(core));
     let mut server = tonic::transport::Server::builder().accept_http1(true);

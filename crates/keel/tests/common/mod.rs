@@ -166,7 +166,16 @@ impl Member {
                     .await
                     .ok()?;
                 let opts = serializable.then(|| etcd_client::GetOptions::new().with_serializable());
-                c.get("ready-probe", opts).await.ok()
+                match c.get("ready-probe", opts).await {
+                    Ok(_) => Some(()),
+                    // With auth enabled an anonymous read is refused, by a member that serves.
+                    Err(etcd_client::Error::GRpcStatus(s))
+                        if s.message() == "etcdserver: user name is empty" =>
+                    {
+                        Some(())
+                    }
+                    Err(_) => None,
+                }
             };
             if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
                 return;
@@ -363,19 +372,31 @@ pub fn full_kvs(r: &etcd_client::GetResponse) -> Vec<FullKv> {
 
 /// A plain HTTP/1.1 GET (the client port also serves /metrics and /health): status and body.
 pub async fn http_get(endpoint: &str, path: &str) -> (u16, String) {
-    http(endpoint, "GET", path, "").await
+    http(endpoint, "GET", path, "", None).await
 }
 
 /// A plain HTTP/1.1 POST of a JSON body (etcd's gateway): status and body.
 pub async fn http_post(endpoint: &str, path: &str, body: &str) -> (u16, String) {
-    http(endpoint, "POST", path, body).await
+    http(endpoint, "POST", path, body, None).await
 }
 
-async fn http(endpoint: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+/// `http_post` with an auth token in the `Authorization` header.
+pub async fn http_post_as(endpoint: &str, token: &str, path: &str, body: &str) -> (u16, String) {
+    http(endpoint, "POST", path, body, Some(token)).await
+}
+
+async fn http(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(endpoint).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
