@@ -27,7 +27,7 @@ pub fn conf_change(e: &Entry) -> Option<ConfChange> {
         _ => None,
     }
 }
-pub use transport::{PeerService, SnapshotTransfer, Transport};
+pub use transport::{peer_endpoint, PeerService, SnapshotTransfer, Transport};
 
 /// Errors of the consensus layer.
 #[derive(Debug, thiserror::Error)]

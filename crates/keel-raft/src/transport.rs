@@ -23,6 +23,7 @@ use raft::eraftpb::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::fault::Partition;
@@ -59,6 +60,9 @@ pub struct Transport {
     transfers: Arc<Mutex<HashMap<u64, SnapshotTransfer>>>,
     /// Where senders report a peer they cannot reach (the local raft node, once it runs).
     reporter: Arc<std::sync::OnceLock<Stepper>>,
+    /// TLS for https peer URLs: the CA peers' certificates are checked against, and this
+    /// member's certificate (peers that demand client certificates get it).
+    tls: Option<ClientTlsConfig>,
 }
 
 /// A snapshot being sent to a member.
@@ -74,9 +78,15 @@ pub struct SnapshotTransfer {
 
 impl Transport {
     /// A transport for member `member_id` of `cluster_id` whose sender tasks run on `runtime`.
-    pub fn new(runtime: tokio::runtime::Handle, cluster_id: u64, member_id: u64) -> Arc<Transport> {
+    pub fn new(
+        runtime: tokio::runtime::Handle,
+        cluster_id: u64,
+        member_id: u64,
+        tls: Option<ClientTlsConfig>,
+    ) -> Arc<Transport> {
         Arc::new(Transport {
             member_id,
+            tls,
             partition: Partition::from_env(&runtime),
             runtime,
             cluster_id,
@@ -97,6 +107,7 @@ impl Transport {
         };
         let task = self.runtime.spawn(run_peer(
             link,
+            self.tls.clone(),
             urls.clone(),
             rx,
             wake.clone(),
@@ -111,6 +122,11 @@ impl Transport {
         if let Some(old) = self.peers.lock().insert(id, queue) {
             old.task.abort();
         }
+    }
+
+    /// The TLS settings peers are connected with (none: plain http peer URLs only).
+    pub fn client_tls(&self) -> Option<&ClientTlsConfig> {
+        self.tls.as_ref()
     }
 
     /// Sets where unreachable peers are reported (the local raft node).
@@ -143,12 +159,13 @@ impl Transport {
         };
         let cluster_id = self.cluster_id;
         let transfers = self.transfers.clone();
+        let tls = self.tls.clone();
         self.runtime.spawn(async move {
             let index = msg.get_snapshot().get_metadata().index;
             let started = Instant::now();
             let mut result = Err("no peer URL".into());
             for url in &urls {
-                result = stream_snapshot(url, cluster_id, &msg, &transfers).await;
+                result = stream_snapshot(url, tls.as_ref(), cluster_id, &msg, &transfers).await;
                 if result.is_ok() {
                     break;
                 }
@@ -231,6 +248,7 @@ struct Link {
 
 async fn run_peer(
     link: Link,
+    tls: Option<ClientTlsConfig>,
     urls: Vec<String>,
     rx: mpsc::Receiver<Vec<u8>>,
     wake: Arc<tokio::sync::Notify>,
@@ -248,7 +266,7 @@ async fn run_peer(
     let mut backoff = BACKOFF_MIN;
     for url in urls.iter().cycle() {
         let started = Instant::now();
-        let ended = stream_to(url, link, queue.clone()).await;
+        let ended = stream_to(url, link, queue.clone(), tls.as_ref()).await;
         // A stream that ran for a while was healthy: the next failure starts a fresh backoff.
         if started.elapsed() > BACKOFF_MAX {
             backoff = BACKOFF_MIN;
@@ -275,16 +293,25 @@ async fn run_peer(
     }
 }
 
+/// An endpoint for a peer URL: TLS with `tls` for an https URL (peer TLS), plain for http.
+pub fn peer_endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, BoxError> {
+    let mut e = Endpoint::from_shared(url.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let tls = tls.ok_or("https peer URL without peer TLS (--peer-trusted-ca-file)")?;
+        e = e.tls_config(tls.clone())?;
+    }
+    Ok(e)
+}
+
 async fn stream_to(
     url: &str,
     link: Link,
     queue: Queue,
+    tls: Option<&ClientTlsConfig>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    let channel = peer_endpoint(url, tls)?.connect().await?;
     tracing::info!(%url, "connected to peer");
     let hello = RaftBatch {
         messages: Vec::new(),
@@ -327,6 +354,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// first. Returns the bytes sent.
 async fn stream_snapshot(
     url: &str,
+    tls: Option<&ClientTlsConfig>,
     cluster_id: u64,
     msg: &Message,
     transfers: &Arc<Mutex<HashMap<u64, SnapshotTransfer>>>,
@@ -353,11 +381,7 @@ async fn stream_snapshot(
         },
     );
     let transfers = transfers.clone();
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    let channel = peer_endpoint(url, tls)?.connect().await?;
     let header = SnapshotChunk {
         cluster_id,
         message: msg.write_to_bytes()?,

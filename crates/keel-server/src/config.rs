@@ -25,7 +25,8 @@ pub enum AutoCompaction {
     Revision(i64),
 }
 
-/// TLS for the client URLs (etcd's --cert-file, --key-file, --trusted-ca-file, --client-cert-auth).
+/// TLS files of the client URLs (etcd's --cert-file, --key-file, --trusted-ca-file,
+/// --client-cert-auth) or of the peer URLs (the --peer-* equivalents).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
     /// The server certificate (PEM).
@@ -73,6 +74,10 @@ pub struct ServerConfig {
     pub auto_compaction: AutoCompaction,
     /// TLS on the client URLs (which are then https).
     pub client_tls: Option<TlsFiles>,
+    /// TLS between members (peer URLs are then https): the files serve the peer URLs and are
+    /// this member's client certificate towards its peers, whose certificates are checked
+    /// against the trusted CA.
+    pub peer_tls: Option<TlsFiles>,
     /// etcd's --auth-token: `simple`, or `jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...`.
     pub auth_token: String,
     /// How long a simple token lives without use (etcd's --auth-token-ttl).
@@ -101,6 +106,7 @@ impl Default for ServerConfig {
             watch_progress_notify_interval: Duration::from_secs(600),
             auto_compaction: AutoCompaction::Off,
             client_tls: None,
+            peer_tls: None,
             auth_token: "simple".into(),
             auth_token_ttl: Duration::from_secs(300),
             bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST,

@@ -15,7 +15,7 @@ use keel_proto::etcd::{
 use parking_lot::Mutex;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::lease::TimeToLive;
 use crate::server::Core;
@@ -71,7 +71,10 @@ impl Core {
                 return Ok(c.clone());
             }
         }
-        let client = Client::connect(urls, None).await.map_err(unavailable)?;
+        let options = self
+            .transport_tls()
+            .map(|tls| etcd_client::ConnectOptions::new().with_tls(tls.clone()));
+        let client = Client::connect(urls, options).await.map_err(unavailable)?;
         *self.leader_link.cached.lock() = Some((leader, client.clone()));
         Ok(client)
     }
@@ -83,11 +86,10 @@ impl Core {
             Some((id, c)) if *id == leader => Ok(c.clone()),
             _ => {
                 let endpoints = urls
-                    .into_iter()
-                    .map(|u| {
-                        Endpoint::from_shared(u).map_err(|e| ServerError::Internal(e.to_string()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .iter()
+                    .map(|u| keel_raft::peer_endpoint(u, self.transport_tls()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| ServerError::Internal(e.to_string()))?;
                 let channel = Channel::balance_list(endpoints.into_iter());
                 *cached = Some((leader, channel.clone()));
                 Ok(channel)

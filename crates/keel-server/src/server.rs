@@ -17,11 +17,12 @@ use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity, ServerTlsConfig};
 
 use crate::alarm::Alarms;
 use crate::apply::{ApplyLoop, Machine, Response};
 use crate::auth::{AuthStore, Tokens};
-use crate::config::{ClusterState, ServerConfig};
+use crate::config::{ClusterState, ServerConfig, TlsFiles};
 use crate::lease::Lessor;
 use crate::membership::{cluster_id, conf_state, member_id, Identity, Membership};
 use crate::snapshot::{decode_position, Checkpoints, META_INSTALLED};
@@ -129,6 +130,11 @@ impl Core {
     /// The leader this member knows, 0 for none (cheap).
     pub fn leader_id(&self) -> u64 {
         self.node.role().1
+    }
+
+    /// How this member connects to https peer URLs.
+    pub(crate) fn transport_tls(&self) -> Option<&ClientTlsConfig> {
+        self.transport.client_tls()
     }
 
     /// Snapshot transfers under way from this member, by destination.
@@ -412,7 +418,8 @@ pub struct Server {
     transport: Arc<Transport>,
     apply_thread: Option<JoinHandle<()>>,
     auto_compaction: crate::config::AutoCompaction,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<ServerTlsConfig>,
+    peer_tls: Option<ServerTlsConfig>,
 }
 
 impl Server {
@@ -436,6 +443,7 @@ impl Server {
             tokio::runtime::Handle::current(),
             identity.cluster_id,
             identity.member_id,
+            peer_client_tls(&cfg)?,
         );
         // A member that joined and has not received the cluster's state yet knows its peers only
         // from the member it joined through.
@@ -516,16 +524,8 @@ impl Server {
             .name("apply".into())
             .spawn(move || apply.run())
             .map_err(|e| storage(&e))?;
-        let tls = client_tls(&cfg)?;
-        if cfg
-            .listen_peer_urls
-            .iter()
-            .any(|u| u.starts_with("https://"))
-        {
-            return Err(StartError::Config(
-                "TLS on peer URLs is not supported by this build yet".into(),
-            ));
-        }
+        let tls = server_tls(cfg.client_tls.as_ref(), &cfg.listen_client_urls, "client")?;
+        let peer_tls = server_tls(cfg.peer_tls.as_ref(), &cfg.listen_peer_urls, "peer")?;
         let listeners = bind_all(&cfg.listen_client_urls).await?;
         let peer_listeners = bind_all(&cfg.listen_peer_urls).await?;
         tracing::info!(
@@ -544,6 +544,7 @@ impl Server {
             apply_thread: Some(apply_thread),
             auto_compaction: cfg.auto_compaction,
             tls,
+            peer_tls,
         })
     }
 
@@ -571,8 +572,12 @@ impl Server {
         );
         let peers = incoming(std::mem::take(&mut self.peer_listeners), "serving peers");
         let (peer_stop_tx, mut peer_stop_rx) = watch::channel(false);
+        let mut peer_builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.peer_tls.take() {
+            peer_builder = peer_builder.tls_config(tls)?;
+        }
         let peer_server = tokio::spawn(
-            tonic::transport::Server::builder()
+            peer_builder
                 .add_service(
                     self.transport
                         .service(self.core.node.stepper(), self.core.snap_dir.clone()),
@@ -894,7 +899,8 @@ async fn join_identity(cfg: &ServerConfig) -> Result<(Identity, Vec<Member>), St
         .collect();
     let mut last_error = String::from("--initial-cluster names no other member");
     for url in others {
-        match crate::service::fetch_members(url).await {
+        let tls = peer_client_tls(cfg)?;
+        match crate::service::fetch_members(url, tls.as_ref()).await {
             Ok((cluster_id, members)) => {
                 let me = members.iter().find(|m| {
                     let mut urls = m.peer_ur_ls.clone();
@@ -1003,40 +1009,60 @@ fn incoming(
     }))
 }
 
-/// The TLS setting of the client listeners, checked against their URLs: with TLS every client URL
-/// is https, without it none is.
-fn client_tls(cfg: &ServerConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, StartError> {
-    let https = cfg
-        .listen_client_urls
-        .iter()
-        .filter(|u| u.starts_with("https://"))
-        .count();
-    let Some(tls) = &cfg.client_tls else {
+/// The TLS setting of listeners at `urls` (`what`: "client" or "peer"), checked against them:
+/// with TLS every URL is https, without it none is.
+fn server_tls(
+    files: Option<&TlsFiles>,
+    urls: &[String],
+    what: &str,
+) -> Result<Option<ServerTlsConfig>, StartError> {
+    let flag = if what == "peer" { "--peer-" } else { "--" };
+    let https = urls.iter().filter(|u| u.starts_with("https://")).count();
+    let Some(tls) = files else {
         if https > 0 {
-            return Err(StartError::Config(
-                "https client URLs need --cert-file and --key-file".into(),
-            ));
+            return Err(StartError::Config(format!(
+                "https {what} URLs need {flag}cert-file and {flag}key-file"
+            )));
         }
         return Ok(None);
     };
-    if https != cfg.listen_client_urls.len() {
-        return Err(StartError::Config(
-            "with --cert-file every --listen-client-urls URL must be https".into(),
-        ));
+    if https != urls.len() {
+        return Err(StartError::Config(format!(
+            "with {flag}cert-file every --listen-{what}-urls URL must be https"
+        )));
     }
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| StartError::Config(format!("{}: {e}", p.display())))
-    };
-    let identity =
-        tonic::transport::Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
-    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    let identity = TlsIdentity::from_pem(read_pem(&tls.cert_file)?, read_pem(&tls.key_file)?);
+    let mut config = ServerTlsConfig::new().identity(identity);
     if tls.client_cert_auth {
         let ca = tls.trusted_ca_file.as_ref().ok_or_else(|| {
-            StartError::Config("--client-cert-auth needs --trusted-ca-file".into())
+            StartError::Config(format!(
+                "{flag}client-cert-auth needs {flag}trusted-ca-file"
+            ))
         })?;
-        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        config = config.client_ca_root(Certificate::from_pem(read_pem(ca)?));
     }
     Ok(Some(config))
+}
+
+/// How this member connects to https peer URLs: it checks their certificates against
+/// --peer-trusted-ca-file and presents its own peer certificate.
+fn peer_client_tls(cfg: &ServerConfig) -> Result<Option<ClientTlsConfig>, StartError> {
+    let Some(tls) = &cfg.peer_tls else {
+        return Ok(None);
+    };
+    let ca = tls.trusted_ca_file.as_ref().ok_or_else(|| {
+        StartError::Config("peer TLS needs --peer-trusted-ca-file to check peers against".into())
+    })?;
+    let identity = TlsIdentity::from_pem(read_pem(&tls.cert_file)?, read_pem(&tls.key_file)?);
+    Ok(Some(
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read_pem(ca)?))
+            .identity(identity),
+    ))
+}
+
+fn read_pem(p: &std::path::Path) -> Result<Vec<u8>, StartError> {
+    std::fs::read(p).map_err(|e| StartError::Config(format!("{}: {e}", p.display())))
 }
 
 /// Resolves `http://host:port` (or https, for TLS client listeners) to the address to bind.

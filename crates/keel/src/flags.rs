@@ -101,6 +101,18 @@ pub struct EtcdFlags {
     /// Enable client cert authentication.
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub client_cert_auth: Option<bool>,
+    /// Path to the peer server TLS cert file (also presented to peers as a client certificate).
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file (peers' certificates are checked against it).
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Enable peer client cert authentication.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub peer_client_cert_auth: Option<bool>,
     /// Specify auth token type and options: 'simple', or
     /// 'jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256,ttl=5m'.
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
@@ -119,10 +131,6 @@ pub struct EtcdFlags {
 /// etcd flags that exist but are not implemented by this build; using one is an error.
 const NOT_YET: &[&str] = &[
     "auto-tls",
-    "peer-cert-file",
-    "peer-key-file",
-    "peer-client-cert-auth",
-    "peer-trusted-ca-file",
     "peer-auto-tls",
     "listen-metrics-urls",
     "metrics",
@@ -229,6 +237,7 @@ impl EtcdFlags {
                 &self.auto_compaction_retention,
             )?,
             client_tls: self.client_tls()?,
+            peer_tls: self.peer_tls()?,
             auth_token: self.auth_token.clone(),
             auth_token_ttl: std::time::Duration::from_secs(self.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost,
@@ -237,18 +246,50 @@ impl EtcdFlags {
 
     /// TLS on the client URLs, from etcd's flags.
     fn client_tls(&self) -> Result<Option<TlsFiles>, String> {
-        match (&self.cert_file, &self.key_file) {
-            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
-                cert_file: cert.clone(),
-                key_file: key.clone(),
-                trusted_ca_file: self.trusted_ca_file.clone(),
-                client_cert_auth: self.client_cert_auth.unwrap_or(false),
-            })),
-            (None, None) if self.client_cert_auth != Some(true) => Ok(None),
-            _ => Err(
-                "--cert-file and --key-file go together (and --client-cert-auth needs them)".into(),
+        tls_files(
+            "--",
+            (&self.cert_file, &self.key_file, &self.trusted_ca_file),
+            self.client_cert_auth,
+        )
+    }
+
+    /// TLS between members, from etcd's --peer-* flags.
+    fn peer_tls(&self) -> Result<Option<TlsFiles>, String> {
+        tls_files(
+            "--peer-",
+            (
+                &self.peer_cert_file,
+                &self.peer_key_file,
+                &self.peer_trusted_ca_file,
             ),
-        }
+            self.peer_client_cert_auth,
+        )
+    }
+}
+
+type TlsPaths<'a> = (
+    &'a Option<PathBuf>,
+    &'a Option<PathBuf>,
+    &'a Option<PathBuf>,
+);
+
+/// The TLS files named by one set of flags (`prefix` is `--` or `--peer-`).
+fn tls_files(
+    prefix: &str,
+    (cert, key, ca): TlsPaths<'_>,
+    cert_auth: Option<bool>,
+) -> Result<Option<TlsFiles>, String> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            trusted_ca_file: ca.clone(),
+            client_cert_auth: cert_auth.unwrap_or(false),
+        })),
+        (None, None) if cert_auth != Some(true) => Ok(None),
+        _ => Err(format!(
+            "{prefix}cert-file and {prefix}key-file go together (and {prefix}client-cert-auth needs them)"
+        )),
     }
 }
 

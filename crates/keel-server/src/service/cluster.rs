@@ -357,10 +357,12 @@ impl Membership for PeerMembershipService {
 }
 
 /// Asks the member at peer URL `url` for the cluster id and the members.
-pub async fn fetch_members(url: &str) -> Result<(u64, Vec<Member>), String> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+pub async fn fetch_members(
+    url: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<(u64, Vec<Member>), String> {
+    let channel = keel_raft::peer_endpoint(url, tls)
         .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .connect()
         .await

@@ -63,8 +63,11 @@ impl Member {
         }
     }
 
+    /// https when the member was given peer TLS flags.
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        let tls = self.extra.iter().any(|f| f.starts_with("--peer-cert-file"));
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.peer_port)
     }
 
     pub fn is_running(&self) -> bool {
