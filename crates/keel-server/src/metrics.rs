@@ -4,13 +4,16 @@
 //! proposals). Names follow etcd's (and go-grpc-prometheus's) where etcd has the metric;
 //! replication per member is Keel's own (`keel_raft_member_*`).
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::http::Request;
-use axum::middleware::Next;
-use axum::response::Response;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::http;
+use parking_lot::RwLock;
 use prometheus::{
     exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -45,6 +48,36 @@ struct RequestMetrics {
     handling: HistogramVec,
     proposals_failed: IntCounter,
     backend_commit: Histogram,
+    /// Each method's series, resolved once: a request then costs one map lookup, not three.
+    methods: RwLock<HashMap<String, Arc<MethodSeries>>>,
+}
+
+/// One gRPC method's series (its successes counted apart: errors are rare).
+struct MethodSeries {
+    labels: [String; 2],
+    started: IntCounter,
+    handled_ok: IntCounter,
+    handling: Histogram,
+}
+
+impl RequestMetrics {
+    fn method(&self, path: &str) -> Option<Arc<MethodSeries>> {
+        if let Some(m) = self.methods.read().get(path) {
+            return Some(m.clone());
+        }
+        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+        let labels = [service, method];
+        let series = Arc::new(MethodSeries {
+            labels: [service.to_string(), method.to_string()],
+            started: self.started.with_label_values(&labels),
+            handled_ok: self.handled.with_label_values(&[service, method, "OK"]),
+            handling: self.handling.with_label_values(&labels),
+        });
+        self.methods
+            .write()
+            .insert(path.to_string(), series.clone());
+        Some(series)
+    }
 }
 
 fn request_metrics() -> &'static RequestMetrics {
@@ -87,6 +120,7 @@ fn request_metrics() -> &'static RequestMetrics {
                 .buckets(exponential_buckets(0.001, 2.0, 14).expect("valid buckets")),
             )
             .expect("valid metric"),
+            methods: RwLock::default(),
         }
     })
 }
@@ -102,29 +136,98 @@ pub fn backend_commit_seconds() -> &'static Histogram {
 }
 
 /// Counts and times every gRPC request (`/package.Service/Method`); the code is the `grpc-status`
-/// the response starts with (errors), else OK. A stream is timed to its start.
-pub async fn observe_grpc(req: Request<Body>, next: Next) -> Response {
-    let uri = req.uri().clone();
-    let Some((service, method)) = uri.path().strip_prefix('/').and_then(|p| p.split_once('/'))
-    else {
-        return next.run(req).await;
-    };
-    let m = request_metrics();
-    let labels = [service, method];
-    m.started.with_label_values(&labels).inc();
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    m.handling
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    let code = resp
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .unwrap_or(0);
-    let name = GRPC_CODES.get(code).copied().unwrap_or("Unknown");
-    m.handled.with_label_values(&[service, method, name]).inc();
-    resp
+/// the response starts with (errors), else OK. A stream is timed to its start. A tower layer on
+/// the server (not an axum middleware, which boxes every request and response body again).
+#[derive(Clone, Copy, Default)]
+pub struct ObserveGrpc;
+
+impl<S> tower_layer::Layer<S> for ObserveGrpc {
+    type Service = Observed<S>;
+
+    fn layer(&self, inner: S) -> Observed<S> {
+        Observed { inner }
+    }
+}
+
+/// A service whose gRPC requests are counted and timed.
+#[derive(Clone)]
+pub struct Observed<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower_service::Service<http::Request<B>> for Observed<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ObservedCall<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+        let series = grpc
+            .then(|| request_metrics().method(req.uri().path()))
+            .flatten();
+        if let Some(s) = &series {
+            s.started.inc();
+        }
+        ObservedCall {
+            inner: self.inner.call(req),
+            series,
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call in flight; recorded when its response starts.
+    pub struct ObservedCall<F> {
+        #[pin]
+        inner: F,
+        series: Option<Arc<MethodSeries>>,
+        started: Instant,
+    }
+}
+
+impl<F, RB, E> Future for ObservedCall<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let (Some(series), Ok(resp)) = (this.series.take(), &out) {
+            series.record(*this.started, resp.headers());
+        }
+        Poll::Ready(out)
+    }
+}
+
+impl MethodSeries {
+    fn record(&self, started: Instant, headers: &http::HeaderMap) {
+        self.handling.observe(started.elapsed().as_secs_f64());
+        let code = headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .unwrap_or(0);
+        if code == 0 {
+            self.handled_ok.inc();
+        } else {
+            let name = GRPC_CODES.get(code).copied().unwrap_or("Unknown");
+            let [service, method] = &self.labels;
+            let handled = &request_metrics().handled;
+            handled.with_label_values(&[service, method, name]).inc();
+        }
+    }
 }
 
 use crate::server::Core;

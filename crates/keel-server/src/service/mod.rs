@@ -43,13 +43,17 @@ fn unexpected(request: &str) -> Status {
     )))
 }
 
+/// The client server's router, its gRPC requests counted and timed.
+pub type ClientRouter =
+    Router<tower_layer::Stack<crate::metrics::ObserveGrpc, tower_layer::Identity>>;
+
 /// Every service on one router, with `/metrics` and `/health` over HTTP/1.1 beside gRPC, with TLS
 /// when configured; requests above `max_message` bytes are refused by gRPC itself.
 pub fn router(
     core: Arc<Core>,
     max_message: usize,
     tls: Option<tonic::transport::ServerTlsConfig>,
-) -> Result<Router, tonic::transport::Error> {
+) -> Result<ClientRouter, tonic::transport::Error> {
     let grpc = Routes::new(
         PbKvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_message),
     )
@@ -73,12 +77,13 @@ pub fn router(
     .add_service(AuthService::server(core.clone()).max_decoding_message_size(max_message));
     let http = grpc
         .into_axum_router()
-        .layer(axum::middleware::from_fn(crate::metrics::observe_grpc))
         .merge(crate::metrics::routes(core.clone()))
         .merge(crate::gateway::routes(core));
     let mut server = tonic::transport::Server::builder().accept_http1(true);
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
-    Ok(server.add_routes(Routes::from(http)))
+    Ok(server
+        .layer(crate::metrics::ObserveGrpc)
+        .add_routes(Routes::from(http)))
 }
