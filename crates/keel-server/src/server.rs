@@ -21,7 +21,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity, Se
 
 use crate::alarm::Alarms;
 use crate::apply::{ApplyLoop, Machine, Response};
-use crate::auth::{AuthStore, Tokens};
+use crate::auth::{AuthStore, Credentials, Tokens};
 use crate::config::{ClusterState, ServerConfig, TlsFiles};
 use crate::lease::Lessor;
 use crate::membership::{cluster_id, conf_state, member_id, Identity, Membership};
@@ -182,17 +182,15 @@ impl Core {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Who a client request comes from, by the token in its metadata (`token`, or the gateway's
-    /// `authorization`).
-    pub fn caller(&self, metadata: &MetadataMap) -> Result<RequestAuth, ServerError> {
-        let token = token_of(metadata);
-        self.auth
-            .identify(token.as_ref().and_then(|v| v.to_str().ok()))
+    /// Who a client request comes from: the token in its metadata (`token`, or the gateway's
+    /// `authorization`), else the common name of its client certificate.
+    pub fn caller<T>(&self, req: &tonic::Request<T>) -> Result<RequestAuth, ServerError> {
+        self.auth.identify(&Credentials::of(req))
     }
 
     /// The caller of a request only a root user may make.
-    pub fn admin(&self, metadata: &MetadataMap) -> Result<RequestAuth, ServerError> {
-        let who = self.caller(metadata)?;
+    pub fn admin<T>(&self, req: &tonic::Request<T>) -> Result<RequestAuth, ServerError> {
+        let who = self.caller(req)?;
         self.auth.check_admin(&who)?;
         Ok(who)
     }

@@ -1,5 +1,6 @@
 //! TLS on the client URLs: `--cert-file`/`--key-file` serve https that etcdctl reaches with the CA;
-//! `--client-cert-auth` with `--trusted-ca-file` also demands a client certificate. TLS between
+//! `--client-cert-auth` with `--trusted-ca-file` also demands a client certificate, whose common
+//! name is the user of requests without a token when auth is on. TLS between
 //! members with the `--peer-*` flags: a cluster replicates over it, and a member without a
 //! certificate from the peers' CA cannot take part.
 
@@ -212,6 +213,26 @@ fn client_cert_auth_demands_a_certificate_from_the_ca() {
         !out.status.success(),
         "a client without a certificate was served"
     );
+
+    // With auth on, a request without a token is the user its certificate names (CN=client).
+    let ok = |args: &[&str]| {
+        let out = m.etcdctl(&full, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    };
+    ok(&["user", "add", "root:rootpw"]);
+    ok(&["user", "add", "client:clientpw"]);
+    ok(&["role", "add", "app"]);
+    ok(&["role", "grant-permission", "app", "readwrite", "a", "b"]);
+    ok(&["user", "grant-role", "client", "app"]);
+    ok(&["auth", "enable"]);
+    ok(&["put", "a1", "by-certificate"]);
+    let denied = m.etcdctl(&full, &["put", "z", "x"]);
+    assert!(
+        stderr(&denied).contains("etcdserver: permission denied"),
+        "{}",
+        stderr(&denied)
+    );
+    ok(&["--user", "root:rootpw", "put", "z", "x"]);
 }
 
 /// Peer TLS flags with the certificates in `dir` (the server certificate serves both ways).

@@ -9,6 +9,35 @@ mod store;
 mod token;
 
 pub use store::AuthStore;
+
+/// What a request says about its user: a token, or the common name of a verified client
+/// certificate (used, as etcd does, when there is no token).
+#[derive(Debug, Default, Clone)]
+pub struct Credentials {
+    /// The auth token.
+    pub token: Option<String>,
+    /// The client certificate's common name.
+    pub cert_user: Option<String>,
+}
+
+impl Credentials {
+    /// The credentials of a gRPC request.
+    pub fn of<T>(req: &tonic::Request<T>) -> Credentials {
+        let token = crate::server::token_of(req.metadata())
+            .and_then(|v| v.to_str().ok().map(str::to_string));
+        let cert_user = req
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
+        Credentials { token, cert_user }
+    }
+}
+
+/// The subject's common name of a DER certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
 pub use token::Tokens;
 
 /// The all-powerful user and role.

@@ -15,6 +15,7 @@ use prost::Message;
 
 use super::perms::{Permissions, READWRITE};
 use super::token::Tokens;
+use super::Credentials;
 use super::ROOT;
 use crate::lease::Lessor;
 use crate::ServerError;
@@ -117,16 +118,20 @@ impl AuthStore {
 
     // ---- identifying and authorizing callers ----
 
-    /// Who a request comes from, by its token (none: anonymous, refused by every check while
-    /// auth is enabled). The revision is the one the caller's permissions are checked against.
-    pub fn identify(&self, token: Option<&str>) -> Result<RequestAuth, ServerError> {
+    /// Who a request comes from: the user its token names, else its client certificate's
+    /// common name, else nobody (refused by every check while auth is enabled). The revision is
+    /// the one the caller's permissions are checked against.
+    pub fn identify(&self, credentials: &Credentials) -> Result<RequestAuth, ServerError> {
         let current = self.revision();
-        let anonymous = RequestAuth {
-            username: String::new(),
+        let named = |username: &str| RequestAuth {
+            username: username.to_string(),
             revision: current,
         };
-        let Some(token) = token.filter(|_| self.enabled()) else {
-            return Ok(anonymous);
+        if !self.enabled() {
+            return Ok(named(""));
+        }
+        let Some(token) = credentials.token.as_deref() else {
+            return Ok(named(credentials.cert_user.as_deref().unwrap_or_default()));
         };
         let info = self
             .tokens

@@ -487,7 +487,7 @@ fn watch_line(mut result: Map<String, Value>, header: Option<ResponseHeader>) ->
 /// JSON lines on one streamed response, until the client goes away.
 fn watch(core: Arc<Core>, h: &HeaderMap, body: &[u8]) -> Response {
     let spec = match watch_spec(body).and_then(|spec| {
-        let who = core.caller(request(h, ()).metadata())?;
+        let who = core.caller(&request(h, ()))?;
         core.auth.check_read(&who, &spec.key, &spec.range_end)?;
         Ok(spec)
     }) {

@@ -31,7 +31,6 @@ use keel_proto::etcd::{
 };
 use keel_proto::{RequestAuth, RequestBody};
 use prost::Message;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::unexpected;
@@ -64,12 +63,12 @@ impl AuthService {
     }
 
     /// Proposes an auth change for a root caller.
-    async fn change(
+    async fn change<T>(
         &self,
-        metadata: &MetadataMap,
+        req: &Request<T>,
         body: RequestBody,
     ) -> Result<Option<PbResponseHeader>, ServerError> {
-        let who = self.core.admin(metadata)?;
+        let who = self.core.admin(req)?;
         self.propose(&who, body).await
     }
 
@@ -110,12 +109,12 @@ impl AuthService {
     }
 
     /// A root caller, or (for reads of its own user or roles) the user asking about itself.
-    async fn reader(
+    async fn reader<T>(
         &self,
-        metadata: &MetadataMap,
+        req: &Request<T>,
         allowed: impl Fn(&RequestAuth) -> bool,
     ) -> Result<(), ServerError> {
-        let who = self.core.caller(metadata)?;
+        let who = self.core.caller(req)?;
         self.core.linearizable_barrier().await?;
         match self.core.auth.check_admin(&who) {
             Err(_) if allowed(&who) => Ok(()),
@@ -131,7 +130,7 @@ impl Auth for AuthService {
         req: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
         let body = RequestBody::AuthEnable(AuthEnableRequest {});
-        let header = self.change(req.metadata(), body).await?;
+        let header = self.change(&req, body).await?;
         Ok(Response::new(AuthEnableResponse { header }))
     }
 
@@ -140,7 +139,7 @@ impl Auth for AuthService {
         req: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
         let body = RequestBody::AuthDisable(AuthDisableRequest {});
-        let header = self.change(req.metadata(), body).await?;
+        let header = self.change(&req, body).await?;
         Ok(Response::new(AuthDisableResponse { header }))
     }
 
@@ -200,7 +199,7 @@ impl Auth for AuthService {
         &self,
         req: Request<UserAddRequest>,
     ) -> Result<Response<UserAddResponse>, Status> {
-        let who = self.core.admin(req.metadata())?;
+        let who = self.core.admin(&req)?;
         let mut r = req.into_inner();
         let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
         // A client may send the hash itself (etcd 3.5); else the password is hashed here.
@@ -217,8 +216,7 @@ impl Auth for AuthService {
         req: Request<UserGetRequest>,
     ) -> Result<Response<UserGetResponse>, Status> {
         let name = req.get_ref().name.clone();
-        self.reader(req.metadata(), |who| who.username == name)
-            .await?;
+        self.reader(&req, |who| who.username == name).await?;
         Ok(Response::new(UserGetResponse {
             header: self.header(),
             roles: self.core.auth.user_roles(&name)?,
@@ -229,7 +227,7 @@ impl Auth for AuthService {
         &self,
         req: Request<UserListRequest>,
     ) -> Result<Response<UserListResponse>, Status> {
-        self.reader(req.metadata(), |_| false).await?;
+        self.reader(&req, |_| false).await?;
         Ok(Response::new(UserListResponse {
             header: self.header(),
             users: self.core.auth.user_names(),
@@ -241,7 +239,7 @@ impl Auth for AuthService {
         req: Request<UserDeleteRequest>,
     ) -> Result<Response<UserDeleteResponse>, Status> {
         let body = RequestBody::UserDelete(req.get_ref().clone());
-        let header = self.change(req.metadata(), body).await?;
+        let header = self.change(&req, body).await?;
         Ok(Response::new(UserDeleteResponse { header }))
     }
 
@@ -249,7 +247,7 @@ impl Auth for AuthService {
         &self,
         req: Request<ChangePasswordRequest>,
     ) -> Result<Response<ChangePasswordResponse>, Status> {
-        let who = self.core.admin(req.metadata())?;
+        let who = self.core.admin(&req)?;
         let mut r = req.into_inner();
         if r.hashed_password.is_empty() {
             r.hashed_password = self.hash(std::mem::take(&mut r.password)).await?;
@@ -266,7 +264,7 @@ impl Auth for AuthService {
         req: Request<GrantRoleRequest>,
     ) -> Result<Response<GrantRoleResponse>, Status> {
         let body = RequestBody::UserGrantRole(req.get_ref().clone());
-        let header = self.change(req.metadata(), body).await?;
+        let header = self.change(&req, body).await?;
         Ok(Response::new(GrantRoleResponse { header }))
     }
 
@@ -275,7 +273,7 @@ impl Auth for AuthService {
         req: Request<RevokeRoleRequest>,
     ) -> Result<Response<RevokeRoleResponse>, Status> {
         let body = RequestBody::UserRevokeRole(req.get_ref().clone());
-        let header = self.change(req.metadata(), body).await?;
+        let header = self.change(&req, body).await?;
         Ok(Response::new(RevokeRoleResponse { header }))
     }
 
@@ -284,7 +282,7 @@ impl Auth for AuthService {
         req: Request<RoleAddRequest>,
     ) -> Result<Response<RoleAddResponse>, Status> {
         let body = RequestBody::RoleAdd(req.get_ref().clone());
-        let header = self.change(req.metadata(), body).await?;
+        let header = self.change(&req, body).await?;
         Ok(Response::new(RoleAddResponse { header }))
     }
 
@@ -294,7 +292,7 @@ impl Auth for AuthService {
     ) -> Result<Response<RoleGetResponse>, Status> {
         let role = req.get_ref().role.clone();
         let auth = &self.core.auth;
-        self.reader(req.metadata(), |who| auth.has_role(&who.username, &role))
+        self.reader(&req, |who| auth.has_role(&who.username, &role))
             .await?;
         // Keel's permission record has etcd's authpb.Permission encoding.
         let perm = auth
@@ -313,7 +311,7 @@ impl Auth for AuthService {
         &self,
         req: Request<RoleListRequest>,
     ) -> Result<Response<RoleListResponse>, Status> {
-        self.reader(req.metadata(), |_| false).await?;
+        self.reader(&req, |_| false).await?;
         Ok(Response::new(RoleListResponse {
             header: self.header(),
             roles: self.core.auth.role_names(),
@@ -325,7 +323,7 @@ impl Auth for AuthService {
         req: Request<RoleDeleteRequest>,
     ) -> Result<Response<RoleDeleteResponse>, Status> {
         let body = RequestBody::RoleDelete(req.get_ref().clone());
-        let header = self.change(req.metadata(), body).await?;
+        let header = self.change(&req, body).await?;
         Ok(Response::new(RoleDeleteResponse { header }))
     }
 
@@ -334,7 +332,7 @@ impl Auth for AuthService {
         req: Request<RoleGrantRequest>,
     ) -> Result<Response<RoleGrantResponse>, Status> {
         let body = RequestBody::RoleGrantPermission(req.get_ref().clone());
-        let header = self.change(req.metadata(), body).await?;
+        let header = self.change(&req, body).await?;
         Ok(Response::new(RoleGrantResponse { header }))
     }
 
@@ -343,7 +341,7 @@ impl Auth for AuthService {
         req: Request<RoleRevokeRequest>,
     ) -> Result<Response<RoleRevokeResponse>, Status> {
         let body = RequestBody::RoleRevokePermission(req.get_ref().clone());
-        let header = self.change(req.metadata(), body).await?;
+        let header = self.change(&req, body).await?;
         Ok(Response::new(RoleRevokeResponse { header }))
     }
 }

@@ -197,7 +197,7 @@ impl PbClusterService for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        self.core.admin(req.metadata())?;
+        self.core.admin(&req)?;
         let r = req.into_inner();
         self.check_voting()?;
         check_urls(&r.peer_ur_ls)?;
@@ -241,7 +241,7 @@ impl PbClusterService for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        self.core.admin(req.metadata())?;
+        self.core.admin(&req)?;
         let token = token_of(req.metadata());
         let id = req.into_inner().id;
         self.check_voting()?;
@@ -276,7 +276,7 @@ impl PbClusterService for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        let who = self.core.admin(req.metadata())?;
+        let who = self.core.admin(&req)?;
         let r = req.into_inner();
         self.check_voting()?;
         check_urls(&r.peer_ur_ls)?;
@@ -314,7 +314,7 @@ impl PbClusterService for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        self.core.admin(req.metadata())?;
+        self.core.admin(&req)?;
         let token = token_of(req.metadata());
         let id = req.into_inner().id;
         let members = self.promote(id, token).await?;

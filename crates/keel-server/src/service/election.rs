@@ -59,7 +59,7 @@ impl Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let r = req.into_inner();
         let (prefix, key) = contender_key(&r.name, r.lease);
         check_contenders_readable(&self.core, &who, &prefix)?;
@@ -92,7 +92,7 @@ impl Election for ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let r = req.into_inner();
         let l = leader_key(r.leader)?;
         if !put_if_held(&self.core, &who, &l.key, l.rev, r.value, l.lease).await? {
@@ -107,7 +107,7 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let name = req.into_inner().name;
         Ok(Response::new(self.leader_of(&who, &name).await?))
     }
@@ -119,7 +119,7 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let mut prefix = req.into_inner().name;
         prefix.push(b'/');
         check_contenders_readable(&self.core, &who, &prefix)?;
@@ -163,7 +163,7 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let l = leader_key(req.into_inner().leader)?;
         let rev = delete_if_held(&self.core, &who, &l.key, Some(l.rev)).await?;
         Ok(Response::new(ResignResponse {

@@ -30,7 +30,7 @@ impl KvService {
     }
 
     async fn do_range(&self, req: Request<RangeRequest>) -> Result<RangeResponse, ServerError> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let r = req.into_inner();
         validate::check_range(&r)?;
         if !r.serializable {
@@ -87,7 +87,7 @@ impl PbKvService for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let r = req.into_inner();
         validate::check_put(&r)?;
         let Applied::Put(mut resp) = self.core.propose(&who, RequestBody::Put(r)).await? else {
@@ -101,7 +101,7 @@ impl PbKvService for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let r = req.into_inner();
         validate::check_delete(&r)?;
         let body = RequestBody::DeleteRange(r);
@@ -113,7 +113,7 @@ impl PbKvService for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let t = req.into_inner();
         validate::check_txn(&t, self.core.max_txn_ops)?;
         let mut resp = if txn::is_write(&t) {
@@ -132,7 +132,7 @@ impl PbKvService for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let body = RequestBody::Compaction(req.into_inner());
         let Applied::Compaction(mut resp) = self.core.propose(&who, body).await? else {
             return Err(unexpected("compaction"));

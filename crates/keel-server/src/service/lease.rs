@@ -78,7 +78,7 @@ impl PbLeaseService for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let mut g = req.into_inner();
         if g.ttl > MAX_LEASE_TTL {
             return Err(ServerError::LeaseTtlTooLarge.into());
@@ -100,7 +100,7 @@ impl PbLeaseService for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let body = RequestBody::LeaseRevoke(req.into_inner());
         let Applied::LeaseRevoke(mut resp) = self.core.propose(&who, body).await? else {
             return Err(unexpected("lease_revoke"));

@@ -29,7 +29,7 @@ impl Lock for LockService {
     /// Takes the lock once every holder that asked before is gone; a holder whose lease expires
     /// loses its place (its key goes with the lease).
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let r = req.into_inner();
         let (prefix, key) = contender_key(&r.name, r.lease);
         check_contenders_readable(&self.core, &who, &prefix)?;
@@ -50,7 +50,7 @@ impl Lock for LockService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        let who = self.core.caller(req.metadata())?;
+        let who = self.core.caller(&req)?;
         let rev = delete_if_held(&self.core, &who, &req.into_inner().key, None).await?;
         Ok(Response::new(UnlockResponse {
             header: self.core.header(rev),

@@ -86,7 +86,7 @@ impl PbMaintenanceService for MaintenanceService {
         &self,
         req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        self.core.admin(req.metadata())?;
+        self.core.admin(&req)?;
         let store = self.core.store.clone();
         // RocksDB compacts in the background of this call; readers are never blocked by it.
         tokio::task::spawn_blocking(move || store.defragment())
@@ -98,7 +98,7 @@ impl PbMaintenanceService for MaintenanceService {
     }
 
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        self.core.admin(req.metadata())?;
+        self.core.admin(&req)?;
         let store = self.core.store.clone();
         let hash = tokio::task::spawn_blocking(move || store.hash_all())
             .await
@@ -114,7 +114,7 @@ impl PbMaintenanceService for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        self.core.admin(req.metadata())?;
+        self.core.admin(&req)?;
         let rev = req.into_inner().revision;
         let store = self.core.store.clone();
         let h = tokio::task::spawn_blocking(move || store.hash_kv(rev))
@@ -137,7 +137,7 @@ impl PbMaintenanceService for MaintenanceService {
         &self,
         req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        self.core.admin(req.metadata())?;
+        self.core.admin(&req)?;
         let dir = self.core.backup_checkpoint()?;
         let internal =
             |e: &dyn std::fmt::Display| Status::from(ServerError::Internal(e.to_string()));
@@ -169,7 +169,7 @@ impl PbMaintenanceService for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        self.core.admin(req.metadata())?;
+        self.core.admin(&req)?;
         self.core.move_leader(req.into_inner().target_id).await?;
         Ok(Response::new(MoveLeaderResponse {
             header: self.core.header(self.core.store.current_revision()),

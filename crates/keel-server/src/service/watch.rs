@@ -19,9 +19,9 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Credentials;
 use crate::server::Core;
 use crate::watch::{WatchEnd, WatchSpec};
 
@@ -69,9 +69,9 @@ struct Stream {
     out: Out,
     watchers: HashMap<i64, Watcher>,
     next_id: i64,
-    /// The metadata the stream was opened with: its token names the user each watcher is
-    /// checked for when created.
-    metadata: MetadataMap,
+    /// What the stream was opened with (token, client certificate): it names the user each
+    /// watcher is checked for when created.
+    credentials: Credentials,
 }
 
 impl Stream {
@@ -85,7 +85,7 @@ impl Stream {
 
     /// May the stream's user watch these keys? (An empty key is the smallest key, "\0".)
     fn check_read(&self, key: &[u8], range_end: &[u8]) -> Result<(), crate::ServerError> {
-        let who = self.core.caller(&self.metadata)?;
+        let who = self.core.auth.identify(&self.credentials)?;
         let key = if key.is_empty() { &[0][..] } else { key };
         self.core.auth.check_read(&who, key, range_end)
     }
@@ -344,11 +344,11 @@ impl PbWatchService for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let metadata = req.metadata().clone();
+        let credentials = Credentials::of(&req);
         let mut inbound = req.into_inner();
         let (out, rx) = mpsc::channel(STREAM_BUFFER);
         let mut stream = Stream {
-            metadata,
+            credentials,
             core: self.core.clone(),
             out,
             watchers: HashMap::new(),
