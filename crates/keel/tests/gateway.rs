@@ -206,3 +206,59 @@ async fn watch_streams_json_lines_over_http() {
     assert_eq!(del["type"], "DELETE");
     assert_eq!(del["kv"]["mod_revision"], "4");
 }
+
+#[tokio::test]
+async fn locks_elections_members_and_maintenance_over_http_json() {
+    let m = Member::start().await;
+    post(&m, "/v3/lease/grant", r#"{"TTL":60,"ID":9}"#).await;
+    // Lock "lk" (bGs=) with lease 9, then unlock.
+    let (code, l) = post(&m, "/v3/lock/lock", r#"{"name":"bGs=","lease":"9"}"#).await;
+    assert_eq!(code, 200, "{l}");
+    let key = l["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("bGsv"), "lk/<lease>: {key}");
+    let (code, _) = post(&m, "/v3/lock/unlock", &format!(r#"{{"key":"{key}"}}"#)).await;
+    assert_eq!(code, 200);
+    // Campaign for "el" (ZWw=) with value "a" (YQ==), proclaim "b" (Yg==), resign.
+    let (code, c) = post(
+        &m,
+        "/v3/election/campaign",
+        r#"{"name":"ZWw=","lease":"9","value":"YQ=="}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{c}");
+    let leader = c["leader"].clone();
+    assert_eq!(leader["name"], "ZWw=");
+    let (_, l) = post(&m, "/v3/election/leader", r#"{"name":"ZWw="}"#).await;
+    assert_eq!(l["kv"]["value"], "YQ==");
+    let body = serde_json::json!({"leader": leader, "value": "Yg=="}).to_string();
+    let (code, _) = post(&m, "/v3/election/proclaim", &body).await;
+    assert_eq!(code, 200);
+    let (_, l) = post(&m, "/v3/election/leader", r#"{"name":"ZWw="}"#).await;
+    assert_eq!(l["kv"]["value"], "Yg==");
+    let body = serde_json::json!({ "leader": leader }).to_string();
+    let (code, _) = post(&m, "/v3/election/resign", &body).await;
+    assert_eq!(code, 200);
+    let (code, e) = post(&m, "/v3/election/leader", r#"{"name":"ZWw="}"#).await;
+    assert_ne!(code, 200);
+    assert_eq!(e["error"], "election: no leader");
+
+    // Cluster and Maintenance routes.
+    let (_, list) = post(&m, "/v3/cluster/member/list", "{}").await;
+    let id = list["members"][0]["ID"].as_str().unwrap().to_string();
+    let (code, h) = post(&m, "/v3/maintenance/hashkv", "{}").await;
+    assert_eq!(code, 200, "{h}");
+    assert!(h["hash"].as_u64().is_some(), "{h}");
+    let (code, _) = post(&m, "/v3/maintenance/defragment", "{}").await;
+    assert_eq!(code, 200);
+    let (code, a) = post(&m, "/v3/maintenance/alarm", r#"{"action":"GET"}"#).await;
+    assert_eq!((code, a.get("alarms")), (200, None), "no alarm raised: {a}");
+    let body = format!(r#"{{"ID":"{id}","peerURLs":["http://127.0.0.1:1"]}}"#);
+    let (code, u) = post(&m, "/v3/cluster/member/update", &body).await;
+    assert_eq!(code, 200, "{u}");
+    assert_eq!(u["members"][0]["peerURLs"][0], "http://127.0.0.1:1");
+    let (code, e) = post(&m, "/v3/cluster/member/remove", r#"{"ID":"1"}"#).await;
+    assert_eq!(
+        (code, e["error"].as_str()),
+        (404, Some("etcdserver: member not found"))
+    );
+}

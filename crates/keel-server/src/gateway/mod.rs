@@ -5,12 +5,13 @@
 //!
 //! Routes: KV put/range/deleterange/txn/compaction, watch (one watcher per request, its responses
 //! streamed as JSON lines), leases (grant, revoke, time-to-live, list), Auth (`auth.rs`), Cluster
-//! and Maintenance but the snapshot (`ops.rs`). A token from `/v3/auth/authenticate` goes in the
-//! `Authorization` header.
+//! and Maintenance but the snapshot (`ops.rs`), Lock and Election but Observe (`concurrency.rs`).
+//! A token from `/v3/auth/authenticate` goes in the `Authorization` header.
 
 use std::sync::Arc;
 
 mod auth;
+mod concurrency;
 mod ops;
 
 use axum::body::Bytes;
@@ -72,6 +73,7 @@ pub fn routes(core: Arc<Core>) -> axum::Router {
         .route("/v3/lease/leases", route(&lease, leases))
         .route("/v3/kv/lease/leases", route(&lease, leases))
         .merge(ops::routes(core.clone()))
+        .merge(concurrency::routes(core.clone()))
         .merge(auth::routes(core))
 }
 

@@ -26,8 +26,13 @@ pub struct ElectionService {
 
 impl ElectionService {
     /// The service over `core`.
+    pub fn new(core: Arc<Core>) -> ElectionService {
+        ElectionService { core }
+    }
+
+    /// The gRPC server of the service over `core`.
     pub fn server(core: Arc<Core>) -> ElectionServer<ElectionService> {
-        ElectionServer::new(ElectionService { core })
+        ElectionServer::new(ElectionService::new(core))
     }
 
     /// The leader of `name`, read after a linearizable barrier.

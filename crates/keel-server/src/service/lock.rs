@@ -19,8 +19,13 @@ pub struct LockService {
 
 impl LockService {
     /// The service over `core`.
+    pub fn new(core: Arc<Core>) -> LockService {
+        LockService { core }
+    }
+
+    /// The gRPC server of the service over `core`.
     pub fn server(core: Arc<Core>) -> LockServer<LockService> {
-        LockServer::new(LockService { core })
+        LockServer::new(LockService::new(core))
     }
 }
 
