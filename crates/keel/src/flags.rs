@@ -374,10 +374,10 @@ mod tests {
         ];
         let err = check_not_implemented(&args, std::iter::empty()).unwrap_err();
         assert!(err.contains("--heartbeat-interval"), "{err}");
-        let env = vec![("ETCD_PEER_CERT_FILE".to_string(), "x".to_string())];
+        let env = vec![("ETCD_AUTO_TLS".to_string(), "x".to_string())];
         assert!(check_not_implemented(&[], env.into_iter())
             .unwrap_err()
-            .contains("ETCD_PEER_CERT_FILE"));
+            .contains("ETCD_AUTO_TLS"));
         assert!(check_not_implemented(&args[..1], std::iter::empty()).is_ok());
     }
 

@@ -198,11 +198,28 @@ impl Fields {
 
     /// A 64-bit integer, as a JSON string or number.
     fn int(&self, name: &str) -> Result<i64, Status> {
+        self.number(name)
+    }
+
+    /// An unsigned 64-bit field (member ids use all 64 bits).
+    fn uint(&self, name: &str) -> Result<u64, Status> {
+        self.number(name)
+    }
+
+    /// A 64-bit integer, as grpc-gateway reads one: a string, or a JSON number.
+    fn number<N: std::str::FromStr + TryFrom<i64> + TryFrom<u64> + Default>(
+        &self,
+        name: &str,
+    ) -> Result<N, Status> {
         let bad = || Status::invalid_argument(format!("{name}: expected an integer"));
         match self.0.get(name) {
-            None | Some(Value::Null) => Ok(0),
+            None | Some(Value::Null) => Ok(N::default()),
             Some(Value::String(s)) => s.parse().map_err(|_| bad()),
-            Some(Value::Number(n)) => n.as_i64().ok_or_else(bad),
+            Some(Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => N::try_from(i).map_err(|_| bad()),
+                (_, Some(u)) => N::try_from(u).map_err(|_| bad()),
+                _ => Err(bad()),
+            },
             Some(_) => Err(bad()),
         }
     }

@@ -80,9 +80,9 @@ fn header_only(header: &Option<ResponseHeader>) -> Answer {
     Ok(json!({ "header": header_json(header) }))
 }
 
-/// A member id, as grpc-gateway reads a uint64 (a string or a number).
+/// A member id.
 fn id(f: &Fields, name: &str) -> Result<u64, tonic::Status> {
-    Ok(f.int(name)? as u64)
+    f.uint(name)
 }
 
 async fn member_list(cluster: Arc<ClusterService>, h: HeaderMap, body: Bytes) -> Answer {
