@@ -18,6 +18,9 @@ pub enum SnapshotCommand {
         /// The member to snapshot.
         #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
         endpoints: Vec<String>,
+        /// `name:password` of a root user, when auth is enabled.
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Create a new member's data dir from FILE, for a new cluster described by the usual flags
     /// (--name, --data-dir, --initial-cluster, --initial-cluster-token,
@@ -33,7 +36,11 @@ pub enum SnapshotCommand {
 /// Runs a snapshot command.
 pub async fn run(cmd: SnapshotCommand) -> anyhow::Result<()> {
     match cmd {
-        SnapshotCommand::Save { file, endpoints } => save(file, endpoints).await,
+        SnapshotCommand::Save {
+            file,
+            endpoints,
+            user,
+        } => save(file, endpoints, user).await,
         SnapshotCommand::Restore { file, etcd } => {
             let cfg = etcd.to_config().map_err(anyhow::Error::msg)?;
             keel::restore(&file, &cfg)?;
@@ -47,8 +54,15 @@ pub async fn run(cmd: SnapshotCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn save(file: PathBuf, endpoints: Vec<String>) -> anyhow::Result<()> {
-    let mut c = etcd_client::Client::connect(endpoints, None).await?;
+async fn save(file: PathBuf, endpoints: Vec<String>, user: Option<String>) -> anyhow::Result<()> {
+    let options = match user {
+        Some(u) => {
+            let (name, password) = u.split_once(':').context("--user takes name:password")?;
+            Some(etcd_client::ConnectOptions::new().with_user(name, password))
+        }
+        None => None,
+    };
+    let mut c = etcd_client::Client::connect(endpoints, options).await?;
     let partial = file.with_extension("part");
     let mut out = std::fs::File::create(&partial)
         .with_context(|| format!("creating {}", partial.display()))?;

@@ -334,6 +334,27 @@ async fn auth_state_survives_kill_9() {
     let (code, body) = http_post(&m.endpoint(), "/v3/auth/status", "{}").await;
     assert_eq!(code, 200);
     assert!(body.contains("\"enabled\":true"), "{body}");
+    // A snapshot is for root only; `keel snapshot save --user` authenticates.
+    let file = m.data_dir().with_file_name("backup.db");
+    let save = |user: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["snapshot", "save"])
+            .arg(&file)
+            .arg(format!("--endpoints={}", m.endpoint()))
+            .args(user)
+            .output()
+            .unwrap()
+    };
+    let anonymous = save(&[]);
+    assert!(!anonymous.status.success());
+    assert!(
+        stderr(&anonymous).contains("user name is empty"),
+        "{}",
+        stderr(&anonymous)
+    );
+    let root = save(&["--user=root:rootpw"]);
+    assert!(root.status.success(), "{}", stderr(&root));
+    assert!(std::fs::metadata(&file).unwrap().len() > 0);
 }
 
 #[tokio::test]

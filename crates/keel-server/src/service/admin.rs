@@ -103,9 +103,8 @@ impl Admin for AdminService {
             .unwrap_or_default();
         let mut last = Status::from(ServerError::NoLeader);
         for url in urls {
-            let channel = tonic::transport::Endpoint::from_shared(url)
+            let channel = keel_raft::peer_endpoint(&url, self.core.transport_tls())
                 .map_err(|e| Status::internal(e.to_string()))?
-                .connect_timeout(Duration::from_secs(1))
                 .timeout(Duration::from_secs(5));
             match channel.connect().await {
                 Ok(ch) => return AdminClient::new(ch).members(MembersRequest {}).await,
