@@ -61,10 +61,13 @@ struct MethodSeries {
 }
 
 impl RequestMetrics {
-    fn method(&self, path: &str) -> Option<Arc<MethodSeries>> {
-        if let Some(m) = self.methods.read().get(path) {
-            return Some(m.clone());
-        }
+    fn known(&self, path: &str) -> Option<Arc<MethodSeries>> {
+        self.methods.read().get(path).cloned()
+    }
+
+    /// The series of a method the server answered (never of one it does not have: a client
+    /// inventing paths must not grow the metrics).
+    fn add(&self, path: &str) -> Option<Arc<MethodSeries>> {
         let (service, method) = path.strip_prefix('/')?.split_once('/')?;
         let labels = [service, method];
         let series = Arc::new(MethodSeries {
@@ -73,11 +76,15 @@ impl RequestMetrics {
             handled_ok: self.handled.with_label_values(&[service, method, "OK"]),
             handling: self.handling.with_label_values(&labels),
         });
-        self.methods
-            .write()
-            .insert(path.to_string(), series.clone());
-        Some(series)
+        let mut methods = self.methods.write();
+        Some(methods.entry(path.to_string()).or_insert(series).clone())
     }
+}
+
+/// A request's series: known, or to be added once the server shows it has the method.
+enum Pending {
+    Known(Arc<MethodSeries>),
+    New(String),
 }
 
 fn request_metrics() -> &'static RequestMetrics {
@@ -137,7 +144,8 @@ pub fn backend_commit_seconds() -> &'static Histogram {
 
 /// Counts and times every gRPC request (`/package.Service/Method`); the code is the `grpc-status`
 /// the response starts with (errors), else OK. A stream is timed to its start. A tower layer on
-/// the server (not an axum middleware, which boxes every request and response body again).
+/// the client server (not an axum middleware, which boxes every request and response body again);
+/// it also marks each request as come through the client listener.
 #[derive(Clone, Copy, Default)]
 pub struct ObserveGrpc;
 
@@ -167,17 +175,24 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // Only a client listener's requests may name their user by certificate (see
+        // auth::Credentials); the peer listener's certificates are members'.
+        req.extensions_mut().insert(crate::auth::ClientListener);
         let grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
-        let series = grpc
-            .then(|| request_metrics().method(req.uri().path()))
-            .flatten();
-        if let Some(s) = &series {
-            s.started.inc();
-        }
+        let series = grpc.then(|| {
+            let path = req.uri().path();
+            match request_metrics().known(path) {
+                Some(s) => {
+                    s.started.inc();
+                    Pending::Known(s)
+                }
+                None => Pending::New(path.to_string()),
+            }
+        });
         ObservedCall {
             inner: self.inner.call(req),
             series,
@@ -191,7 +206,7 @@ pin_project_lite::pin_project! {
     pub struct ObservedCall<F> {
         #[pin]
         inner: F,
-        series: Option<Arc<MethodSeries>>,
+        series: Option<Pending>,
         started: Instant,
     }
 }
@@ -205,20 +220,35 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
-        if let (Some(series), Ok(resp)) = (this.series.take(), &out) {
-            series.record(*this.started, resp.headers());
+        if let (Some(pending), Ok(resp)) = (this.series.take(), &out) {
+            let code = grpc_code(resp.headers());
+            let series = match pending {
+                Pending::Known(s) => Some(s),
+                Pending::New(_) if code == UNIMPLEMENTED => None,
+                Pending::New(path) => request_metrics().add(&path).inspect(|s| s.started.inc()),
+            };
+            if let Some(s) = series {
+                s.record(*this.started, code);
+            }
         }
         Poll::Ready(out)
     }
 }
 
+/// gRPC's Unimplemented: the server has no such method.
+const UNIMPLEMENTED: usize = 12;
+
+/// The `grpc-status` a response starts with (an error), else OK.
+fn grpc_code(headers: &http::HeaderMap) -> usize {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
 impl MethodSeries {
-    fn record(&self, started: Instant, headers: &http::HeaderMap) {
+    fn record(&self, started: Instant, code: usize) {
         self.handling.observe(started.elapsed().as_secs_f64());
-        let code = headers
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-            .unwrap_or(0);
         if code == 0 {
             self.handled_ok.inc();
         } else {

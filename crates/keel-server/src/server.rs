@@ -249,12 +249,16 @@ impl Core {
         Err(ServerError::NoSpace)
     }
 
-    /// Proposes an alarm change (Maintenance.Alarm) and waits for it; the alarms it changed.
+    /// Proposes a client's alarm change (Maintenance.Alarm) and waits for it; the alarms it changed.
     pub async fn propose_alarm(
         &self,
+        who: &RequestAuth,
         r: keel_proto::etcd::PbAlarmRequest,
     ) -> Result<Vec<keel_proto::etcd::PbAlarmMember>, ServerError> {
-        match self.propose_internal(RequestBody::Alarm(r)).await? {
+        match self
+            .propose_as(Some(who.clone()), RequestBody::Alarm(r))
+            .await?
+        {
             Response::Alarm(changed) => Ok(changed),
             other => Err(ServerError::Internal(format!(
                 "unexpected response to an alarm: {other:?}"

@@ -183,6 +183,28 @@ async fn etcdctl_permission_matrix() {
         "etcdserver: user name not found",
     );
 
+    denied(
+        &root(&["role", "grant-permission", "app", "read", "b", "a"]),
+        "etcdserver: invalid auth management",
+    );
+
+    // A lease's key names are shown only to who may read them all.
+    let granted = ok(&alice(&["lease", "grant", "600"]));
+    let lease = granted.split_whitespace().nth(1).unwrap().to_string();
+    ok(&alice(&["put", "a9", "x", &format!("--lease={lease}")]));
+    assert!(ok(&alice(&["lease", "timetolive", &lease, "--keys"])).contains("a9"));
+    ok(&root(&["put", "q", "x", &format!("--lease={lease}")]));
+    denied(
+        &alice(&["lease", "timetolive", &lease, "--keys"]),
+        "etcdserver: permission denied",
+    );
+    assert!(ok(&alice(&["lease", "timetolive", &lease])).contains("granted with TTL(600s)"));
+    // Revoking it would delete q, which alice may not write.
+    denied(
+        &alice(&["lease", "revoke", &lease]),
+        "etcdserver: permission denied",
+    );
+
     // Changes take effect at once: a revoked permission, a deleted role, a new password.
     ok(&root(&["role", "revoke-permission", "app", "z"]));
     denied(&alice(&["get", "z"]), "etcdserver: permission denied");
@@ -333,6 +355,11 @@ async fn auth_state_survives_kill_9() {
     );
     let (code, body) = http_post(&m.endpoint(), "/v3/auth/status", "{}").await;
     assert_eq!(code, 200);
+    // Raising an alarm stops every write: root only.
+    let raise = r#"{"action":"ACTIVATE","memberID":"1","alarm":"NOSPACE"}"#;
+    let (code, resp) = http_post(&m.endpoint(), "/v3/maintenance/alarm", raise).await;
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp.contains("etcdserver: user name is empty"), "{resp}");
     assert!(body.contains("\"enabled\":true"), "{body}");
     // A snapshot is for root only; `keel snapshot save --user` authenticates.
     let file = m.data_dir().with_file_name("backup.db");

@@ -20,13 +20,20 @@ pub struct Credentials {
     pub cert_user: Option<String>,
 }
 
+/// Marks a request that came through a client listener (members connect through the peer
+/// listener with certificates that name members, never users).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientListener;
+
 impl Credentials {
     /// The credentials of a gRPC request.
     pub fn of<T>(req: &tonic::Request<T>) -> Credentials {
         let token = crate::server::token_of(req.metadata())
             .and_then(|v| v.to_str().ok().map(str::to_string));
         let cert_user = req
-            .peer_certs()
+            .extensions()
+            .get::<ClientListener>()
+            .and_then(|_| req.peer_certs())
             .and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
         Credentials { token, cert_user }
     }

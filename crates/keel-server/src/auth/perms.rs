@@ -29,6 +29,14 @@ fn interval(key: &[u8], range_end: &[u8]) -> Option<Interval> {
     }
 }
 
+/// Whether a permission may be granted (etcd 3.5's check): a known type, a key, and a range end
+/// (if any) after the key or a zero byte.
+pub fn is_valid(p: &PermissionRecord) -> bool {
+    (READ..=READWRITE).contains(&p.perm_type)
+        && !p.key.is_empty()
+        && interval(&p.key, &p.range_end).is_some()
+}
+
 /// Sorted, disjoint, non-adjacent intervals.
 #[derive(Debug, Default, Clone)]
 struct Intervals(Vec<Interval>);
@@ -162,6 +170,16 @@ mod tests {
         assert!(p.can_write(b"x", &[0]));
         assert!(p.can_write(b"zzz", b""));
         assert!(!p.can_write(b"w", b""));
+    }
+
+    #[test]
+    fn invalid_grants_are_recognized() {
+        assert!(is_valid(&perm(READ, "a", b"b")));
+        assert!(is_valid(&perm(WRITE, "a", b"")));
+        assert!(is_valid(&perm(READWRITE, "a", &[0])));
+        assert!(!is_valid(&perm(READ, "b", b"a")), "ends before it starts");
+        assert!(!is_valid(&perm(READ, "", b"a")), "no key");
+        assert!(!is_valid(&perm(7, "a", b"")), "unknown type");
     }
 
     #[test]

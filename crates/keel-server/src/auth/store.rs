@@ -100,9 +100,8 @@ impl AuthStore {
         *self.state.write() = state;
         self.enabled.store(enabled, Ordering::Release);
         self.revision.store(revision, Ordering::Release);
-        if !enabled {
-            self.tokens.clear();
-        }
+        // The users may have changed wholesale (an installed snapshot): no old token stays valid.
+        self.tokens.clear();
         Ok(())
     }
 
@@ -336,10 +335,9 @@ impl AuthStore {
             | RoleDelete(_)
             | RoleGrantPermission(_)
             | RoleRevokePermission(_)
-            | MemberUpdate(_) => self.check_admin(who),
-            Compaction(_) | LeaseGrant(_) | Alarm(_) | MemberAttributes(_) | Authenticate(_) => {
-                Ok(())
-            }
+            | MemberUpdate(_)
+            | Alarm(_) => self.check_admin(who),
+            Compaction(_) | LeaseGrant(_) | MemberAttributes(_) | Authenticate(_) => Ok(()),
         }
     }
 
@@ -533,6 +531,9 @@ impl AuthStore {
                     key: p.key.clone(),
                     range_end: p.range_end.clone(),
                 };
+                if !super::perms::is_valid(&perm) {
+                    return Err(ServerError::InvalidAuthMgmt);
+                }
                 // Granting the same keys again replaces the permission type.
                 let same =
                     |q: &PermissionRecord| q.key == perm.key && q.range_end == perm.range_end;

@@ -114,8 +114,8 @@ impl AuthService {
         req: &Request<T>,
         allowed: impl Fn(&RequestAuth) -> bool,
     ) -> Result<(), ServerError> {
-        let who = self.core.caller(req)?;
         self.core.linearizable_barrier().await?;
+        let who = self.core.caller(req)?;
         match self.core.auth.check_admin(&who) {
             Err(_) if allowed(&who) => Ok(()),
             other => other,

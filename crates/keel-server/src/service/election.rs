@@ -11,13 +11,13 @@ use keel_proto::v3election::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Credentials;
 use crate::concurrency::{
     check_contenders_readable, contender, contender_key, create_or_get, delete_if_held,
     put_if_held, wait_turn,
 };
 use crate::server::Core;
 use crate::ServerError;
-use keel_proto::RequestAuth;
 
 /// The Election service.
 pub struct ElectionService {
@@ -38,13 +38,14 @@ impl ElectionService {
     /// The leader of `name`, read after a linearizable barrier.
     async fn leader_of(
         &self,
-        who: &RequestAuth,
+        credentials: &Credentials,
         name: &[u8],
     ) -> Result<LeaderResponse, ServerError> {
         self.core.linearizable_barrier().await?;
+        let who = self.core.auth.identify(credentials)?;
         let mut prefix = name.to_vec();
         prefix.push(b'/');
-        check_contenders_readable(&self.core, who, &prefix)?;
+        check_contenders_readable(&self.core, &who, &prefix)?;
         let (kv, rev) = contender(&self.core, &prefix, None)?;
         let kv = kv.ok_or(ServerError::ElectionNoLeader)?;
         Ok(LeaderResponse {
@@ -112,9 +113,9 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        let who = self.core.caller(&req)?;
+        let credentials = Credentials::of(&req);
         let name = req.into_inner().name;
-        Ok(Response::new(self.leader_of(&who, &name).await?))
+        Ok(Response::new(self.leader_of(&credentials, &name).await?))
     }
 
     type ObserveStream = ReceiverStream<Result<LeaderResponse, Status>>;

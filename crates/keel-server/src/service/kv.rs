@@ -10,11 +10,12 @@ use keel_proto::etcd::{
     PbRangeResponse as RangeResponse, PbRangeStreamResponse, PbTxnOpRequest as Op,
     PbTxnRequest as TxnRequest, PbTxnResponse as TxnResponse,
 };
-use keel_proto::{RequestAuth, RequestBody};
+use keel_proto::RequestBody;
 use tonic::{Request, Response, Status};
 
 use super::unexpected;
 use crate::apply::Response as Applied;
+use crate::auth::Credentials;
 use crate::server::Core;
 use crate::{range, txn, validate, ServerError};
 
@@ -30,12 +31,15 @@ impl KvService {
     }
 
     async fn do_range(&self, req: Request<RangeRequest>) -> Result<RangeResponse, ServerError> {
-        let who = self.core.caller(&req)?;
+        let credentials = Credentials::of(&req);
         let r = req.into_inner();
         validate::check_range(&r)?;
         if !r.serializable {
             self.core.linearizable_barrier().await?;
         }
+        // Identified after the barrier, as etcd does: an auth change applied while waiting is
+        // then already in the state checked against.
+        let who = self.core.auth.identify(&credentials)?;
         self.core.auth.check_read(&who, &r.key, &r.range_end)?;
         let mut resp = range::range(&self.core.store.view(), &r)?;
         self.core.auth.check_current(&who)?;
@@ -46,15 +50,16 @@ impl KvService {
     /// A read-only txn, checked and served locally.
     async fn txn_read(
         &self,
-        who: &RequestAuth,
+        credentials: &Credentials,
         t: &TxnRequest,
     ) -> Result<TxnResponse, ServerError> {
         if !serializable(t) {
             self.core.linearizable_barrier().await?;
         }
-        self.core.auth.check_txn(who, t, &self.core.leases)?;
+        let who = self.core.auth.identify(credentials)?;
+        self.core.auth.check_txn(&who, t, &self.core.leases)?;
         let resp = txn::txn_read(&self.core.store.view(), t)?;
-        self.core.auth.check_current(who)?;
+        self.core.auth.check_current(&who)?;
         Ok(resp)
     }
 }
@@ -113,16 +118,17 @@ impl PbKvService for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let who = self.core.caller(&req)?;
+        let credentials = Credentials::of(&req);
         let t = req.into_inner();
         validate::check_txn(&t, self.core.max_txn_ops)?;
         let mut resp = if txn::is_write(&t) {
+            let who = self.core.auth.identify(&credentials)?;
             let Applied::Txn(resp) = self.core.propose(&who, RequestBody::Txn(t)).await? else {
                 return Err(unexpected("txn"));
             };
             resp
         } else {
-            self.txn_read(&who, &t).await?
+            self.txn_read(&credentials, &t).await?
         };
         self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))

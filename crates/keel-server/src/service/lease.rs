@@ -140,13 +140,23 @@ impl PbLeaseService for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let credentials = crate::auth::Credentials::of(&req);
         let r = req.into_inner();
         self.core.linearizable_barrier().await?;
+        let who = self.core.auth.identify(&credentials)?;
         let ttl = if self.core.sync_lessor_role() {
             self.core.leases.time_to_live(r.id, r.keys)
         } else {
             self.core.forward_time_to_live(r.id, r.keys).await?
         };
+        // The key names are data: only a caller that may read every one of them sees them
+        // (etcd's fix of CVE-2023-32082).
+        if let Some(t) = ttl.as_ref().filter(|_| r.keys) {
+            for key in &t.keys {
+                self.core.auth.check_read(&who, key, &[])?;
+            }
+            self.core.auth.check_current(&who)?;
+        }
         let header = self.core.header(self.core.store.current_revision());
         // A lease that does not exist is TTL -1, not an error, as etcd answers.
         let resp = match ttl {

@@ -39,13 +39,13 @@ impl MaintenanceService {
 #[tonic::async_trait]
 impl PbMaintenanceService for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let r = req.into_inner();
-        // GET lists every raised alarm; ACTIVATE/DEACTIVATE go through raft and answer with the
-        // alarm they changed, as etcd does.
-        let alarms = if r.action == 0 {
+        // GET lists every raised alarm; ACTIVATE/DEACTIVATE (root only: an alarm stops writes
+        // cluster-wide) go through raft and answer with the alarm they changed, as etcd does.
+        let alarms = if req.get_ref().action == 0 {
             self.core.alarms.list()
         } else {
-            self.core.propose_alarm(r).await?
+            let who = self.core.admin(&req)?;
+            self.core.propose_alarm(&who, req.into_inner()).await?
         };
         Ok(Response::new(AlarmResponse {
             header: self.core.header(self.core.store.current_revision()),
