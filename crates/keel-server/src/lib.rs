@@ -27,4 +27,4 @@ mod watch;
 pub use config::{AutoCompaction, ClusterState, ServerConfig, TlsFiles};
 pub use error::ServerError;
 pub use membership::{cluster_id, member_id};
-pub use server::{restore, Core, ServeError, Server, StartError};
+pub use server::{local_routes, restore, Core, ServeError, Server, StartError};

@@ -66,6 +66,9 @@ pub enum ServeError {
     /// The cluster removed this member (MemberRemove).
     #[error("the member has been permanently removed from the cluster")]
     Removed,
+    /// The task serving the member failed.
+    #[error("serving task: {0}")]
+    Internal(String),
 }
 
 /// The state every service shares.
@@ -404,6 +407,12 @@ impl Core {
     }
 }
 
+/// The member's gRPC services as one in-process tower service (an embedding application's client:
+/// the same services, codec and checks as over TCP, without the network).
+pub fn local_routes(core: &Arc<Core>) -> tonic::service::Routes {
+    service::grpc_routes(core.clone(), core.max_request_bytes + GRPC_OVERHEAD_BYTES)
+}
+
 /// The auth token a request carries: gRPC clients send `token`, the HTTP gateway `authorization`.
 pub fn token_of(metadata: &MetadataMap) -> Option<MetadataValue<Ascii>> {
     metadata
@@ -622,7 +631,8 @@ impl Server {
         let mut removed = false;
         let res = tokio::select! {
             res = &mut serve => res,
-            _ = removed_rx.wait_for(|&removed| removed) => {
+            // The guard `wait_for` returns is dropped at once (held, the future would not be Send).
+            _ = async { removed_rx.wait_for(|&removed| removed).await.map(|_| ()) } => {
                 tracing::error!("this member was removed from the cluster; stopping");
                 removed = true;
                 let _ = stop_tx.send(true);
@@ -635,13 +645,14 @@ impl Server {
                 tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await.unwrap_or(Ok(()))
             }
         };
-        expiry.abort();
-        publish.abort();
-        peers.abort();
-        sizes.abort();
-        compactor.abort();
         let _ = peer_stop_tx.send(true);
         peer_server.abort();
+        let _ = peer_server.await;
+        // Awaited once aborted, so that nothing they hold (the store) outlives `serve`.
+        for task in [expiry, publish, peers, sizes, compactor] {
+            task.abort();
+            let _ = task.await;
+        }
         self.transport.shutdown();
         // Stopping raft closes the apply loop's input; it finishes the batch it has, then ends.
         self.core.node.shutdown();

@@ -43,18 +43,10 @@ fn unexpected(request: &str) -> Status {
     )))
 }
 
-/// The client server's router, its gRPC requests counted and timed.
-pub type ClientRouter =
-    Router<tower_layer::Stack<crate::metrics::ObserveGrpc, tower_layer::Identity>>;
-
-/// Every service on one router, with `/metrics` and `/health` over HTTP/1.1 beside gRPC, with TLS
-/// when configured; requests above `max_message` bytes are refused by gRPC itself.
-pub fn router(
-    core: Arc<Core>,
-    max_message: usize,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-) -> Result<ClientRouter, tonic::transport::Error> {
-    let grpc = Routes::new(
+/// Every gRPC service of the client URLs, as one tower service (also served in-process to an
+/// embedding application, without TCP); requests above `max_message` bytes are refused.
+pub fn grpc_routes(core: Arc<Core>, max_message: usize) -> Routes {
+    Routes::new(
         PbKvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_message),
     )
     .add_service(
@@ -74,7 +66,21 @@ pub fn router(
     .add_service(LockService::server(core.clone()))
     .add_service(ElectionService::server(core.clone()))
     .add_service(AdminService::server(core.clone()))
-    .add_service(AuthService::server(core.clone()).max_decoding_message_size(max_message));
+    .add_service(AuthService::server(core.clone()).max_decoding_message_size(max_message))
+}
+
+/// The client server's router, its gRPC requests counted and timed.
+pub type ClientRouter =
+    Router<tower_layer::Stack<crate::metrics::ObserveGrpc, tower_layer::Identity>>;
+
+/// Every service on one router, with `/metrics` and `/health` over HTTP/1.1 beside gRPC, with TLS
+/// when configured; requests above `max_message` bytes are refused by gRPC itself.
+pub fn router(
+    core: Arc<Core>,
+    max_message: usize,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<ClientRouter, tonic::transport::Error> {
+    let grpc = grpc_routes(core.clone(), max_message);
     let http = grpc
         .into_axum_router()
         .merge(crate::metrics::routes(core.clone()))

@@ -1,0 +1,152 @@
+//! `StateStore`: the state layer an application programs against, the same over an embedded
+//! member (`Member::client`, in-process, no TCP) and over any etcd-compatible endpoints
+//! (`RemoteStore::connect`, gRPC): key-values with versions, watches, transactions and leader
+//! election. Both backends are one implementation (`GrpcStore`) over etcd's gRPC API; they differ
+//! only in how a request reaches the member.
+
+mod grpc;
+mod leadership;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+
+pub use grpc::{EmbeddedStore, GrpcStore, RemoteStore};
+pub use leadership::Leadership;
+
+/// A key-value as a store holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kv {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The revision of its last change (compare with `Compare::Version`).
+    pub version: i64,
+}
+
+/// What a watch saw happen to a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The key was written.
+    Put,
+    /// The key was deleted.
+    Delete,
+}
+
+/// One change seen by a watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The key-value after the change (for a delete: the key, and the deletion's revision).
+    pub kv: Kv,
+    /// The key-value before the change, if it existed.
+    pub prev_kv: Option<Kv>,
+}
+
+/// The keys a watch follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keys {
+    /// One key.
+    Key(Vec<u8>),
+    /// Every key starting with these bytes.
+    Prefix(Vec<u8>),
+}
+
+/// A condition of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// The key exists with this version (revision of its last change).
+    Version(Vec<u8>, i64),
+    /// The key exists with this value.
+    Value(Vec<u8>, Vec<u8>),
+    /// The key exists.
+    Exists(Vec<u8>),
+    /// The key does not exist.
+    Absent(Vec<u8>),
+}
+
+/// A write of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Write the key.
+    Put(Vec<u8>, Vec<u8>),
+    /// Delete the key.
+    Delete(Vec<u8>),
+}
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The key (or lease, or leadership) does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A conditional write's condition did not hold.
+    #[error("compare failed")]
+    CompareFailed,
+    /// The cluster has no leader (no quorum).
+    #[error("no leader")]
+    NoLeader,
+    /// The member or endpoints cannot be reached (or are stopping).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The revision asked for was compacted away; the oldest left is after this one.
+    #[error("required revision has been compacted (compacted at {0})")]
+    Compacted(i64),
+    /// Any other refusal, as the server worded it (permission denied, request too large, ...).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// A stream of watch events, ending with an error when the watch cannot go on.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
+
+/// A stream of leaders (their candidate ids) as they change.
+pub type LeaderStream = Pin<Box<dyn Stream<Item = Result<String, StoreError>> + Send>>;
+
+/// The state layer, over an embedded member or remote endpoints.
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync {
+    /// Writes `key`; the revision of the write.
+    async fn put(&self, key: &[u8], value: &[u8]) -> Result<i64, StoreError>;
+
+    /// The key, if it exists (a linearizable read).
+    async fn get(&self, key: &[u8]) -> Result<Option<Kv>, StoreError>;
+
+    /// Deletes `key`; `NotFound` if there was nothing to delete.
+    async fn delete(&self, key: &[u8]) -> Result<(), StoreError>;
+
+    /// Every key starting with `prefix`, in key order.
+    async fn list(&self, prefix: &[u8]) -> Result<Vec<Kv>, StoreError>;
+
+    /// Changes of `keys` from `start_revision` on (0: from now), with the previous values.
+    async fn watch(&self, keys: Keys, start_revision: i64) -> Result<WatchStream, StoreError>;
+
+    /// Runs `on_success` if every check holds, else `on_failure`, atomically; whether the checks
+    /// held.
+    async fn transaction(
+        &self,
+        checks: Vec<Compare>,
+        on_success: Vec<Op>,
+        on_failure: Vec<Op>,
+    ) -> Result<bool, StoreError>;
+
+    /// Waits until `candidate_id` leads this store's election, holding it with a lease of
+    /// `lease_ttl` kept alive in the background.
+    async fn campaign(
+        &self,
+        candidate_id: &str,
+        lease_ttl: Duration,
+    ) -> Result<Leadership, StoreError>;
+
+    /// The current leader's candidate id.
+    async fn leader(&self) -> Result<Option<String>, StoreError>;
+
+    /// The leader now (once there is one) and each new leader.
+    async fn observe(&self) -> Result<LeaderStream, StoreError>;
+
+    /// Ends the store's background work (leaderships it holds are resigned when dropped).
+    async fn close(&self);
+}
