@@ -25,5 +25,5 @@ pub use keel_server::{
 pub use member::Member;
 pub use store::{
     Compare, EmbeddedStore, EventKind, Keys, Kv, Leadership, Op, RemoteStore, StateStore,
-    StoreError, WatchEvent,
+    StoreError, Value, ValueError, ValueWatcher, WatchEvent,
 };

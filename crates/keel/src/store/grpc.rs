@@ -88,7 +88,8 @@ impl<T> Transport for T where
 {
 }
 
-/// The error a call ended with, typed.
+/// The error a call ended with, typed. A status made on this side from a broken connection (code
+/// Unknown, with the transport's error as its source) is an unavailability, not a refusal.
 pub(crate) fn typed(s: tonic::Status) -> StoreError {
     let m = s.message();
     if m.contains("no leader") && !m.starts_with("election") {
@@ -98,7 +99,7 @@ pub(crate) fn typed(s: tonic::Status) -> StoreError {
     } else if matches!(
         s.code(),
         tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
-    ) || (s.code() == tonic::Code::Unknown && m.contains("transport"))
+    ) || (s.code() == tonic::Code::Unknown && std::error::Error::source(&s).is_some())
     {
         StoreError::Unavailable(m.to_string())
     } else {
@@ -273,12 +274,14 @@ impl<T: Transport> StateStore for GrpcStore<T> {
         Ok(r.header.map_or(0, |h| h.revision))
     }
 
-    async fn get(&self, key: &[u8]) -> Result<Option<Kv>, StoreError> {
+    async fn read(&self, key: &[u8]) -> Result<(Option<Kv>, i64), StoreError> {
         let req = PbRangeRequest {
             key: key.to_vec(),
             ..Default::default()
         };
-        Ok(self.range(req).await?.kvs.into_iter().next().map(kv))
+        let r = self.range(req).await?;
+        let revision = r.header.map_or(0, |h| h.revision);
+        Ok((r.kvs.into_iter().next().map(kv), revision))
     }
 
     async fn delete(&self, key: &[u8]) -> Result<(), StoreError> {

@@ -6,6 +6,7 @@
 
 mod grpc;
 mod leadership;
+mod value;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use futures::Stream;
 
 pub use grpc::{EmbeddedStore, GrpcStore, RemoteStore};
 pub use leadership::Leadership;
+pub use value::{Value, ValueError, ValueWatcher};
 
 /// A key-value as a store holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,7 +115,13 @@ pub trait StateStore: Send + Sync {
     async fn put(&self, key: &[u8], value: &[u8]) -> Result<i64, StoreError>;
 
     /// The key, if it exists (a linearizable read).
-    async fn get(&self, key: &[u8]) -> Result<Option<Kv>, StoreError>;
+    async fn get(&self, key: &[u8]) -> Result<Option<Kv>, StoreError> {
+        Ok(self.read(key).await?.0)
+    }
+
+    /// The key, if it exists, and the store's revision it was read at (a watch from the revision
+    /// after it misses nothing).
+    async fn read(&self, key: &[u8]) -> Result<(Option<Kv>, i64), StoreError>;
 
     /// Deletes `key`; `NotFound` if there was nothing to delete.
     async fn delete(&self, key: &[u8]) -> Result<(), StoreError>;
