@@ -40,7 +40,9 @@ pub struct SnapshotImage {
 /// Makes state-machine snapshots on request (the state machine's side of raft's `Storage::snapshot`).
 pub trait SnapshotSource: Send + Sync {
     /// An image applied through at least `min_index`, made now if none is recent enough.
-    fn snapshot(&self, min_index: u64) -> std::result::Result<SnapshotImage, String>;
+    /// (The image must be at `min_index` or later and its membership must include `to`: raft
+    /// refuses a snapshot that does not name its receiver, e.g. one made before it was added.)
+    fn snapshot(&self, min_index: u64, to: u64) -> std::result::Result<SnapshotImage, String>;
 }
 
 /// The raft log store.
@@ -426,7 +428,7 @@ impl raft::Storage for LogStore {
         let source = self.snapshots.as_ref().ok_or_else(unavailable)?;
         // The receiver continues from the log after the image: it must not be older than the log.
         let image = source
-            .snapshot(request_index.max(self.truncated_index))
+            .snapshot(request_index.max(self.truncated_index), to)
             .map_err(|e| {
                 tracing::warn!(error = %e, to = format!("{to:x}"), "making a snapshot failed");
                 unavailable()

@@ -58,11 +58,13 @@ impl Checkpoints {
 }
 
 impl SnapshotSource for Checkpoints {
-    fn snapshot(&self, min_index: u64) -> Result<SnapshotImage, String> {
+    fn snapshot(&self, min_index: u64, to: u64) -> Result<SnapshotImage, String> {
         let mut made = self.made.lock();
+        let names =
+            |cs: &keel_raft::ConfState| cs.voters.contains(&to) || cs.learners.contains(&to);
         let fresh = made
             .last()
-            .filter(|(index, ..)| *index >= min_index)
+            .filter(|(index, _, cs)| *index >= min_index && names(cs))
             .cloned();
         let (index, dir, conf_state) = match fresh {
             Some(c) => c,
