@@ -85,9 +85,6 @@ pub enum StoreError {
     /// The key (or lease, or leadership) does not exist.
     #[error("not found")]
     NotFound,
-    /// A conditional write's condition did not hold.
-    #[error("compare failed")]
-    CompareFailed,
     /// The cluster has no leader (no quorum).
     #[error("no leader")]
     NoLeader,
