@@ -235,6 +235,10 @@ impl Hub {
         Fut: std::future::Future<Output = bool>,
     {
         let progress = &spec.progress;
+        // A negative start revision is older than any compaction (etcd cancels it as compacted).
+        if spec.start_revision < 0 {
+            return WatchEnd::Compacted(self.store.compacted_revision());
+        }
         let mut next = if spec.start_revision > 0 {
             spec.start_revision
         } else {

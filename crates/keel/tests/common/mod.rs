@@ -450,3 +450,50 @@ pub fn status(e: etcd_client::Error) -> (tonic::Code, String) {
         other => panic!("expected a gRPC status, got {other:?}"),
     }
 }
+
+/// Real etcd (Debian's etcd-server), single member.
+pub struct Etcd {
+    child: std::process::Child,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_etcd() -> Etcd {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, peer) = (free_port(), free_port());
+    let endpoint = format!("127.0.0.1:{port}");
+    let child = Command::new("etcd")
+        .arg("--name=e")
+        .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
+        .arg(format!("--listen-client-urls=http://{endpoint}"))
+        .arg(format!("--advertise-client-urls=http://{endpoint}"))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
+        .arg(format!("--initial-cluster=e=http://127.0.0.1:{peer}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd must be installed (Debian package etcd-server)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !etcdctl_at(&endpoint, &["put", "ready", "1"], None)
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "etcd did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Etcd {
+        child,
+        endpoint,
+        _dir: dir,
+    }
+}
