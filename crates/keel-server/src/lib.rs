@@ -24,6 +24,7 @@ mod validate;
 mod wait;
 mod watch;
 
+pub use concurrency::prefix_end;
 pub use config::{AutoCompaction, ClusterState, ServerConfig, TlsFiles};
 pub use error::ServerError;
 pub use membership::{cluster_id, member_id};

@@ -17,6 +17,8 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::codegen::{Body, Bytes, StdError};
 use tonic::transport::{Channel, Endpoint};
 
+use keel_server::prefix_end;
+
 use super::leadership::Leadership;
 use super::{
     Compare, EventKind, Keys, Kv, LeaderStream, Op, StateStore, StoreError, WatchEvent, WatchStream,
@@ -115,18 +117,6 @@ fn kv(k: PbKeyValue) -> Kv {
     }
 }
 
-/// The range end of every key starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 // etcd's Compare.CompareResult, CompareTarget and Event.EventType.
 const EQUAL: i32 = 0;
 const GREATER: i32 = 1;
@@ -207,6 +197,15 @@ impl<T: Transport> GrpcStore<T> {
         self.election.to_vec()
     }
 
+    /// A client ready to send on the transport.
+    async fn ready(&self) -> Result<Grpc<T>, StoreError> {
+        let mut grpc = self.grpc.clone();
+        grpc.ready()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.into().to_string()))?;
+        Ok(grpc)
+    }
+
     /// One unary call.
     pub(crate) async fn call<Req, Resp>(
         &self,
@@ -217,10 +216,7 @@ impl<T: Transport> GrpcStore<T> {
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
-        let mut grpc = self.grpc.clone();
-        grpc.ready()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.into().to_string()))?;
+        let mut grpc = self.ready().await?;
         let codec = tonic_prost::ProstCodec::default();
         grpc.unary(
             tonic::Request::new(req),
@@ -242,10 +238,7 @@ impl<T: Transport> GrpcStore<T> {
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
-        let mut grpc = self.grpc.clone();
-        grpc.ready()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.into().to_string()))?;
+        let mut grpc = self.ready().await?;
         let codec = tonic_prost::ProstCodec::default();
         grpc.streaming(
             tonic::Request::new(requests),
