@@ -16,8 +16,9 @@ pub use store::AuthStore;
 pub struct Credentials {
     /// The auth token.
     pub token: Option<String>,
-    /// The client certificate's common name.
-    pub cert_user: Option<String>,
+    /// The verified client certificate chain (read only when auth is enabled and there is no
+    /// token: parsing it on every request would cost TLS clients for nothing).
+    certs: Option<std::sync::Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
 }
 
 /// Marks a request that came through a client listener (members connect through the peer
@@ -30,12 +31,18 @@ impl Credentials {
     pub fn of<T>(req: &tonic::Request<T>) -> Credentials {
         let token = crate::server::token_of(req.metadata())
             .and_then(|v| v.to_str().ok().map(str::to_string));
-        let cert_user = req
+        let certs = req
             .extensions()
             .get::<ClientListener>()
-            .and_then(|_| req.peer_certs())
-            .and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
-        Credentials { token, cert_user }
+            .and_then(|_| req.peer_certs());
+        Credentials { token, certs }
+    }
+
+    /// The user the client certificate names (its subject's common name).
+    pub fn cert_user(&self) -> Option<String> {
+        self.certs
+            .as_ref()
+            .and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())))
     }
 }
 

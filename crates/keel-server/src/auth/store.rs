@@ -130,7 +130,7 @@ impl AuthStore {
             return Ok(named(""));
         }
         let Some(token) = credentials.token.as_deref() else {
-            return Ok(named(credentials.cert_user.as_deref().unwrap_or_default()));
+            return Ok(named(&credentials.cert_user().unwrap_or_default()));
         };
         let info = self
             .tokens
