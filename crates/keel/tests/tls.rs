@@ -260,6 +260,20 @@ async fn members_replicate_over_peer_tls_and_refuse_strangers() {
     let mut c2 = cluster.members[2].client().await;
     let r = c2.get("over-tls", None).await.unwrap();
     assert_eq!(r.kvs()[0].value(), b"yes");
+    // A follower forwards `keel members` to the leader over peer TLS.
+    let leader = cluster.leader().await;
+    let follower = &cluster.members[(leader + 1) % 3];
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["members", "-w", "json"])
+        .arg(format!("--endpoints={}", follower.endpoint()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("\"role\":\"leader\""),
+        "{}",
+        stdout(&out)
+    );
 
     // A member whose certificate comes from another CA is refused by every peer.
     let strangers = tempfile::tempdir().unwrap();
