@@ -137,6 +137,18 @@ async fn elections(a: &impl StateStore, b: &(impl StateStore + Clone + 'static))
     assert_eq!(observed.next().await.unwrap().unwrap(), "node-b");
     assert_eq!(b.leader().await.unwrap().as_deref(), Some("node-b"));
     lead_b.resign().await.unwrap();
+    // A leadership dropped without resigning is given up too.
+    let dropped = a.campaign("node-c", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(a.leader().await.unwrap().as_deref(), Some("node-c"));
+    drop(dropped);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while a.leader().await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a dropped leadership kept leading"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 // Multi-threaded: the member serves on the test's runtime while etcdctl blocks a thread.

@@ -46,6 +46,26 @@ async fn metrics_count_requests_by_outcome_and_time_the_disk() {
         Some(0.0)
     );
 
+    // A method the server does not have is refused and adds no series.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.endpoint()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let invented = grpc
+        .unary::<_, keel_proto::etcd::PbStatusRequest, _>(
+            tonic::Request::new(keel_proto::etcd::PbStatusRequest {}),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Invented"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(invented.code(), tonic::Code::Unimplemented);
+    let (_, metrics) = http_get(&m.endpoint(), "/metrics").await;
+    assert!(!metrics.contains("Invented"), "{metrics}");
+
     let (code, body) = http_get(&m.endpoint(), "/readyz").await;
     assert_eq!(code, 200, "{body}");
     assert!(
