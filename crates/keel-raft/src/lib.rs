@@ -9,11 +9,11 @@ mod transport;
 
 pub use log_store::{wal_fsync_seconds, LogStore, SnapshotImage, SnapshotSource, BOOTSTRAP_INDEX};
 pub use node::{
-    Committed, InstallSnapshot, Node, NodeConfig, PeerProgress, RaftStatus, Replication, Role,
-    Stepper,
+    Committed, Driver, InstallSnapshot, Node, NodeConfig, Outbox, PeerProgress, RaftStatus,
+    Replication, Role, Stepper,
 };
 pub use raft::eraftpb::{
-    ConfChange, ConfChangeType, ConfState, Entry, EntryType, SnapshotMetadata,
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType, SnapshotMetadata,
 };
 
 /// The membership change a conf change entry carries, if it is one (single changes only: Keel

@@ -57,6 +57,8 @@ pub struct LogStore {
     tail: VecDeque<Entry>,
     /// Where snapshots for lagging members come from.
     snapshots: Option<Arc<dyn SnapshotSource>>,
+    /// Whether writes are synced (always, but in the simulation).
+    fsync: bool,
 }
 
 fn storage_err(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
@@ -80,9 +82,24 @@ impl LogStore {
             last_index: 0,
             tail: VecDeque::new(),
             snapshots: None,
+            fsync: true,
         };
         store.load()?;
         Ok(store)
+    }
+
+    /// Writes without fsync. Only for the deterministic simulation: its crashes happen inside one
+    /// process, where the page cache survives them, so a sync would only cost time.
+    pub fn without_fsync(mut self) -> Self {
+        self.fsync = false;
+        self
+    }
+
+    /// Every log write is synced: it is the durability point.
+    fn write_options(&self) -> WriteOptions {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.fsync);
+        wo
     }
 
     fn load(&mut self) -> Result<()> {
@@ -156,7 +173,7 @@ impl LogStore {
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
         batch.put_cf(self.cf(CF_STATE), KEY_HARD_STATE, hs.write_to_bytes()?);
-        self.db.write_opt(batch, &synced())?;
+        self.db.write_opt(batch, &self.write_options())?;
         self.hard_state = hs;
         self.conf_state = cs.clone();
         self.truncated_index = meta.index;
@@ -187,7 +204,7 @@ impl LogStore {
             self.cf(CF_STATE),
             KEY_CONF_STATE,
             cs.write_to_bytes()?,
-            &synced(),
+            &self.write_options(),
         )?;
         self.conf_state = cs;
         Ok(())
@@ -234,7 +251,7 @@ impl LogStore {
             self.hard_state.write_to_bytes()?,
         );
         let started = std::time::Instant::now();
-        self.db.write_opt(batch, &synced())?;
+        self.db.write_opt(batch, &self.write_options())?;
         wal_fsync_seconds().observe(started.elapsed().as_secs_f64());
         Ok(())
     }
@@ -257,7 +274,7 @@ impl LogStore {
             self.cf(CF_STATE),
             KEY_HARD_STATE,
             self.hard_state.write_to_bytes()?,
-            &synced(),
+            &self.write_options(),
         )?;
         Ok(())
     }
@@ -277,7 +294,7 @@ impl LogStore {
         let mut marker = index.to_be_bytes().to_vec();
         marker.extend_from_slice(&term.to_be_bytes());
         batch.put_cf(self.cf(CF_STATE), KEY_TRUNCATED, marker);
-        self.db.write_opt(batch, &synced())?;
+        self.db.write_opt(batch, &self.write_options())?;
         self.truncated_index = index;
         self.truncated_term = term;
         tracing::info!(index, term, "raft log compacted");
@@ -369,12 +386,6 @@ pub fn wal_fsync_seconds() -> &'static prometheus::Histogram {
         .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("valid buckets"));
         prometheus::Histogram::with_opts(opts).expect("valid histogram")
     })
-}
-
-fn synced() -> WriteOptions {
-    let mut wo = WriteOptions::default();
-    wo.set_sync(true);
-    wo
 }
 
 impl raft::Storage for LogStore {

@@ -24,6 +24,24 @@ use crate::logger::raft_logger;
 use crate::transport::Transport;
 use crate::{LogStore, RaftError, Result};
 
+/// Where the driver sends raft messages: the peer transport, or the simulation's network.
+pub trait Outbox: Send + Sync {
+    /// Sends messages to their members (best effort: raft retransmits what is lost).
+    fn send(&self, msgs: Vec<Message>);
+    /// Sends a snapshot message on its own stream; the outcome is reported through `reporter`.
+    fn send_snapshot(&self, msg: Message, reporter: Stepper);
+}
+
+impl Outbox for Transport {
+    fn send(&self, msgs: Vec<Message>) {
+        Transport::send(self, msgs)
+    }
+
+    fn send_snapshot(&self, msg: Message, reporter: Stepper) {
+        Transport::send_snapshot(self, msg, reporter)
+    }
+}
+
 /// Most messages taken from the queue per loop turn, so one turn's batch stays bounded.
 const MAX_DRAIN: usize = 8192;
 
@@ -43,6 +61,10 @@ pub struct NodeConfig {
     pub election_ticks: usize,
     /// Ticks between leader heartbeats.
     pub heartbeat_ticks: usize,
+    /// Whether raft spreads each election timeout at random over [election_ticks,
+    /// 2 * election_ticks). raft-rs draws it from an unseeded thread RNG, so the deterministic
+    /// simulation turns it off and spreads elections by skewing members' clocks instead.
+    pub random_election_timeout: bool,
 }
 
 impl NodeConfig {
@@ -55,6 +77,7 @@ impl NodeConfig {
             tick_interval: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 1,
+            random_election_timeout: true,
         }
     }
 }
@@ -193,10 +216,27 @@ impl Node {
     /// Starts the driver on its own thread. Committed entries go to `committed`, in log order.
     pub fn start(
         cfg: NodeConfig,
-        mut store: LogStore,
+        store: LogStore,
         committed: mpsc::Sender<Committed>,
         transport: Arc<Transport>,
     ) -> Result<Node> {
+        let (node, driver) = Node::stepwise(cfg, store, committed, transport.clone())?;
+        transport.set_reporter(node.stepper());
+        let thread = std::thread::Builder::new()
+            .name("raft".into())
+            .spawn(move || driver.run())?;
+        *node.thread.lock() = Some(thread);
+        Ok(node)
+    }
+
+    /// A node whose driver the caller turns (`Driver::turn`), on its own clock: the deterministic
+    /// simulation runs whole clusters this way in one thread.
+    pub fn stepwise(
+        cfg: NodeConfig,
+        mut store: LogStore,
+        committed: mpsc::Sender<Committed>,
+        outbox: Arc<dyn Outbox>,
+    ) -> Result<(Node, Driver)> {
         if store.is_empty() && !cfg.voters.is_empty() {
             store.bootstrap(ConfState {
                 voters: cfg.voters.clone(),
@@ -217,6 +257,12 @@ impl Node {
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
+            // One value only: raft draws in [min, max).
+            max_election_tick: if cfg.random_election_timeout {
+                0
+            } else {
+                cfg.election_ticks + 1
+            },
             ..Default::default()
         };
         let single_voter = store.conf_state().voters == [cfg.id];
@@ -230,7 +276,6 @@ impl Node {
             ..Default::default()
         }));
         let (tx, rx) = mpsc::channel();
-        transport.set_reporter(Stepper { tx: tx.clone() });
         let driver = Driver {
             raw,
             rx,
@@ -238,22 +283,21 @@ impl Node {
             last_contact: HashMap::new(),
             caught_up_at: HashMap::new(),
             committed,
-            transport,
+            outbox,
             status: status.clone(),
             tick: cfg.tick_interval,
             election_ticks: cfg.election_ticks,
             pending_reads: Vec::new(),
             reads_in_flight: HashMap::new(),
             next_read_id: 0,
+            now: Instant::now(),
         };
-        let thread = std::thread::Builder::new()
-            .name("raft".into())
-            .spawn(move || driver.run())?;
-        Ok(Node {
+        let node = Node {
             tx,
             status,
-            thread: parking_lot::Mutex::new(Some(thread)),
-        })
+            thread: parking_lot::Mutex::new(None),
+        };
+        Ok((node, driver))
     }
 
     /// The handle the peer service steps incoming messages through.
@@ -337,7 +381,9 @@ impl Drop for Node {
 /// A linearizable read waiting for its read index.
 type Reader = oneshot::Sender<Result<u64>>;
 
-struct Driver {
+/// The raft protocol loop of one member: on its own thread (`Node::start`) or turned by the caller
+/// (`Node::stepwise`).
+pub struct Driver {
     raw: RawNode<LogStore>,
     rx: mpsc::Receiver<Msg>,
     /// The driver's own input, for transfers that report back (snapshots).
@@ -347,7 +393,7 @@ struct Driver {
     /// When each member last had every entry of the leader's log, while this member leads.
     caught_up_at: HashMap<u64, Instant>,
     committed: mpsc::Sender<Committed>,
-    transport: Arc<Transport>,
+    outbox: Arc<dyn Outbox>,
     status: Arc<RwLock<RaftStatus>>,
     tick: Duration,
     election_ticks: usize,
@@ -356,6 +402,8 @@ struct Driver {
     /// ReadIndex rounds under way, by the id carried in their context, with when they were sent.
     reads_in_flight: HashMap<u64, (Instant, Vec<Reader>)>,
     next_read_id: u64,
+    /// The time of the current turn.
+    now: Instant,
 }
 
 impl Driver {
@@ -363,40 +411,56 @@ impl Driver {
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(wait) {
-                Ok(msg) => {
-                    if !self.handle(msg) {
-                        break;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+            let first = match self.rx.recv_timeout(wait) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let now = Instant::now();
+            let tick = now >= next_tick;
+            if tick {
+                next_tick = now + self.tick;
             }
-            // Everything queued while the last batch was syncing joins this batch.
-            for _ in 0..MAX_DRAIN {
-                match self.rx.try_recv() {
-                    Ok(msg) => {
-                        if !self.handle(msg) {
-                            return self.stop();
-                        }
-                    }
-                    Err(_) => break,
+            match self.turn_with(first, now, tick) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "raft driver stopped: storage failed");
+                    break;
                 }
             }
-            let ticked = Instant::now() >= next_tick;
-            if ticked {
-                self.raw.tick();
-                next_tick = Instant::now() + self.tick;
-            }
-            self.retry_lost_reads();
-            self.start_read_round();
-            if let Err(e) = self.on_ready() {
-                tracing::error!(error = %e, "raft driver stopped: storage failed");
-                break;
-            }
-            self.publish_status(ticked);
         }
         self.stop();
+    }
+
+    /// One turn of the loop at time `now`: handles what is queued (messages, proposals, reads),
+    /// ticks raft if `tick`, then persists, sends and hands off what raft has ready. False once
+    /// the node was shut down; an error when storage failed (the driver must not go on).
+    pub fn turn(&mut self, now: Instant, tick: bool) -> Result<bool> {
+        self.turn_with(None, now, tick)
+    }
+
+    fn turn_with(&mut self, first: Option<Msg>, now: Instant, tick: bool) -> Result<bool> {
+        self.now = now;
+        // Everything queued while the last batch was syncing joins this batch.
+        let mut first = first;
+        for _ in 0..=MAX_DRAIN {
+            let Some(msg) = first.take().or_else(|| self.rx.try_recv().ok()) else {
+                break;
+            };
+            if !self.handle(msg) {
+                self.stop();
+                return Ok(false);
+            }
+        }
+        if tick {
+            self.raw.tick();
+        }
+        self.retry_lost_reads();
+        self.start_read_round();
+        self.on_ready()?;
+        self.publish_status(tick);
+        Ok(true)
     }
 
     fn stop(&mut self) {
@@ -411,7 +475,7 @@ impl Driver {
         match msg {
             Msg::Step(m) => {
                 if self.raw.raft.state == StateRole::Leader {
-                    self.last_contact.insert(m.from, Instant::now());
+                    self.last_contact.insert(m.from, self.now);
                 }
                 // Messages from removed members or stale terms are refused by raft; nothing to do.
                 if let Err(e) = self.raw.step(m) {
@@ -480,7 +544,7 @@ impl Driver {
             .read_index(self.next_read_id.to_be_bytes().to_vec());
         self.reads_in_flight.insert(
             self.next_read_id,
-            (Instant::now(), std::mem::take(&mut self.pending_reads)),
+            (self.now, std::mem::take(&mut self.pending_reads)),
         );
     }
 
@@ -490,7 +554,7 @@ impl Driver {
         if self.raw.raft.leader_id == raft::INVALID_ID {
             return;
         }
-        let lost_before = Instant::now() - self.tick * self.election_ticks as u32;
+        let lost_before = self.now - self.tick * self.election_ticks as u32;
         let lost: Vec<u64> = self
             .reads_in_flight
             .iter()
@@ -539,11 +603,10 @@ impl Driver {
             if m.get_msg_type() != MessageType::MsgSnapshot {
                 return true;
             }
-            self.transport
-                .send_snapshot(m.clone(), self.reporter.clone());
+            self.outbox.send_snapshot(m.clone(), self.reporter.clone());
             false
         });
-        self.transport.send(msgs);
+        self.outbox.send(msgs);
     }
 
     /// Has the state machine install the received image, then moves the log past it. In that
@@ -622,7 +685,7 @@ impl Driver {
     }
 
     fn publish_status(&mut self, ticked: bool) {
-        let now = Instant::now();
+        let now = self.now;
         if self.raw.raft.state != StateRole::Leader {
             self.last_contact.clear();
             self.caught_up_at.clear();

@@ -221,38 +221,51 @@ pub struct ApplyLoop {
     pub snapshot_count: u64,
     /// Called with an index up to which the raft log may be dropped.
     pub compact_log: Box<dyn Fn(u64) + Send>,
+    /// The applied index at the last log compaction.
+    pub compacted_at: u64,
 }
 
 impl ApplyLoop {
     /// Runs until the raft driver goes away.
-    pub fn run(self) {
-        let mut compacted_at = self.store.applied_index();
+    pub fn run(mut self) {
         while let Ok(first) = self.committed.recv() {
-            let mut batches = Vec::new();
-            let mut next = Some(first);
-            while let Some(c) = next.take() {
-                match c {
-                    Committed::Entries(entries) => batches.push(entries),
-                    Committed::Snapshot(install) => {
-                        // What came before the snapshot is applied first, in order.
-                        self.apply_or_abort(&batches);
-                        batches.clear();
-                        self.install(install);
-                        compacted_at = self.store.applied_index();
-                    }
+            self.apply_from(first);
+        }
+    }
+
+    /// Applies what the driver has handed off so far, without waiting (the simulation's turns).
+    pub fn drain(&mut self) {
+        while let Ok(first) = self.committed.try_recv() {
+            self.apply_from(first);
+        }
+    }
+
+    /// Applies `first` and what else is queued behind it, many entries to one write batch.
+    fn apply_from(&mut self, first: Committed) {
+        let mut batches = Vec::new();
+        let mut next = Some(first);
+        while let Some(c) = next.take() {
+            match c {
+                Committed::Entries(entries) => batches.push(entries),
+                Committed::Snapshot(install) => {
+                    // What came before the snapshot is applied first, in order.
+                    self.apply_or_abort(&batches);
+                    batches.clear();
+                    self.install(install);
+                    self.compacted_at = self.store.applied_index();
                 }
-                if batches.len() < 64 {
-                    next = self.committed.try_recv().ok();
-                }
             }
-            if batches.is_empty() {
-                continue;
+            if batches.len() < 64 {
+                next = self.committed.try_recv().ok();
             }
-            let last = self.apply_or_abort(&batches);
-            if last >= compacted_at + self.snapshot_count {
-                self.compact_raft_log(last);
-                compacted_at = last;
-            }
+        }
+        if batches.is_empty() {
+            return;
+        }
+        let last = self.apply_or_abort(&batches);
+        if last >= self.compacted_at.saturating_add(self.snapshot_count) {
+            self.compact_raft_log(last);
+            self.compacted_at = last;
         }
     }
 

@@ -18,6 +18,8 @@ mod metrics;
 mod range;
 mod server;
 pub mod service;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod snapshot;
 mod txn;
 mod validate;

@@ -513,6 +513,7 @@ impl Server {
         core.refresh_db_size();
         let weak = Arc::downgrade(&core);
         let apply = ApplyLoop {
+            compacted_at: store.applied_index(),
             store,
             committed: committed_rx,
             registry,

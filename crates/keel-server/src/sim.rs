@@ -1,0 +1,212 @@
+//! A member assembled for the deterministic simulation (`crates/keel-sim`): the real raft driver,
+//! apply loop, lessor and watch hub over RocksDB in its data dir, with no thread, socket or clock
+//! of its own. The simulation turns it at its simulated time and carries its messages; requests
+//! are futures the simulation polls (they need no runtime: only tokio's sync channels).
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use keel_mvcc::Store;
+use keel_proto::etcd::{PbEvent as Event, PbRangeRequest, PbRangeResponse};
+use keel_proto::{InternalRequest, RequestBody};
+use keel_raft::{Driver, LogStore, Node, NodeConfig, Outbox, RaftStatus, Stepper};
+use prost::Message as _;
+use tokio::sync::watch;
+
+use crate::alarm::Alarms;
+pub use crate::apply::Response;
+use crate::apply::{ApplyLoop, Machine};
+use crate::auth::{AuthStore, Tokens};
+use crate::lease::Lessor;
+use crate::membership::Membership;
+use crate::wait::Registry;
+use crate::watch::{Hub, WatchEnd, WatchSpec};
+use crate::{ServerError, StartError};
+
+/// One simulated member.
+pub struct SimMember {
+    node: Arc<Node>,
+    driver: Driver,
+    apply: ApplyLoop,
+    registry: Arc<Registry>,
+    applied: watch::Receiver<u64>,
+    hub: Arc<Hub>,
+    store: Arc<Store>,
+    next_id: AtomicU64,
+}
+
+/// How a simulated watch ended.
+pub enum SimWatchEnd {
+    /// Canceled: its revision was compacted (the compacted revision).
+    Compacted(i64),
+    /// The member went away.
+    Closed,
+}
+
+impl SimMember {
+    /// Opens (or creates, as one of `voters`) member `id` in `dir`. `incarnation` tells restarts
+    /// apart so proposal ids never repeat; `tick` is the length of one raft tick.
+    pub fn open(
+        dir: &Path,
+        id: u64,
+        voters: Vec<u64>,
+        incarnation: u64,
+        tick: Duration,
+        outbox: Arc<dyn Outbox>,
+    ) -> Result<SimMember, StartError> {
+        let storage = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
+        let store = Arc::new(Store::open(&dir.join("kv")).map_err(|e| storage(&e))?);
+        let log = LogStore::open(&dir.join("raft"))
+            .map_err(|e| storage(&e))?
+            .without_fsync();
+        let (committed_tx, committed_rx) = mpsc::channel();
+        let cfg = NodeConfig {
+            tick_interval: tick,
+            random_election_timeout: false,
+            ..NodeConfig::new(id, voters, store.applied_index())
+        };
+        let (node, driver) =
+            Node::stepwise(cfg, log, committed_tx, outbox).map_err(|e| storage(&e))?;
+        let (applied_tx, applied) = watch::channel(store.applied_index());
+        let registry = Arc::new(Registry::default());
+        let hub = Arc::new(Hub::new(store.clone()));
+        let machine = Machine {
+            leases: Arc::new(Lessor::restore(&store).map_err(|e| storage(&e))?),
+            members: Arc::new(Membership::load(&store).map_err(|e| storage(&e))?),
+            alarms: Arc::new(Alarms::load(&store).map_err(|e| storage(&e))?),
+            auth: Arc::new(
+                AuthStore::load(
+                    &store,
+                    Tokens::from_flag("simple", tick).map_err(|e| storage(&e))?,
+                )
+                .map_err(|e| storage(&e))?,
+            ),
+        };
+        let apply = ApplyLoop {
+            compacted_at: store.applied_index(),
+            store: store.clone(),
+            committed: committed_rx,
+            registry: registry.clone(),
+            applied: applied_tx,
+            hub: hub.clone(),
+            machine,
+            // The log is never compacted: no member needs a snapshot to catch up.
+            snapshot_count: u64::MAX,
+            compact_log: Box::new(|_| {}),
+        };
+        Ok(SimMember {
+            node: Arc::new(node),
+            driver,
+            apply,
+            registry,
+            applied,
+            hub,
+            store,
+            next_id: AtomicU64::new(((id & 0xffff) << 48) | ((incarnation & 0xffff) << 32)),
+        })
+    }
+
+    /// Where the network delivers this member's messages.
+    pub fn stepper(&self) -> Stepper {
+        self.node.stepper()
+    }
+
+    /// One turn at simulated time `now`: raft handles what arrived (ticking if `tick`), then the
+    /// state machine applies what was committed.
+    pub fn turn(&mut self, now: Instant, tick: bool) -> Result<(), ServerError> {
+        self.driver
+            .turn(now, tick)
+            .map_err(|e| ServerError::Internal(e.to_string()))?;
+        self.apply.drain();
+        Ok(())
+    }
+
+    /// What raft's state was after the last turn.
+    pub fn status(&self) -> RaftStatus {
+        self.node.status()
+    }
+
+    /// The member's store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Proposes `body` and resolves once it is applied here (Core::propose's path, without its
+    /// timeout: the simulation gives up on its own clock).
+    pub fn propose(
+        &self,
+        body: RequestBody,
+    ) -> impl Future<Output = Result<Response, ServerError>> + 'static {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let data = InternalRequest {
+            id,
+            body: Some(body),
+            auth: None,
+        }
+        .encode_to_vec();
+        let applied = self.registry.register(id);
+        let (node, registry) = (self.node.clone(), self.registry.clone());
+        async move {
+            if let Err(e) = node.propose(data).await {
+                registry.cancel(id);
+                return Err(e.into());
+            }
+            applied.await.map_err(|_| ServerError::Stopped)?
+        }
+    }
+
+    /// KV.Range: linearizable (ReadIndex, then wait until applied) or serializable (local state).
+    pub fn range(
+        &self,
+        r: PbRangeRequest,
+        linearizable: bool,
+    ) -> impl Future<Output = Result<PbRangeResponse, ServerError>> + 'static {
+        let (node, store, mut applied) =
+            (self.node.clone(), self.store.clone(), self.applied.clone());
+        async move {
+            if linearizable {
+                let index = node.read_index().await?;
+                applied
+                    .wait_for(|&a| a >= index)
+                    .await
+                    .map_err(|_| ServerError::Stopped)?;
+            }
+            crate::range::range(&store.view(), &r)
+        }
+    }
+
+    /// Watches `[key, range_end)` from `start_revision`, handing each group of events to `sink`.
+    pub fn watch(
+        &self,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+        start_revision: i64,
+        mut sink: impl FnMut(Vec<Event>) + 'static,
+    ) -> impl Future<Output = SimWatchEnd> + 'static {
+        let hub = self.hub.clone();
+        let spec = WatchSpec {
+            key,
+            range_end,
+            start_revision,
+            prev_kv: false,
+            no_put: false,
+            no_delete: false,
+            progress: Arc::new(AtomicI64::new(0)),
+        };
+        async move {
+            let end = hub
+                .run(spec, |events, _| {
+                    sink(events);
+                    std::future::ready(true)
+                })
+                .await;
+            match end {
+                WatchEnd::Compacted(rev) => SimWatchEnd::Compacted(rev),
+                WatchEnd::Closed => SimWatchEnd::Closed,
+            }
+        }
+    }
+}

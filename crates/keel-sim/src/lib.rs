@@ -1,0 +1,24 @@
+//! Deterministic simulation of whole Keel clusters.
+//!
+//! Three or five members — each the real raft driver, apply loop, lessor and watch hub over
+//! RocksDB (`keel_server::sim::SimMember`) — run in one thread on a simulated clock, talking over a
+//! simulated network that delays, loses, duplicates and reorders messages and that a nemesis
+//! partitions (both ways, one way, around the leader, through a bridge). The nemesis also crashes
+//! members (in-process: everything written survives) or cuts their power (the MVCC store falls
+//! back to an earlier state, as unsynced writes would be lost; the raft log is synced, so it keeps
+//! every entry), stalls them as a slow disk would, and skews or jumps their clocks.
+//!
+//! Clients put, get, delete, compare-and-swap, grant and revoke leases, read ranges and compact,
+//! against random members; the history they record is checked for linearizability
+//! (`keel_check`). Every revision every member applies is compared with what the first member to
+//! apply it produced, watchers must see every revision's events once, in order, without gaps (or
+//! be canceled as compacted), and after the faults stop the members must converge.
+//!
+//! One seed decides everything: the same seed replays the same run, message for message.
+
+mod network;
+mod oracle;
+mod workload;
+mod world;
+
+pub use world::{run, Config, Report};
