@@ -290,6 +290,7 @@ impl Node {
             pending_reads: Vec::new(),
             reads_in_flight: HashMap::new(),
             next_read_id: 0,
+            deferred_reads: Vec::new(),
             now: Instant::now(),
         };
         let node = Node {
@@ -402,6 +403,8 @@ pub struct Driver {
     /// ReadIndex rounds under way, by the id carried in their context, with when they were sent.
     reads_in_flight: HashMap<u64, (Instant, Vec<Reader>)>,
     next_read_id: u64,
+    /// Followers' ReadIndex requests that arrived before this leader committed in its term.
+    deferred_reads: Vec<Message>,
     /// The time of the current turn.
     now: Instant,
 }
@@ -457,6 +460,7 @@ impl Driver {
             self.raw.tick();
         }
         self.retry_lost_reads();
+        self.release_deferred_reads();
         self.start_read_round();
         self.on_ready()?;
         self.publish_status(tick);
@@ -476,6 +480,15 @@ impl Driver {
             Msg::Step(m) => {
                 if self.raw.raft.state == StateRole::Leader {
                     self.last_contact.insert(m.from, self.now);
+                    // raft-rs drops a follower's ReadIndex until the leader has committed an
+                    // entry of its term; held here, it is answered then instead of after the
+                    // follower's retry.
+                    if m.get_msg_type() == MessageType::MsgReadIndex
+                        && !self.raw.raft.commit_to_current_term()
+                    {
+                        self.deferred_reads.push(m);
+                        return true;
+                    }
                 }
                 // Messages from removed members or stale terms are refused by raft; nothing to do.
                 if let Err(e) = self.raw.step(m) {
@@ -529,8 +542,30 @@ impl Driver {
         true
     }
 
+    /// Steps the followers' ReadIndex requests held while this leader had not yet committed in its
+    /// term (dropped if it no longer leads: the followers retry).
+    fn release_deferred_reads(&mut self) {
+        if self.deferred_reads.is_empty() {
+            return;
+        }
+        if self.raw.raft.state != StateRole::Leader {
+            self.deferred_reads.clear();
+        } else if self.raw.raft.commit_to_current_term() {
+            for m in std::mem::take(&mut self.deferred_reads) {
+                if let Err(e) = self.raw.step(m) {
+                    tracing::debug!(error = %e, "held ReadIndex not stepped");
+                }
+            }
+        }
+    }
+
     fn start_read_round(&mut self) {
         if self.pending_reads.is_empty() {
+            return;
+        }
+        // A new leader answers reads only once it has committed in its term (raft-rs would drop
+        // the round); they wait for that here.
+        if self.raw.raft.state == StateRole::Leader && !self.raw.raft.commit_to_current_term() {
             return;
         }
         if self.raw.raft.leader_id == raft::INVALID_ID {
@@ -540,8 +575,12 @@ impl Driver {
             return;
         }
         self.next_read_id += 1;
-        self.raw
-            .read_index(self.next_read_id.to_be_bytes().to_vec());
+        // raft-rs ignores a ReadIndex whose context is already pending at the leader: the context
+        // names this member too, or two members' rounds with the same number would collide and
+        // one would wait an election timeout to be retried.
+        let mut ctx = self.raw.raft.id.to_be_bytes().to_vec();
+        ctx.extend_from_slice(&self.next_read_id.to_be_bytes());
+        self.raw.read_index(ctx);
         self.reads_in_flight.insert(
             self.next_read_id,
             (self.now, std::mem::take(&mut self.pending_reads)),
@@ -674,9 +713,16 @@ impl Driver {
 
     fn finish_reads(&mut self, states: Vec<raft::ReadState>) {
         for rs in states {
-            let Ok(id) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+            let Some((member, id)) = rs.request_ctx.split_at_checked(8) else {
                 continue;
             };
+            let (Ok(member), Ok(id)) = (<[u8; 8]>::try_from(member), <[u8; 8]>::try_from(id))
+            else {
+                continue;
+            };
+            if u64::from_be_bytes(member) != self.raw.raft.id {
+                continue;
+            }
             let waiters = self.reads_in_flight.remove(&u64::from_be_bytes(id));
             for done in waiters.map(|(_, w)| w).unwrap_or_default() {
                 let _ = done.send(Ok(rs.index));

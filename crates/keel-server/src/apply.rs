@@ -234,6 +234,7 @@ impl ApplyLoop {
     }
 
     /// Applies what the driver has handed off so far, without waiting (the simulation's turns).
+    #[cfg(feature = "sim")]
     pub fn drain(&mut self) {
         while let Ok(first) = self.committed.try_recv() {
             self.apply_from(first);

@@ -52,6 +52,17 @@ impl Weather {
     }
 }
 
+impl Weather {
+    /// No loss and no duplication: delays only.
+    pub fn perfect() -> Weather {
+        Weather {
+            drop: 0.0,
+            duplicate: 0.0,
+            ..Weather::calm()
+        }
+    }
+}
+
 /// Messages in flight and the state of every link.
 pub struct Network {
     /// Where members' outboxes write.

@@ -43,6 +43,9 @@ pub struct Config {
     pub active_ms: u64,
     /// Simulated milliseconds after the faults stop, for the cluster to converge.
     pub settle_ms: u64,
+    /// Whether the nemesis injects faults and the network loses and duplicates messages (without,
+    /// it only delays them).
+    pub faults: bool,
 }
 
 impl Config {
@@ -55,6 +58,7 @@ impl Config {
             watchers: 2,
             active_ms: 6_000,
             settle_ms: 4_000,
+            faults: true,
         }
     }
 }
@@ -74,6 +78,8 @@ pub struct Report {
     pub watch_events: usize,
     /// Raft messages delivered.
     pub messages: u64,
+    /// The longest a completed linearizable read took, in simulated milliseconds.
+    pub slowest_read_ms: u64,
     /// The faults injected, with their times.
     pub faults: Vec<String>,
     /// Everything found wrong besides linearizability.
@@ -95,7 +101,7 @@ pub fn run(seed: u64, cfg: &Config) -> Report {
     let end = cfg.active_ms + cfg.settle_ms;
     let mut next_fault = 300;
     while w.now < end && w.problems.is_empty() {
-        if w.now < cfg.active_ms && w.now >= next_fault {
+        if cfg.faults && w.now < cfg.active_ms && w.now >= next_fault {
             w.inject_fault();
             next_fault = w.now + w.rng.gen_range(200..1500);
         }
@@ -255,6 +261,9 @@ impl World {
         };
         for i in 0..w.slots.len() {
             w.start_member(i);
+        }
+        if !w.cfg.faults {
+            w.net.weather = Weather::perfect();
         }
         w
     }
@@ -724,6 +733,15 @@ impl World {
             }
         }
         let linearizability = keel_check::check(&self.history);
+        let slowest_read_ms = self
+            .history
+            .operations
+            .iter()
+            .filter(|op| op.call == Call::Get)
+            .map(|op| (op.completed - op.invoked).as_millis() as u64)
+            .max()
+            .unwrap_or(0);
+
         let mut h = std::hash::DefaultHasher::new();
         format!("{:?}", self.history.operations).hash(&mut h);
         self.oracle.fingerprint(&mut h);
@@ -736,6 +754,7 @@ impl World {
             linearizability,
             watch_events,
             messages: self.net.delivered,
+            slowest_read_ms,
             faults: self.faults,
             problems: self.problems,
             fingerprint: h.finish(),

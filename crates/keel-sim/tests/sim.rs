@@ -68,3 +68,25 @@ fn a_seed_replays_exactly() {
         run(8, &Config { members: 5, ..cfg }).fingerprint
     );
 }
+
+/// Members number their ReadIndex rounds; raft ignores a round whose context is already pending
+/// at the leader, so two members' rounds with the same number collided and one waited an election
+/// timeout (1 s) for its retry. With no faults no read may wait that long.
+#[test]
+fn reads_through_every_member_never_wait_for_a_retry() {
+    for seed in [1, 2] {
+        let cfg = Config {
+            faults: false,
+            clients: 8,
+            ..Config::for_seed(seed)
+        };
+        let r = run(seed, &cfg);
+        assert_ok(&r);
+        assert!(
+            r.slowest_read_ms < 500,
+            "{}: a read took {} ms",
+            describe(&r),
+            r.slowest_read_ms
+        );
+    }
+}

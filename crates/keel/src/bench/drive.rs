@@ -1,0 +1,137 @@
+//! Closed-loop load: `clients` tasks sharing `conns` connections, each with one request in flight,
+//! until a total count or a duration is reached, optionally paced to a target rate.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use etcd_client::Client;
+use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
+
+use super::report::{cpu_time, error_kind, Outcome};
+use super::Common;
+
+/// Connects `c.conns` clients to the endpoints.
+pub async fn connect(c: &Common) -> anyhow::Result<Vec<Client>> {
+    let mut conns = Vec::new();
+    for _ in 0..c.conns.max(1) {
+        conns.push(
+            Client::connect(&c.endpoints, None)
+                .await
+                .context("connecting to the endpoints")?,
+        );
+    }
+    Ok(conns)
+}
+
+/// Runs the load. Each client first builds its session with `setup` (untimed), then passes it
+/// through each `request`, which gets the request's sequence number.
+pub async fn drive<S, Setup, SetupFut, F, Fut>(
+    c: &Common,
+    setup: Setup,
+    request: F,
+) -> anyhow::Result<Outcome>
+where
+    S: Send + 'static,
+    Setup: Fn(Client) -> SetupFut,
+    SetupFut: std::future::Future<Output = Result<S, etcd_client::Error>>,
+    F: Fn(S, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = (S, Result<(), etcd_client::Error>)> + Send,
+{
+    let conns = connect(c).await?;
+    let mut sessions = Vec::new();
+    for i in 0..c.clients.max(1) {
+        let session = setup(conns[i % conns.len()].clone())
+            .await
+            .context("setting up a client")?;
+        sessions.push(session);
+    }
+    let total = if c.duration.is_some() {
+        u64::MAX
+    } else {
+        c.total
+    };
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Mutex::new(Outcome::default()));
+    let progress = Progress::start(c, next.clone());
+    let (started, cpu_before) = (Instant::now(), cpu_time());
+    let deadline = c.duration.map(|d| started + d);
+    // Request n starts no earlier than n / rate seconds in.
+    let pace = (c.rate > 0).then(|| Duration::from_secs_f64(1.0 / c.rate as f64));
+    let mut tasks = Vec::new();
+    for mut session in sessions {
+        let (next, errors, request) = (next.clone(), errors.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break lat;
+                }
+                if let Some(pace) = pace {
+                    tokio::time::sleep_until((started + pace.mul_f64(n as f64)).into()).await;
+                }
+                let t = Instant::now();
+                let (s, res) = request(session, n).await;
+                session = s;
+                match res {
+                    Ok(()) => lat.push(t.elapsed().as_micros() as u64),
+                    Err(e) => errors.lock().error(error_kind(&e)),
+                }
+            }
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    for t in tasks {
+        latencies_us.extend(t.await?);
+    }
+    let elapsed = started.elapsed();
+    progress.finish();
+    let mut out = std::mem::take(&mut *errors.lock());
+    out.latencies_us = latencies_us;
+    out.elapsed = elapsed;
+    out.cpu = cpu_time() - cpu_before;
+    Ok(out)
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal), fed from the request counter.
+pub struct Progress {
+    bar: ProgressBar,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    /// Shows progress toward the total (or through the duration) of `c`.
+    pub fn start(c: &Common, done: Arc<AtomicU64>) -> Progress {
+        let (len, by_time) = match c.duration {
+            Some(d) => (d.as_secs().max(1), true),
+            None => (c.total, false),
+        };
+        let bar = ProgressBar::new(len);
+        let template = if by_time {
+            "{bar:40} {pos}/{len} s  {msg}"
+        } else {
+            "{bar:40} {pos}/{len}  {msg}"
+        };
+        bar.set_style(ProgressStyle::with_template(template).expect("a valid template"));
+        let (b, started) = (bar.clone(), Instant::now());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let n = done.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                b.set_position(if by_time { secs as u64 } else { n.min(len) });
+                b.set_message(format!("{:.0} req/s", n as f64 / secs));
+            }
+        });
+        Progress { bar, task }
+    }
+
+    /// Removes the bar.
+    pub fn finish(self) {
+        self.task.abort();
+        self.bar.finish_and_clear();
+    }
+}
