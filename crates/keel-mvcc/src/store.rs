@@ -81,6 +81,8 @@ pub struct Store {
     current_rev: AtomicI64,
     pub(crate) compact_rev: AtomicI64,
     applied_index: AtomicU64,
+    /// The keys whose current value names a lease, found by the last rebuild (for the lessor).
+    lease_attachments: parking_lot::Mutex<Vec<(Vec<u8>, i64)>>,
 }
 
 impl Store {
@@ -97,6 +99,7 @@ impl Store {
             current_rev: AtomicI64::new(0),
             compact_rev: AtomicI64::new(-1),
             applied_index: AtomicU64::new(0),
+            lease_attachments: Default::default(),
         };
         store.resume_install()?;
         store.rebuild(&mut store.index.write())?;
@@ -107,6 +110,8 @@ impl Store {
     pub(crate) fn rebuild(&self, index: &mut KeyIndex) -> Result<()> {
         *index = KeyIndex::default();
         let mut last = 0;
+        // In revision order, so each key ends with the lease of its latest put (none if deleted).
+        let mut leased: HashMap<Vec<u8>, i64> = HashMap::new();
         for item in self.db.iterator_cf(self.cf(CF_KV), IteratorMode::Start) {
             let (k, v) = item?;
             let (rev, tombstone) = Revision::from_key(&k)
@@ -117,8 +122,14 @@ impl Store {
             } else {
                 index.restore_put(&kv.key, rev, kv.create_revision, kv.version);
             }
+            if kv.lease != 0 && !tombstone {
+                leased.insert(kv.key, kv.lease);
+            } else if !leased.is_empty() {
+                leased.remove(&kv.key);
+            }
             last = rev.main;
         }
+        *self.lease_attachments.lock() = leased.into_iter().collect();
         // Never compacted reads as -1, as in etcd: compacting at revision 0 is then allowed once.
         let compact = match self.db.get_cf(self.cf(CF_META), META_COMPACT_REV)? {
             Some(_) => self.meta_i64(META_COMPACT_REV)?,
@@ -163,6 +174,14 @@ impl Store {
             ),
             None => 0,
         })
+    }
+
+    /// The keys whose current value is attached to a lease, with the lease, as the last rebuild
+    /// (opening the store, installing a snapshot) found them; taken once, by the lessor, which
+    /// follows puts and deletes from there. Found in the same pass that rebuilds the key index, so
+    /// restoring the leases costs no second read of every key.
+    pub fn take_lease_attachments(&self) -> Vec<(Vec<u8>, i64)> {
+        std::mem::take(&mut *self.lease_attachments.lock())
     }
 
     /// The revision of the last committed write transaction.

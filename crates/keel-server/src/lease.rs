@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use keel_mvcc::{KeySpan, RangeOptions, Store, Table, WriteBatch};
+use keel_mvcc::{Store, Table, WriteBatch};
 use keel_proto::LeaseRecord;
 use parking_lot::Mutex;
 use prost::Message;
@@ -24,8 +24,6 @@ pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 /// How long after proposing the revoke of an expired lease the primary proposes it again if the
 /// lease is still there (etcd's expiredLeaseRetryInterval).
 const REVOKE_RETRY: Duration = Duration::from_secs(3);
-/// Keys read per page while re-attaching keys to leases at start-up.
-const RESTORE_PAGE: usize = 1000;
 
 struct Lease {
     ttl: i64,
@@ -103,7 +101,8 @@ fn record_key(id: i64) -> [u8; 8] {
 }
 
 impl Lessor {
-    /// Loads the leases from the store and re-attaches the keys that name them. No lease has a
+    /// Loads the leases from the store and re-attaches the keys that name them (as the store's
+    /// last rebuild found them: call right after opening it or installing a snapshot). No lease has a
     /// deadline until this member becomes primary.
     pub fn restore(store: &Store) -> Result<Lessor, ServerError> {
         let mut inner = Inner::default();
@@ -119,33 +118,13 @@ impl Lessor {
                 },
             );
         }
-        let mut start = Vec::new();
-        loop {
-            let page = store.range(
-                KeySpan::Range {
-                    start: &start,
-                    end: None,
-                },
-                &RangeOptions {
-                    limit: RESTORE_PAGE,
-                    ..Default::default()
-                },
-            )?;
-            for kv in page.kvs.iter().filter(|kv| kv.lease != 0) {
-                match inner.leases.get_mut(&kv.lease) {
-                    Some(l) => {
-                        l.keys.insert(kv.key.clone());
-                        inner.items.insert(kv.key.clone(), kv.lease);
-                    }
-                    None => tracing::error!(lease = kv.lease, "key attached to a missing lease"),
+        for (key, lease) in store.take_lease_attachments() {
+            match inner.leases.get_mut(&lease) {
+                Some(l) => {
+                    l.keys.insert(key.clone());
+                    inner.items.insert(key, lease);
                 }
-            }
-            match page.kvs.last() {
-                Some(last) if page.kvs.len() == RESTORE_PAGE => {
-                    start = last.key.clone();
-                    start.push(0);
-                }
-                _ => break,
+                None => tracing::error!(lease, "key attached to a missing lease"),
             }
         }
         tracing::info!(leases = inner.leases.len(), "leases restored");
@@ -433,6 +412,20 @@ mod tests {
             wb.put(b"free", b"v".to_vec(), 0);
             wb.end();
             wb.commit(1).unwrap();
+        }
+        {
+            // Keys whose later writes detached them: deleted, or put again without the lease.
+            let store = Store::open(dir.path()).unwrap();
+            let mut wb = store.write_batch();
+            wb.begin();
+            wb.put(b"gone", b"v".to_vec(), 5);
+            wb.put(b"moved", b"v".to_vec(), 5);
+            wb.end();
+            wb.begin();
+            wb.delete(keel_mvcc::KeySpan::Single(b"gone")).unwrap();
+            wb.put(b"moved", b"v".to_vec(), 0);
+            wb.end();
+            wb.commit(2).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let lessor = Lessor::restore(&store).unwrap();

@@ -627,11 +627,23 @@ impl World {
             }
             _ => {}
         }
+        self.record(c, key, call, op.invoked, completed, outcome);
+    }
+
+    fn record(
+        &mut self,
+        client: usize,
+        key: String,
+        call: Call,
+        invoked: Duration,
+        completed: Duration,
+        outcome: Outcome,
+    ) {
         self.history.push(Operation {
-            client: c,
+            client,
             key,
             call,
-            invoked: op.invoked,
+            invoked,
             completed,
             outcome,
         });
@@ -644,14 +656,7 @@ impl World {
         self.clients[c].idle_until = self.now;
         if let Job::Checked { key, call, .. } = op.job {
             if call != Call::Get {
-                self.history.push(Operation {
-                    client: c,
-                    key,
-                    call,
-                    invoked: op.invoked,
-                    completed,
-                    outcome: Outcome::Unknown,
-                });
+                self.record(c, key, call, op.invoked, completed, Outcome::Unknown);
             }
         }
     }

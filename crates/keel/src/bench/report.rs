@@ -96,7 +96,8 @@ pub fn print(name: &str, clients: usize, conns: usize, json: bool, mut out: Outc
         pct(0.999),
         pct(1.0)
     );
-    println!("  client CPU: {cores:.2} cores (the tool's own use: near the machine's cores, it is the bottleneck)");
+    let of = std::thread::available_parallelism().map_or(1, usize::from);
+    println!("  client CPU: {cores:.2} of {of} cores (near {of}: the tool is the bottleneck)");
     for (kind, n) in &out.errors {
         println!("  error x{n}: {kind}");
     }
