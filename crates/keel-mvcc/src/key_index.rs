@@ -57,6 +57,9 @@ impl KeyHistory {
         let g = self.live_mut();
         if g.revs.is_empty() {
             g.created = rev;
+            // Most keys are written once: room for one revision, not the four a first push takes
+            // (48 bytes less per key in memory).
+            g.revs.reserve_exact(1);
         }
         g.revs.push(rev);
         g.version += 1;

@@ -71,6 +71,9 @@ impl LogStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // Entries are read back from the driver's in-memory tail, rarely from RocksDB, and dropped
+        // at log compaction: a small memtable is enough (RocksDB's default is 64 MiB).
+        opts.set_write_buffer_size(8 << 20);
         let cfs = [CF_LOG, CF_STATE].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let mut store = LogStore {
