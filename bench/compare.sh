@@ -106,5 +106,5 @@ if [ -z "${QUICK:-}" ] && wanted memory; then
 fi
 
 python3 bench/report.py "$out"
-cp "$out/results.md" bench/results/latest.md
+sed "s|(throughput.png)|($(basename "$out")/throughput.png)|" "$out/results.md" >bench/results/latest.md
 echo "wrote $out/results.md and $out/throughput.png (copied to bench/results/latest.md)" >&2
