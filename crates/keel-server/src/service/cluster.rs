@@ -142,6 +142,7 @@ impl ClusterService {
     }
 
     async fn promote(&self, id: u64, token: Option<Token>) -> Result<Vec<Member>, ServerError> {
+        self.core.linearizable_barrier().await?;
         let member = self.member(id)?;
         if !member.is_learner {
             return Err(ServerError::MemberNotLearner);
@@ -200,6 +201,9 @@ impl PbClusterService for ClusterService {
         self.core.admin(&req)?;
         let r = req.into_inner();
         self.check_voting()?;
+        // The checks below read this member's membership: it must include every change already
+        // acknowledged, whichever member acknowledged it.
+        self.core.linearizable_barrier().await?;
         check_urls(&r.peer_ur_ls)?;
         self.check_urls_free(&r.peer_ur_ls, 0)?;
         let members = self.core.membership.list();
@@ -245,6 +249,7 @@ impl PbClusterService for ClusterService {
         let token = token_of(req.metadata());
         let id = req.into_inner().id;
         self.check_voting()?;
+        self.core.linearizable_barrier().await?;
         let member = self.member(id)?;
         if !member.is_learner {
             self.check_quorum_after(VoterChange::Remove(id))?;
