@@ -201,7 +201,6 @@ pub async fn wait_deleted(core: &Core, key: &[u8], from: i64) -> Result<(), Serv
         prev_kv: false,
         no_put: true,
         no_delete: false,
-        progress: Default::default(),
     };
     let mut deleted = false;
     let end = core

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -194,7 +194,6 @@ impl SimMember {
             prev_kv: false,
             no_put: false,
             no_delete: false,
-            progress: Arc::new(AtomicI64::new(0)),
         };
         async move {
             let end = hub

@@ -1,8 +1,13 @@
-//! The watch hub: committed changes fan out to watchers without ever waiting for them. Each watcher
-//! first catches up from MVCC history, then follows the live feed; a watcher that falls more than the
-//! feed's bound behind goes back to catching up from history. Apply never blocks on a watcher.
+//! The watch hub: committed changes fan out to watchers without ever waiting for them.
+//!
+//! Watchers live in groups, one per client stream, and a group is one task's work: for each
+//! committed batch the hub sends a group one notice naming those of its watchers the batch touches,
+//! so a put seen by 10,000 watchers on 100 streams wakes 100 tasks, not 10,000 (as etcd's watch
+//! streams share one channel per stream). Each watcher first catches up from MVCC history, then
+//! follows the live notices; a group whose queue overflows sends its watchers back to history.
+//! Apply never blocks on a watcher.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -11,8 +16,8 @@ use keel_proto::etcd::{PbEvent as Event, PbKeyValue as KeyValue};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-/// Batches a watcher may have queued before it is sent back to read history instead.
-const FEED_CAPACITY: usize = 64;
+/// Notices a group may have queued before its watchers are sent back to read history instead.
+const GROUP_QUEUE: usize = 64;
 /// Changes read from history per step of a catch-up.
 const CATCH_UP_CHUNK: usize = 1000;
 
@@ -21,56 +26,68 @@ const EVENT_DELETE: i32 = 1;
 const FILTER_NOPUT: i32 = 0;
 const FILTER_NODELETE: i32 = 1;
 
-/// One committed batch of changes, shared by every watcher it touches.
+/// One committed batch of changes, shared by every group it touches.
 type Batch = Arc<[Change]>;
 
-/// A watcher's place in the hub, given up when dropped.
-struct Registration<'h> {
-    hub: &'h Hub,
-    id: u64,
+/// A watcher in the hub: its group and its id within the group.
+type WatcherRef = (u64, i64);
+
+/// A committed batch and the watchers of one group it touches.
+struct Notice {
+    batch: Batch,
+    ids: Vec<i64>,
 }
 
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        self.hub.unregister(self.id);
-    }
-}
-
-/// Publishes committed changes to the watchers whose keys they touch.
+/// Publishes committed changes to the groups whose watchers' keys they touch.
 pub struct Hub {
     store: Arc<Store>,
     watchers: Mutex<Watchers>,
 }
 
-/// The live watchers, grouped so that a change wakes only the watchers of its key.
+/// The live watchers, indexed so that a change finds only the watchers of its key.
 #[derive(Default)]
 struct Watchers {
-    next_id: u64,
-    by_key: HashMap<Vec<u8>, Vec<u64>>,
-    ranges: Vec<u64>,
-    entries: HashMap<u64, Feed>,
+    next_group: u64,
+    groups: HashMap<u64, GroupFeed>,
+    by_key: HashMap<Vec<u8>, Vec<WatcherRef>>,
+    ranges: Vec<WatcherRef>,
+    entries: HashMap<WatcherRef, Entry>,
+}
+
+/// The hub's side of a group.
+struct GroupFeed {
+    tx: mpsc::Sender<Notice>,
+    /// A notice was dropped because the queue was full: the group's watchers read history again.
+    overflowed: Arc<AtomicBool>,
 }
 
 /// The hub's side of one watcher.
-struct Feed {
-    spec: WatchSpec,
-    tx: mpsc::Sender<Batch>,
-    state: Arc<FeedState>,
+struct Entry {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    state: Arc<WatcherState>,
+    overflowed: Arc<AtomicBool>,
 }
 
-/// Shared between the hub and a watcher task.
+impl Entry {
+    fn span(&self) -> KeySpan<'_> {
+        KeySpan::from_etcd(&self.key, &self.range_end)
+    }
+}
+
+/// Shared between the hub and a watcher's group.
 #[derive(Default)]
-struct FeedState {
-    /// The watcher follows the live feed (it is not reading history).
+struct WatcherState {
+    /// The watcher follows the live notices (it is not reading history).
     synced: AtomicBool,
-    /// A batch was dropped because the watcher's queue was full: it must read history again.
-    lagged: AtomicBool,
-    /// Batches queued or being emitted.
+    /// Notices naming the watcher that its group has not delivered yet.
     inflight: AtomicUsize,
+    /// The revision through which every event has been delivered.
+    progress: AtomicI64,
 }
 
 /// What a watcher watches.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct WatchSpec {
     /// First key.
     pub key: Vec<u8>,
@@ -84,8 +101,6 @@ pub struct WatchSpec {
     pub no_put: bool,
     /// Skip deletes.
     pub no_delete: bool,
-    /// The revision through which every event has been emitted (for progress responses).
-    pub progress: Arc<AtomicI64>,
 }
 
 impl WatchSpec {
@@ -106,8 +121,22 @@ impl WatchSpec {
 pub enum WatchEnd {
     /// Its start revision (or where it had got to) was compacted; carries the compacted revision.
     Compacted(i64),
-    /// The receiver went away.
+    /// The receiver went away, or history could not be read.
     Closed,
+}
+
+/// What a group hands its owner next.
+#[derive(Debug)]
+pub enum Output {
+    /// Events of one watcher (whole revisions, in order, never repeated) and the store revision
+    /// they were read at.
+    Events {
+        id: i64,
+        events: Vec<Event>,
+        revision: i64,
+    },
+    /// A watcher ended; it has left the group.
+    Ended { id: i64, end: WatchEnd },
 }
 
 impl Hub {
@@ -119,8 +148,8 @@ impl Hub {
         }
     }
 
-    /// Called by the apply loop after a batch is committed; never blocks. Watchers whose queue is
-    /// full are marked lagged and read the batch from history later.
+    /// Called by the apply loop after a batch is committed; never blocks. A group whose queue is
+    /// full is marked overflowed and its watchers read the batch from history later.
     pub fn publish(&self, changes: Vec<Change>) {
         let Some(last_rev) = changes.last().map(|c| c.kv.mod_revision) else {
             return;
@@ -130,31 +159,43 @@ impl Hub {
         if w.entries.is_empty() {
             return;
         }
-        // One shared copy of the batch: each touched watcher picks its own changes out of it.
-        let mut touched: HashSet<u64> = HashSet::new();
+        let mut touched: Vec<WatcherRef> = Vec::new();
         for c in &changes {
             touched.extend(w.by_key.get(&c.kv.key).into_iter().flatten());
-            for id in &w.ranges {
-                if w.entries[id].spec.span().contains(&c.kv.key) {
-                    touched.insert(*id);
-                }
+            touched.extend(
+                w.ranges
+                    .iter()
+                    .filter(|r| w.entries[r].span().contains(&c.kv.key)),
+            );
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        // One shared copy of the batch: each watcher picks its own changes out of it.
+        let batch: Batch = changes.into();
+        for watchers in touched.chunk_by(|a, b| a.0 == b.0) {
+            let feed = &w.groups[&watchers[0].0];
+            let states = watchers.iter().map(|r| &w.entries[r].state);
+            states
+                .clone()
+                .for_each(|s| _ = s.inflight.fetch_add(1, Ordering::AcqRel));
+            let notice = Notice {
+                batch: batch.clone(),
+                ids: watchers.iter().map(|r| r.1).collect(),
+            };
+            if feed.tx.try_send(notice).is_err() {
+                states.for_each(|s| _ = s.inflight.fetch_sub(1, Ordering::AcqRel));
+                feed.overflowed.store(true, Ordering::Release);
             }
         }
-        let batch: Batch = changes.into();
-        for (id, feed) in &w.entries {
-            let st = &feed.state;
-            if touched.contains(id) {
-                st.inflight.fetch_add(1, Ordering::AcqRel);
-                if feed.tx.try_send(batch.clone()).is_err() {
-                    st.inflight.fetch_sub(1, Ordering::AcqRel);
-                    st.lagged.store(true, Ordering::Release);
-                }
-            } else if st.synced.load(Ordering::Acquire)
+        for (r, e) in &w.entries {
+            let st = &e.state;
+            // Nothing for this watcher and nothing undelivered: it is current.
+            if touched.binary_search(r).is_err()
+                && st.synced.load(Ordering::Acquire)
                 && st.inflight.load(Ordering::Acquire) == 0
-                && !st.lagged.load(Ordering::Acquire)
+                && !e.overflowed.load(Ordering::Acquire)
             {
-                // Nothing for this watcher and nothing queued: it is current.
-                feed.spec.progress.fetch_max(last_rev, Ordering::AcqRel);
+                st.progress.fetch_max(last_rev, Ordering::AcqRel);
             }
         }
     }
@@ -163,177 +204,449 @@ impl Hub {
     /// it has not seen from the new state, or learns its revision was compacted.
     pub fn resync(&self) {
         let w = self.watchers.lock();
-        let empty: Batch = Vec::new().into();
-        for feed in w.entries.values() {
-            feed.state.lagged.store(true, Ordering::Release);
-            // Wakes a watcher waiting on its feed; a full queue wakes it anyway.
-            feed.state.inflight.fetch_add(1, Ordering::AcqRel);
-            if feed.tx.try_send(empty.clone()).is_err() {
-                feed.state.inflight.fetch_sub(1, Ordering::AcqRel);
-            }
+        for feed in w.groups.values() {
+            feed.overflowed.store(true, Ordering::Release);
+            // Wakes a group waiting for notices; a full queue wakes it anyway.
+            let _ = feed.tx.try_send(Notice {
+                batch: Vec::new().into(),
+                ids: Vec::new(),
+            });
         }
     }
 
-    fn register(&self, spec: WatchSpec, tx: mpsc::Sender<Batch>, state: Arc<FeedState>) -> u64 {
+    /// A new, empty group of watchers.
+    pub fn group(self: &Arc<Self>) -> Group {
+        let (tx, rx) = mpsc::channel(GROUP_QUEUE);
+        let overflowed = Arc::new(AtomicBool::new(false));
         let mut w = self.watchers.lock();
-        w.next_id += 1;
-        let id = w.next_id;
+        w.next_group += 1;
+        let id = w.next_group;
+        let feed = GroupFeed {
+            tx,
+            overflowed: overflowed.clone(),
+        };
+        w.groups.insert(id, feed);
+        Group {
+            hub: self.clone(),
+            id,
+            rx,
+            overflowed,
+            watchers: HashMap::new(),
+            behind: VecDeque::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    fn register(&self, r: WatcherRef, spec: &WatchSpec, state: Arc<WatcherState>) {
+        let mut w = self.watchers.lock();
+        let overflowed = w.groups[&r.0].overflowed.clone();
         match spec.span() {
-            KeySpan::Single(k) => w.by_key.entry(k.to_vec()).or_default().push(id),
-            KeySpan::Range { .. } => w.ranges.push(id),
+            KeySpan::Single(k) => w.by_key.entry(k.to_vec()).or_default().push(r),
+            KeySpan::Range { .. } => w.ranges.push(r),
         }
-        w.entries.insert(id, Feed { spec, tx, state });
-        id
+        let entry = Entry {
+            key: spec.key.clone(),
+            range_end: spec.range_end.clone(),
+            state,
+            overflowed,
+        };
+        w.entries.insert(r, entry);
     }
 
-    fn unregister(&self, id: u64) {
+    fn unregister(&self, r: WatcherRef) {
+        self.watchers.lock().remove(r);
+    }
+
+    fn unregister_group(&self, group: u64, ids: impl Iterator<Item = i64>) {
         let mut w = self.watchers.lock();
-        let Some(feed) = w.entries.remove(&id) else {
-            return;
-        };
-        match feed.spec.span() {
-            KeySpan::Single(k) => {
-                if let Some(ids) = w.by_key.get_mut(k) {
-                    ids.retain(|i| *i != id);
-                    if ids.is_empty() {
-                        w.by_key.remove(k);
-                    }
-                }
-            }
-            KeySpan::Range { .. } => w.ranges.retain(|i| *i != id),
+        for id in ids {
+            w.remove((group, id));
         }
+        w.groups.remove(&group);
     }
 
-    /// Runs one watcher: calls `emit` with each group of events (whole revisions, in order, never
-    /// repeated) and the store revision they were read at. `emit` returns false when the receiver
-    /// is gone. `spec.progress` is kept at the revision through which every event has been emitted.
-    pub async fn run<F, Fut>(&self, spec: WatchSpec, emit: F) -> WatchEnd
+    /// Runs one watcher on its own: calls `emit` with each group of events and the store revision
+    /// they were read at, until `emit` returns false (the receiver is gone) or the watcher ends.
+    pub async fn run<F, Fut>(self: &Arc<Self>, spec: WatchSpec, mut emit: F) -> WatchEnd
     where
         F: FnMut(Vec<Event>, i64) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let (tx, rx) = mpsc::channel(FEED_CAPACITY);
-        let state = Arc::new(FeedState::default());
-        // Registered before reading history: whatever commits after this reaches the queue.
-        // Unregistered however the watcher ends, dropped mid-way (its client gone) included.
-        let _registration = Registration {
-            hub: self,
-            id: self.register(spec.clone(), tx, state.clone()),
-        };
-        self.follow(&spec, &state, rx, emit).await
-    }
-
-    async fn follow<F, Fut>(
-        &self,
-        spec: &WatchSpec,
-        state: &FeedState,
-        mut rx: mpsc::Receiver<Batch>,
-        mut emit: F,
-    ) -> WatchEnd
-    where
-        F: FnMut(Vec<Event>, i64) -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let progress = &spec.progress;
-        // A negative start revision is older than any compaction (etcd cancels it as compacted).
-        if spec.start_revision < 0 {
-            return WatchEnd::Compacted(self.store.compacted_revision());
-        }
-        let mut next = if spec.start_revision > 0 {
-            spec.start_revision
-        } else {
-            self.store.current_revision() + 1
-        };
-        progress.store(next - 1, Ordering::Release);
+        let mut group = self.group();
+        group.add(0, spec);
         loop {
-            // Catch up from history to the current revision.
-            state.synced.store(false, Ordering::Release);
-            loop {
-                let current = self.store.current_revision();
-                if next > current {
-                    break;
-                }
-                match self
-                    .store
-                    .changes(spec.span(), next, current, CATCH_UP_CHUNK)
-                {
-                    Ok((changes, last)) => {
-                        let events = self.events(spec, changes.iter());
-                        if !events.is_empty() && !emit(events, current).await {
-                            return WatchEnd::Closed;
-                        }
-                        next = last + 1;
-                        progress.store(last, Ordering::Release);
-                    }
-                    Err(MvccError::Compacted) => {
-                        return WatchEnd::Compacted(self.store.compacted_revision())
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "watch catch-up failed");
+            match group.next().await {
+                Output::Events {
+                    events, revision, ..
+                } => {
+                    if !emit(events, revision).await {
                         return WatchEnd::Closed;
                     }
                 }
+                Output::Ended { end, .. } => return end,
             }
-            state.synced.store(true, Ordering::Release);
-            // Follow the live feed until it drops a batch for us.
-            while !state.lagged.swap(false, Ordering::AcqRel) {
-                let Some(batch) = rx.recv().await else {
-                    return WatchEnd::Closed;
+        }
+    }
+}
+
+impl Watchers {
+    fn remove(&mut self, r: WatcherRef) {
+        let Some(e) = self.entries.remove(&r) else {
+            return;
+        };
+        match e.span() {
+            KeySpan::Single(k) => {
+                if let Some(refs) = self.by_key.get_mut(k) {
+                    refs.retain(|x| *x != r);
+                    if refs.is_empty() {
+                        self.by_key.remove(k);
+                    }
+                }
+            }
+            KeySpan::Range { .. } => self.ranges.retain(|x| *x != r),
+        }
+    }
+}
+
+/// Watchers served by one task (one client stream): `next` yields their events in revision order
+/// per watcher. Dropping the group ends its watchers.
+pub struct Group {
+    hub: Arc<Hub>,
+    id: u64,
+    rx: mpsc::Receiver<Notice>,
+    overflowed: Arc<AtomicBool>,
+    watchers: HashMap<i64, Local>,
+    /// Watchers reading history, each due one more chunk.
+    behind: VecDeque<i64>,
+    /// Outputs not handed out yet, in order.
+    ready: VecDeque<Ready>,
+}
+
+/// The group's side of one watcher.
+struct Local {
+    spec: WatchSpec,
+    state: Arc<WatcherState>,
+    /// The first revision not yet looked at.
+    next: i64,
+    synced: bool,
+}
+
+/// An output waiting to be handed out, and the bookkeeping due when it is.
+struct Ready {
+    id: i64,
+    events: Vec<Event>,
+    revision: i64,
+    /// Every event through this revision is delivered once this output is.
+    through: i64,
+    /// It came from a notice (the hub counts it in flight).
+    live: bool,
+    /// The watcher ended (after everything before this was handed out).
+    end: Option<WatchEnd>,
+}
+
+impl Group {
+    /// Adds a watcher under `id` (the caller keeps ids unique). Whatever commits from now on
+    /// reaches it; what committed before is read from history from `spec.start_revision`.
+    pub fn add(&mut self, id: i64, spec: WatchSpec) {
+        let state = Arc::new(WatcherState::default());
+        // Registered before reading the current revision: a commit in between is both queued
+        // and behind `next`, so it is seen once.
+        self.hub.register((self.id, id), &spec, state.clone());
+        let store = &self.hub.store;
+        // A negative start revision is older than any compaction (etcd cancels it as compacted).
+        if spec.start_revision < 0 {
+            self.end(id, WatchEnd::Compacted(store.compacted_revision()));
+            return;
+        }
+        let next = if spec.start_revision > 0 {
+            spec.start_revision
+        } else {
+            store.current_revision() + 1
+        };
+        state.progress.store(next - 1, Ordering::Release);
+        let local = Local {
+            spec,
+            state,
+            next,
+            synced: false,
+        };
+        self.watchers.insert(id, local);
+        self.behind.push_back(id);
+    }
+
+    /// Removes a watcher; nothing more is handed out for it.
+    pub fn remove(&mut self, id: i64) -> bool {
+        self.ready.retain(|r| r.id != id);
+        self.forget(id)
+    }
+
+    fn forget(&mut self, id: i64) -> bool {
+        self.behind.retain(|b| *b != id);
+        self.hub.unregister((self.id, id));
+        self.watchers.remove(&id).is_some()
+    }
+
+    /// Whether a watcher of this id is in the group.
+    pub fn contains(&self, id: i64) -> bool {
+        self.watchers.contains_key(&id)
+    }
+
+    /// The revision through which every watcher of the group has been handed all its events.
+    pub fn progress(&self) -> Option<i64> {
+        self.watchers
+            .values()
+            .map(|w| w.state.progress.load(Ordering::Acquire))
+            .min()
+    }
+
+    /// One watcher's progress (see `progress`).
+    pub fn progress_of(&self, id: i64) -> Option<i64> {
+        let w = self.watchers.get(&id)?;
+        Some(w.state.progress.load(Ordering::Acquire))
+    }
+
+    /// The next output. Cancel-safe: all its work after waiting is done without waiting again.
+    pub async fn next(&mut self) -> Output {
+        loop {
+            if let Some(out) = self.pop_ready() {
+                return out;
+            }
+            self.check_overflow();
+            // Live notices first, then one chunk of history for a watcher that is behind.
+            if let Ok(n) = self.rx.try_recv() {
+                self.take_notice(n);
+            } else if let Some(id) = self.behind.pop_front() {
+                self.catch_up(id);
+            } else {
+                let Some(n) = self.rx.recv().await else {
+                    // The hub keeps the sender while the group lives: never happens.
+                    return std::future::pending().await;
                 };
-                let fresh = batch.iter().filter(|c| c.kv.mod_revision >= next);
-                let events = self.events(spec, fresh);
-                if let Some(last) = batch.last() {
-                    next = next.max(last.kv.mod_revision + 1);
-                }
-                if !events.is_empty() && !emit(events, self.store.current_revision()).await {
-                    return WatchEnd::Closed;
-                }
-                progress.fetch_max(next - 1, Ordering::AcqRel);
-                state.inflight.fetch_sub(1, Ordering::AcqRel);
-            }
-            // What is still queued is re-read from history.
-            while rx.try_recv().is_ok() {
-                state.inflight.fetch_sub(1, Ordering::AcqRel);
+                self.check_overflow();
+                self.take_notice(n);
             }
         }
     }
 
-    fn events<'c>(
-        &self,
-        spec: &WatchSpec,
-        changes: impl Iterator<Item = &'c Change>,
-    ) -> Vec<Event> {
-        changes
-            .filter(|c| spec.span().contains(&c.kv.key))
-            .filter(|c| {
-                if c.deleted {
-                    !spec.no_delete
-                } else {
-                    !spec.no_put
+    fn pop_ready(&mut self) -> Option<Output> {
+        while let Some(r) = self.ready.pop_front() {
+            if let Some(end) = r.end {
+                return Some(Output::Ended { id: r.id, end });
+            }
+            if let Some(w) = self.watchers.get(&r.id) {
+                w.state.progress.fetch_max(r.through, Ordering::AcqRel);
+                if r.live {
+                    w.state.inflight.fetch_sub(1, Ordering::AcqRel);
                 }
-            })
-            .map(|c| Event {
-                r#type: if c.deleted { EVENT_DELETE } else { 0 },
-                kv: Some(c.kv.clone()),
-                prev_kv: if spec.prev_kv {
-                    self.previous(&c.kv)
-                } else {
-                    None
-                },
-            })
-            .collect()
+            }
+            if !r.events.is_empty() {
+                return Some(Output::Events {
+                    id: r.id,
+                    events: r.events,
+                    revision: r.revision,
+                });
+            }
+        }
+        None
     }
 
-    /// The key's value just before `kv` changed it (None if it did not exist or is compacted away).
-    fn previous(&self, kv: &KeyValue) -> Option<KeyValue> {
-        let opts = RangeOptions {
-            rev: kv.mod_revision - 1,
+    /// After a dropped notice every following watcher reads history from where it got to.
+    fn check_overflow(&mut self) {
+        if !self.overflowed.load(Ordering::Acquire) {
+            return;
+        }
+        for (id, w) in &mut self.watchers {
+            if w.synced {
+                w.synced = false;
+                w.state.synced.store(false, Ordering::Release);
+                self.behind.push_back(*id);
+            }
+        }
+        // Cleared after the watchers are marked: the hub must not count them current meanwhile.
+        self.overflowed.store(false, Ordering::Release);
+    }
+
+    fn take_notice(&mut self, n: Notice) {
+        let revision = self.hub.store.current_revision();
+        for id in n.ids {
+            let Some(w) = self.watchers.get_mut(&id) else {
+                continue;
+            };
+            if !w.synced {
+                // Reading history: it reads this batch too (published after it was committed).
+                w.state.inflight.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            let fresh = n.batch.iter().filter(|c| c.kv.mod_revision >= w.next);
+            let events = events(&self.hub.store, &w.spec, fresh);
+            if let Some(last) = n.batch.last() {
+                w.next = w.next.max(last.kv.mod_revision + 1);
+            }
+            self.ready.push_back(Ready {
+                id,
+                events,
+                revision,
+                through: w.next - 1,
+                live: true,
+                end: None,
+            });
+        }
+    }
+
+    /// Reads one chunk of history for a watcher that is behind.
+    fn catch_up(&mut self, id: i64) {
+        let store = &self.hub.store;
+        let Some(w) = self.watchers.get_mut(&id) else {
+            return;
+        };
+        let current = store.current_revision();
+        if w.next > current {
+            w.synced = true;
+            w.state.synced.store(true, Ordering::Release);
+            return;
+        }
+        match store.changes(w.spec.span(), w.next, current, CATCH_UP_CHUNK) {
+            Ok((changes, last)) => {
+                let events = events(store, &w.spec, changes.iter());
+                w.next = last + 1;
+                self.ready.push_back(Ready {
+                    id,
+                    events,
+                    revision: current,
+                    through: last,
+                    live: false,
+                    end: None,
+                });
+                self.behind.push_back(id);
+            }
+            Err(MvccError::Compacted) => {
+                let compacted = store.compacted_revision();
+                self.end(id, WatchEnd::Compacted(compacted));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "watch catch-up failed");
+                self.end(id, WatchEnd::Closed);
+            }
+        }
+    }
+
+    /// Ends a watcher once what is ready before it has been handed out.
+    fn end(&mut self, id: i64, end: WatchEnd) {
+        self.forget(id);
+        self.ready.push_back(Ready {
+            id,
+            events: Vec::new(),
+            revision: 0,
+            through: 0,
+            live: false,
+            end: Some(end),
+        });
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        self.hub.unregister_group(self.id, ids.into_iter());
+    }
+}
+
+/// The events of `changes` that `spec` asks for.
+fn events<'c>(
+    store: &Store,
+    spec: &WatchSpec,
+    changes: impl Iterator<Item = &'c Change>,
+) -> Vec<Event> {
+    changes
+        .filter(|c| spec.span().contains(&c.kv.key))
+        .filter(|c| {
+            if c.deleted {
+                !spec.no_delete
+            } else {
+                !spec.no_put
+            }
+        })
+        .map(|c| Event {
+            r#type: if c.deleted { EVENT_DELETE } else { 0 },
+            kv: Some(c.kv.clone()),
+            prev_kv: if spec.prev_kv {
+                previous(store, &c.kv)
+            } else {
+                None
+            },
+        })
+        .collect()
+}
+
+/// The key's value just before `kv` changed it (None if it did not exist or is compacted away).
+fn previous(store: &Store, kv: &KeyValue) -> Option<KeyValue> {
+    let opts = RangeOptions {
+        rev: kv.mod_revision - 1,
+        ..Default::default()
+    };
+    store.range(KeySpan::Single(&kv.key), &opts).ok()?.kvs.pop()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(store: &Store, hub: &Hub, key: &str, index: u64) {
+        let mut wb = store.write_batch();
+        wb.begin();
+        wb.put(key.as_bytes(), index.to_be_bytes().to_vec(), 0);
+        wb.end();
+        hub.publish(wb.commit(index).expect("commit"));
+    }
+
+    /// Drains what the group has ready now, as (watcher, revision) pairs.
+    async fn drain(group: &mut Group) -> Vec<(i64, i64)> {
+        let mut seen = Vec::new();
+        while let Ok(out) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), group.next()).await
+        {
+            if let Output::Events { id, events, .. } = out {
+                seen.extend(
+                    events
+                        .iter()
+                        .map(|e| (id, e.kv.as_ref().unwrap().mod_revision)),
+                );
+            }
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_group_that_falls_behind_its_queue_reads_history_and_misses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let hub = Arc::new(Hub::new(store.clone()));
+        let mut group = hub.group();
+        let spec = |key: &str| WatchSpec {
+            key: key.into(),
             ..Default::default()
         };
-        self.store
-            .range(KeySpan::Single(&kv.key), &opts)
-            .ok()?
-            .kvs
-            .pop()
+        group.add(1, spec("a"));
+        group.add(2, spec("b"));
+        assert!(drain(&mut group).await.is_empty());
+        // Far more batches than the queue holds while the group's task does not run.
+        let n = GROUP_QUEUE as u64 * 3;
+        for i in 0..n {
+            put(&store, &hub, if i % 2 == 0 { "a" } else { "b" }, i + 1);
+        }
+        assert!(group.overflowed.load(Ordering::Acquire));
+        let seen = drain(&mut group).await;
+        for (id, key_parity) in [(1, 0), (2, 1)] {
+            let revs: Vec<i64> = seen.iter().filter(|s| s.0 == id).map(|s| s.1).collect();
+            let want: Vec<i64> = (0..n as i64)
+                .filter(|i| i % 2 == key_parity)
+                .map(|i| i + 2)
+                .collect();
+            assert_eq!(revs, want, "watcher {id}: every revision once, in order");
+        }
+        // Caught up and following again: the next put arrives live, and progress covers it.
+        put(&store, &hub, "a", n + 1);
+        assert_eq!(drain(&mut group).await, vec![(1, n as i64 + 2)]);
+        assert_eq!(group.progress(), Some(n as i64 + 2));
     }
 }

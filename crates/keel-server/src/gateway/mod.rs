@@ -575,7 +575,6 @@ fn watch_spec(body: &[u8]) -> Result<WatchSpec, Status> {
         prev_kv: c.flag("prev_kv")?,
         no_put: false,
         no_delete: false,
-        progress: Default::default(),
     }
     .with_filters(&filters))
 }

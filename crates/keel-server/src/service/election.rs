@@ -205,7 +205,6 @@ async fn watch_until_change(
         prev_kv: false,
         no_put: false,
         no_delete: false,
-        progress: Default::default(),
     };
     let watching = core
         .hub

@@ -6,7 +6,6 @@
 //! response above --max-request-bytes is sent in pieces flagged `fragment` but the last.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -17,13 +16,12 @@ use keel_proto::etcd::{
 };
 use prost::Message;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Credentials;
 use crate::server::Core;
-use crate::watch::{WatchEnd, WatchSpec};
+use crate::watch::{Group, Output, WatchEnd, WatchSpec};
 
 /// Responses buffered per stream before watchers wait for the client to read.
 const STREAM_BUFFER: usize = 256;
@@ -46,27 +44,19 @@ impl WatchService {
 
 type Out = mpsc::Sender<Result<WatchResponse, Status>>;
 
+/// The stream's side of one watcher.
 struct Watcher {
-    task: JoinHandle<()>,
-    progress: Arc<AtomicI64>,
-    /// Responses with events sent so far, and that count at the last progress tick (None when the
-    /// watcher did not ask for progress notifications).
-    sent: Arc<AtomicU64>,
-    sent_at_tick: Option<u64>,
-}
-
-/// How a watcher's events are put into responses.
-#[derive(Clone, Copy)]
-struct Delivery {
-    id: i64,
     fragment: bool,
-    max_request_bytes: usize,
+    /// Whether it sent anything since the last progress tick (None: it did not ask for
+    /// progress notifications).
+    sent_since_tick: Option<bool>,
 }
 
-/// One client stream: its watchers by id.
+/// One client stream: its watchers, served by the stream's own task.
 struct Stream {
     core: Arc<Core>,
     out: Out,
+    group: Group,
     watchers: HashMap<i64, Watcher>,
     next_id: i64,
     /// What the stream was opened with (token, client certificate): it names the user each
@@ -130,13 +120,11 @@ impl Stream {
                     };
                     return self.send(r).await;
                 }
-                if !self
-                    .send(WatchResponse {
-                        created: true,
-                        ..self.response(id, current)
-                    })
-                    .await
-                {
+                let created = WatchResponse {
+                    created: true,
+                    ..self.response(id, current)
+                };
+                if !self.send(created).await {
                     return false;
                 }
                 let spec = WatchSpec {
@@ -144,59 +132,83 @@ impl Stream {
                     range_end: c.range_end,
                     start_revision: c.start_revision,
                     prev_kv: c.prev_kv,
-                    no_put: false,
-                    no_delete: false,
-                    progress: Arc::new(AtomicI64::new(current)),
+                    ..Default::default()
                 }
                 .with_filters(&c.filters);
-                let progress = spec.progress.clone();
-                let sent = Arc::new(AtomicU64::new(0));
-                let delivery = Delivery {
-                    id,
+                self.group.add(id, spec);
+                let w = Watcher {
                     fragment: c.fragment,
-                    max_request_bytes: self.core.max_request_bytes,
+                    sent_since_tick: c.progress_notify.then_some(false),
                 };
-                let task = tokio::spawn(run_watcher(
-                    self.core.clone(),
-                    self.out.clone(),
-                    delivery,
-                    spec,
-                    sent.clone(),
-                ));
-                let sent_at_tick = c.progress_notify.then_some(0);
-                self.watchers.insert(
-                    id,
-                    Watcher {
-                        task,
-                        progress,
-                        sent,
-                        sent_at_tick,
-                    },
-                );
+                self.watchers.insert(id, w);
                 true
             }
-            Some(Union::CancelRequest(c)) => match self.watchers.remove(&c.watch_id) {
-                Some(w) => {
-                    w.task.abort();
-                    self.send(WatchResponse {
-                        canceled: true,
-                        ..self.response(c.watch_id, current)
-                    })
-                    .await
+            Some(Union::CancelRequest(c)) => {
+                if self.watchers.remove(&c.watch_id).is_none() {
+                    return true;
                 }
-                None => true,
-            },
+                self.group.remove(c.watch_id);
+                self.send(WatchResponse {
+                    canceled: true,
+                    ..self.response(c.watch_id, current)
+                })
+                .await
+            }
             Some(Union::ProgressRequest(_)) => {
                 // Every watcher on the stream has sent all its events through this revision.
-                let rev = self
-                    .watchers
-                    .values()
-                    .map(|w| w.progress.load(Ordering::Acquire))
-                    .min()
-                    .unwrap_or(current);
+                let rev = self.group.progress().unwrap_or(current);
                 self.send(self.response(-1, rev)).await
             }
             None => true,
+        }
+    }
+
+    /// Sends what the group handed out: a watcher's events, or its end.
+    async fn deliver(&mut self, out: Output) -> bool {
+        match out {
+            Output::Events {
+                id,
+                events,
+                revision,
+            } => {
+                let Some(w) = self.watchers.get_mut(&id) else {
+                    return true;
+                };
+                if let Some(sent) = w.sent_since_tick.as_mut() {
+                    *sent = true;
+                }
+                let fragment = w.fragment;
+                for events in split_by_size(events) {
+                    let r = WatchResponse {
+                        events,
+                        ..self.response(id, revision)
+                    };
+                    let pieces = if fragment {
+                        self::fragment(r, self.core.max_request_bytes)
+                    } else {
+                        vec![r]
+                    };
+                    for r in pieces {
+                        if !self.send(r).await {
+                            return false;
+                        }
+                    }
+                }
+                true
+            }
+            Output::Ended { id, end } => {
+                self.watchers.remove(&id);
+                let compact_revision = match end {
+                    WatchEnd::Compacted(rev) => rev,
+                    WatchEnd::Closed => 0,
+                };
+                self.send(WatchResponse {
+                    canceled: true,
+                    compact_revision,
+                    ..self.response(id, self.core.store.current_revision())
+                })
+                .await
+            }
         }
     }
 
@@ -205,29 +217,21 @@ impl Stream {
     async fn progress_tick(&mut self) -> bool {
         let mut idle = Vec::new();
         for (id, w) in &mut self.watchers {
-            let Some(at_tick) = w.sent_at_tick.as_mut() else {
+            if let Some(sent) = w.sent_since_tick.as_mut() {
+                if !std::mem::take(sent) {
+                    idle.push(*id);
+                }
+            }
+        }
+        for id in idle {
+            let Some(rev) = self.group.progress_of(id) else {
                 continue;
             };
-            let sent = w.sent.load(Ordering::Acquire);
-            if sent == *at_tick {
-                idle.push((*id, w.progress.load(Ordering::Acquire)));
-            }
-            *at_tick = sent;
-        }
-        for (id, rev) in idle {
             if !self.send(self.response(id, rev)).await {
                 return false;
             }
         }
         true
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        for w in self.watchers.values() {
-            w.task.abort();
-        }
     }
 }
 
@@ -285,57 +289,6 @@ fn fragment(r: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
     pieces
 }
 
-async fn run_watcher(
-    core: Arc<Core>,
-    out: Out,
-    delivery: Delivery,
-    spec: WatchSpec,
-    sent: Arc<AtomicU64>,
-) {
-    let id = delivery.id;
-    let end = core
-        .hub
-        .run(spec, |events, rev| {
-            let responses: Vec<WatchResponse> = split_by_size(events)
-                .into_iter()
-                .map(|events| WatchResponse {
-                    header: core.header(rev),
-                    watch_id: id,
-                    events,
-                    ..Default::default()
-                })
-                .flat_map(|r| {
-                    if delivery.fragment {
-                        fragment(r, delivery.max_request_bytes)
-                    } else {
-                        vec![r]
-                    }
-                })
-                .collect();
-            sent.fetch_add(1, Ordering::AcqRel);
-            let out = out.clone();
-            async move {
-                for r in responses {
-                    if out.send(Ok(r)).await.is_err() {
-                        return false;
-                    }
-                }
-                true
-            }
-        })
-        .await;
-    if let WatchEnd::Compacted(compacted) = end {
-        let r = WatchResponse {
-            header: core.header(core.store.current_revision()),
-            watch_id: id,
-            canceled: true,
-            compact_revision: compacted,
-            ..Default::default()
-        };
-        let _ = out.send(Ok(r)).await;
-    }
-}
-
 #[tonic::async_trait]
 impl PbWatchService for WatchService {
     type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
@@ -351,6 +304,7 @@ impl PbWatchService for WatchService {
             credentials,
             core: self.core.clone(),
             out,
+            group: self.core.hub.group(),
             watchers: HashMap::new(),
             next_id: 0,
         };
@@ -364,6 +318,7 @@ impl PbWatchService for WatchService {
                         Some(Ok(req)) => stream.handle(req).await,
                         _ => false,
                     },
+                    out = stream.group.next() => stream.deliver(out).await,
                     _ = tick.tick() => stream.progress_tick().await,
                 };
                 if !alive {
