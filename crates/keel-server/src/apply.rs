@@ -223,6 +223,8 @@ pub struct ApplyLoop {
     pub compact_log: Box<dyn Fn(u64) + Send>,
     /// The applied index at the last log compaction.
     pub compacted_at: u64,
+    /// A slow state machine, when a test asks for one.
+    pub delay: crate::fault::ApplyDelay,
 }
 
 impl ApplyLoop {
@@ -263,6 +265,7 @@ impl ApplyLoop {
         if batches.is_empty() {
             return;
         }
+        self.delay.wait();
         let last = self.apply_or_abort(&batches);
         if last >= self.compacted_at.saturating_add(self.snapshot_count) {
             self.compact_raft_log(last);

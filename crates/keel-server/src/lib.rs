@@ -10,6 +10,7 @@ mod concurrency;
 mod config;
 mod error;
 mod expiry;
+mod fault;
 mod forward;
 mod gateway;
 mod lease;

@@ -514,6 +514,7 @@ impl Server {
         let weak = Arc::downgrade(&core);
         let apply = ApplyLoop {
             compacted_at: store.applied_index(),
+            delay: crate::fault::ApplyDelay::from_env(),
             store,
             committed: committed_rx,
             registry,

@@ -87,6 +87,7 @@ impl SimMember {
         };
         let apply = ApplyLoop {
             compacted_at: store.applied_index(),
+            delay: crate::fault::ApplyDelay::from_env(),
             store: store.clone(),
             committed: committed_rx,
             registry: registry.clone(),

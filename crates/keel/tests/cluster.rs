@@ -220,6 +220,32 @@ async fn a_member_of_another_cluster_is_refused() {
     assert_eq!(local_value(&cluster.members[2].endpoint(), "k").await, None);
 }
 
+/// A keep-alive right after a grant answered by another member finds the lease even when the
+/// leader has not applied the grant yet (found by `keel bench lease-keepalive` on 3 members, where
+/// the busy leader answered "lease not found"); etcd's leader also waits for its apply first.
+#[tokio::test]
+async fn a_keep_alive_right_after_a_grant_through_a_follower_finds_the_lease() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = |i: usize| cluster.members[(leader + i) % 3].endpoint();
+    let mut granter = etcd_client::Client::connect([follower(1)], None)
+        .await
+        .unwrap();
+    let mut renewer = etcd_client::Client::connect([follower(2)], None)
+        .await
+        .unwrap();
+    // The leader applies everything 300 ms late; the followers answer grants as soon as they
+    // have applied them, and forward keep-alives to the leader.
+    cluster.members[leader].slow_apply(Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for round in 0..3 {
+        let lease = granter.lease_grant(60, None).await.unwrap().id();
+        let renewed = renewer.lease_keep_alive(lease).await;
+        assert!(renewed.is_ok(), "round {round}: {:?}", renewed.err());
+    }
+    cluster.members[leader].slow_apply(Duration::ZERO);
+}
+
 #[tokio::test]
 async fn leases_work_through_followers_and_survive_leader_failover() {
     let mut cluster = Cluster::start(3).await;

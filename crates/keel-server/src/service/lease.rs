@@ -49,9 +49,17 @@ impl LeaseService {
 /// Renews lease `id` on the primary lessor. Returns the TTL, 0 if the lease does not exist (etcd's
 /// keep-alive answer for a lease that is gone).
 async fn renew(core: &Core, id: i64) -> Result<i64, ServerError> {
+    let mut caught_up = false;
     loop {
         match core.leases.renew(id) {
             Ok(ttl) => return Ok(ttl),
+            // The grant may be committed and answered by another member but not applied here
+            // yet: wait until everything committed is applied before saying "not found" (etcd's
+            // leader waits for its applied index before every renewal).
+            Err(RenewError::NotFound) if !caught_up => {
+                caught_up = true;
+                core.linearizable_barrier().await?;
+            }
             Err(RenewError::NotFound) => return Ok(0),
             // Answer only once the keys are gone, so a client told "expired" never reads them.
             Err(RenewError::Expired) => return wait_revoked(core, id).await.map(|()| 0),

@@ -96,6 +96,7 @@ impl Member {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .env("KEEL_FAULT_PARTITION_FILE", self.partition_file())
+            .env("KEEL_FAULT_APPLY_DELAY_FILE", self.apply_delay_file())
             .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={url}"))
@@ -114,6 +115,16 @@ impl Member {
     /// The file the member reads the members it is cut off from (see keel-raft's fault.rs).
     pub fn partition_file(&self) -> PathBuf {
         self.dir.path().join("partition")
+    }
+
+    /// The file the member reads its apply delay from (see keel-server's fault.rs).
+    pub fn apply_delay_file(&self) -> PathBuf {
+        self.dir.path().join("apply-delay")
+    }
+
+    /// Makes the member's state machine wait this long before each batch (zero: no wait).
+    pub fn slow_apply(&self, delay: Duration) {
+        std::fs::write(self.apply_delay_file(), delay.as_millis().to_string()).unwrap();
     }
 
     /// Cuts this member off from the members with these ids (none: heals).
