@@ -243,14 +243,10 @@ pub async fn run(w: Workload) -> anyhow::Result<()> {
             txn_ops,
         } => {
             let value = keys.value();
-            let out = drive(&common, session, move |mut client, n| {
+            let out = drive(&common, session, move |client, n| {
                 let ops = (0..txn_ops as u64)
                     .map(|i| TxnOp::put(keys.key(n * txn_ops as u64 + i), value.clone(), None));
-                let txn = Txn::new().and_then(ops.collect::<Vec<_>>());
-                async move {
-                    let res = client.txn(txn).await.map(|_| ());
-                    (client, res)
-                }
+                send_txn(client, Txn::new().and_then(ops.collect::<Vec<_>>()))
             })
             .await?;
             print("txn-put", common.clients, common.conns, common.json, out);
@@ -262,7 +258,7 @@ pub async fn run(w: Workload) -> anyhow::Result<()> {
         } => {
             prefill(&common, &keys).await?;
             let value = keys.value();
-            let out = drive(&common, session, move |mut client, n| {
+            let out = drive(&common, session, move |client, n| {
                 let key = keys.key(n);
                 let op = if is_read(n, read_ratio) {
                     TxnOp::get(key.clone(), None)
@@ -272,10 +268,7 @@ pub async fn run(w: Workload) -> anyhow::Result<()> {
                 let txn = Txn::new()
                     .when([Compare::version(key, CompareOp::Greater, 0)])
                     .and_then([op]);
-                async move {
-                    let res = client.txn(txn).await.map(|_| ());
-                    (client, res)
-                }
+                send_txn(client, txn)
             })
             .await?;
             print("txn-mixed", common.clients, common.conns, common.json, out);
@@ -397,4 +390,10 @@ fn fsync_floor(dir: &std::path::Path, total: u64, size: usize) -> anyhow::Result
     out.elapsed = started.elapsed();
     out.cpu = report::cpu_time() - cpu_before;
     Ok(out)
+}
+
+/// One transaction, handing the client back with the outcome (what `drive` expects).
+async fn send_txn(mut client: Client, txn: Txn) -> (Client, Result<(), etcd_client::Error>) {
+    let res = client.txn(txn).await.map(|_| ());
+    (client, res)
 }
