@@ -386,11 +386,6 @@ impl Group {
         self.watchers.remove(&id).is_some()
     }
 
-    /// Whether a watcher of this id is in the group.
-    pub fn contains(&self, id: i64) -> bool {
-        self.watchers.contains_key(&id)
-    }
-
     /// The revision through which every watcher of the group has been handed all its events.
     pub fn progress(&self) -> Option<i64> {
         self.watchers
