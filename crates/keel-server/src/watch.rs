@@ -375,15 +375,15 @@ impl Group {
     }
 
     /// Removes a watcher; nothing more is handed out for it.
-    pub fn remove(&mut self, id: i64) -> bool {
+    pub fn remove(&mut self, id: i64) {
         self.ready.retain(|r| r.id != id);
-        self.forget(id)
+        self.forget(id);
     }
 
-    fn forget(&mut self, id: i64) -> bool {
+    fn forget(&mut self, id: i64) {
         self.behind.retain(|b| *b != id);
         self.hub.unregister((self.id, id));
-        self.watchers.remove(&id).is_some()
+        self.watchers.remove(&id);
     }
 
     /// The revision through which every watcher of the group has been handed all its events.
@@ -586,12 +586,17 @@ fn previous(store: &Store, kv: &KeyValue) -> Option<KeyValue> {
 mod tests {
     use super::*;
 
-    fn put(store: &Store, hub: &Hub, key: &str, index: u64) {
+    /// Commits a put of `key` to the store (the apply loop's part), returning its changes.
+    fn commit(store: &Store, key: &str, index: u64) -> Vec<Change> {
         let mut wb = store.write_batch();
         wb.begin();
         wb.put(key.as_bytes(), index.to_be_bytes().to_vec(), 0);
         wb.end();
-        hub.publish(wb.commit(index).expect("commit"));
+        wb.commit(index).expect("commit")
+    }
+
+    fn put(store: &Store, hub: &Hub, key: &str, index: u64) {
+        hub.publish(commit(store, key, index));
     }
 
     /// Drains what the group has ready now, as (watcher, revision) pairs.
@@ -643,5 +648,28 @@ mod tests {
         put(&store, &hub, "a", n + 1);
         assert_eq!(drain(&mut group).await, vec![(1, n as i64 + 2)]);
         assert_eq!(group.progress(), Some(n as i64 + 2));
+    }
+
+    #[tokio::test]
+    async fn a_resync_sends_following_watchers_back_to_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let hub = Arc::new(Hub::new(store.clone()));
+        let mut group = hub.group();
+        group.add(
+            1,
+            WatchSpec {
+                key: b"a".to_vec(),
+                ..Default::default()
+            },
+        );
+        assert!(drain(&mut group).await.is_empty());
+        // The store changes without a publish, as when a snapshot replaces it: nothing arrives
+        // until the hub sends its watchers back to history.
+        commit(&store, "a", 1);
+        assert!(drain(&mut group).await.is_empty());
+        hub.resync();
+        assert_eq!(drain(&mut group).await, vec![(1, 2)]);
+        assert_eq!(group.progress(), Some(2));
     }
 }
