@@ -10,7 +10,7 @@ mod transport;
 pub use log_store::{wal_fsync_seconds, LogStore, SnapshotImage, SnapshotSource, BOOTSTRAP_INDEX};
 pub use node::{
     Committed, Driver, InstallSnapshot, Node, NodeConfig, Outbox, PeerProgress, RaftStatus,
-    Replication, Role, Stepper,
+    Refused, Replication, Role, Stepper,
 };
 pub use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType, SnapshotMetadata,

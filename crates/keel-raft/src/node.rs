@@ -169,9 +169,12 @@ pub enum Committed {
     Snapshot(InstallSnapshot),
 }
 
+/// Told, on the driver thread, why raft did not take a proposal into its log.
+pub type Refused = Box<dyn FnOnce(RaftError) + Send>;
+
 enum Msg {
     Step(Message),
-    Propose(Vec<u8>, oneshot::Sender<Result<()>>),
+    Propose(Vec<u8>, Refused),
     ProposeConfChange(ConfChange, oneshot::Sender<Result<()>>),
     ReportSnapshot(u64, bool),
     Unreachable(u64),
@@ -257,6 +260,10 @@ impl Node {
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
+            // Not `batch_append`: raft-rs 0.7 merges new entries into any unsent MsgAppend to the
+            // same follower when that message has no entries, even one made for an older
+            // next index; the follower then acknowledges entries it does not have (the
+            // simulation found it). Proposals are batched per turn instead (propose_queued).
             // One value only: raft draws in [min, max).
             max_election_tick: if cfg.random_election_timeout {
                 0
@@ -291,6 +298,7 @@ impl Node {
             reads_in_flight: HashMap::new(),
             next_read_id: 0,
             deferred_reads: Vec::new(),
+            proposals: Vec::new(),
             now: Instant::now(),
         };
         let node = Node {
@@ -308,14 +316,13 @@ impl Node {
         }
     }
 
-    /// Proposes `data` as a normal entry. Resolves once raft accepted it into the leader's log;
-    /// the caller learns the outcome when the entry is applied.
-    pub async fn propose(&self, data: Vec<u8>) -> Result<()> {
-        let (done, rx) = oneshot::channel();
+    /// Proposes `data` as a normal entry without waiting for raft: the caller learns the outcome
+    /// when the entry is applied, or from `refused` if raft does not take it (no leader). An
+    /// accepted proposal gets no answer of its own, which spares its proposer a wake-up per write.
+    pub fn propose(&self, data: Vec<u8>, refused: Refused) -> Result<()> {
         self.tx
-            .send(Msg::Propose(data, done))
-            .map_err(|_| RaftError::Stopped)?;
-        rx.await.map_err(|_| RaftError::Stopped)?
+            .send(Msg::Propose(data, refused))
+            .map_err(|_| RaftError::Stopped)
     }
 
     /// The raft index a linearizable read must wait to see applied (ReadIndex; concurrent requests
@@ -405,6 +412,8 @@ pub struct Driver {
     next_read_id: u64,
     /// Followers' ReadIndex requests that arrived before this leader committed in its term.
     deferred_reads: Vec<Message>,
+    /// Proposals taken from the queue this turn, proposed together.
+    proposals: Vec<(Vec<u8>, Refused)>,
     /// The time of the current turn.
     now: Instant,
 }
@@ -456,6 +465,7 @@ impl Driver {
                 return Ok(false);
             }
         }
+        self.propose_queued();
         if tick {
             self.raw.tick();
         }
@@ -468,6 +478,9 @@ impl Driver {
     }
 
     fn stop(&mut self) {
+        for (_, refused) in self.proposals.drain(..) {
+            refused(RaftError::Stopped);
+        }
         for done in self.pending_reads.drain(..) {
             let _ = done.send(Err(RaftError::Stopped));
         }
@@ -495,15 +508,7 @@ impl Driver {
                     tracing::debug!(error = %e, "raft message not stepped");
                 }
             }
-            Msg::Propose(data, done) => {
-                // A follower forwards the proposal to the leader inside raft.
-                let res = if self.raw.raft.leader_id == raft::INVALID_ID {
-                    Err(RaftError::NoLeader)
-                } else {
-                    self.raw.propose(vec![], data).map_err(RaftError::from)
-                };
-                let _ = done.send(res);
-            }
+            Msg::Propose(data, refused) => self.proposals.push((data, refused)),
             Msg::ProposeConfChange(cc, done) => {
                 let res = if self.raw.raft.leader_id == raft::INVALID_ID {
                     Err(RaftError::NoLeader)
@@ -540,6 +545,46 @@ impl Driver {
             Msg::Shutdown => return false,
         }
         true
+    }
+
+    /// Proposes every proposal of this turn as one raft message: the leader appends them and
+    /// sends them to each follower together, and a follower forwards them to the leader in one
+    /// message, instead of a message per proposal (and an append response for each).
+    fn propose_queued(&mut self) {
+        if self.proposals.is_empty() {
+            return;
+        }
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            for (_, refused) in self.proposals.drain(..) {
+                refused(RaftError::NoLeader);
+            }
+            return;
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.raw.raft.id;
+        let mut refusals = Vec::with_capacity(self.proposals.len());
+        let entries: Vec<Entry> = self
+            .proposals
+            .drain(..)
+            .map(|(data, refused)| {
+                refusals.push(refused);
+                Entry {
+                    data: data.into(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        m.set_entries(entries.into());
+        if let Err(e) = self.raw.step(m) {
+            let mut first = Some(RaftError::from(e));
+            for refused in refusals {
+                let e = first
+                    .take()
+                    .unwrap_or(RaftError::Raft(raft::Error::ProposalDropped));
+                refused(e);
+            }
+        }
     }
 
     /// Steps the followers' ReadIndex requests held while this leader had not yet committed in its

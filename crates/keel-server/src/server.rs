@@ -302,7 +302,12 @@ impl Core {
             return Err(ServerError::RequestTooLarge);
         }
         let applied = self.registry.register(id);
-        if let Err(e) = self.node.propose(data).await {
+        let registry = self.registry.clone();
+        let refused = Box::new(move |e: keel_raft::RaftError| {
+            crate::metrics::proposals_failed().inc();
+            registry.fail(id, e.into());
+        });
+        if let Err(e) = self.node.propose(data, refused) {
             self.registry.cancel(id);
             crate::metrics::proposals_failed().inc();
             return Err(e.into());

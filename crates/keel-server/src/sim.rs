@@ -149,12 +149,15 @@ impl SimMember {
         }
         .encode_to_vec();
         let applied = self.registry.register(id);
-        let (node, registry) = (self.node.clone(), self.registry.clone());
+        let registry = self.registry.clone();
+        let proposed = self
+            .node
+            .propose(data, Box::new(move |e| registry.fail(id, e.into())));
+        if proposed.is_err() {
+            self.registry.cancel(id);
+        }
         async move {
-            if let Err(e) = node.propose(data).await {
-                registry.cancel(id);
-                return Err(e.into());
-            }
+            proposed?;
             applied.await.map_err(|_| ServerError::Stopped)?
         }
     }

@@ -27,6 +27,13 @@ impl Registry {
         self.waiting.lock().remove(&id);
     }
 
+    /// Completes `id` with `err` (its proposal was refused before it entered the log).
+    pub fn fail(&self, id: u64, err: crate::ServerError) {
+        if let Some(tx) = self.waiting.lock().remove(&id) {
+            let _ = tx.send(Err(err));
+        }
+    }
+
     /// How many proposers wait.
     pub fn pending(&self) -> usize {
         self.waiting.lock().len()
