@@ -158,6 +158,18 @@ async fn a_minority_never_acknowledges_a_write() {
         assert!(Instant::now() < deadline, "isolated leader kept leading");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Without a leader raft refuses the proposal: the write fails at once, not after a timeout.
+    let started = Instant::now();
+    let refused = c.put("k", "leaderless", None).await.unwrap_err();
+    assert_eq!(
+        common::status(refused),
+        (tonic::Code::Unavailable, "etcdserver: no leader".into())
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     let (code, body) = common::http_get(&lone, "/health").await;
     assert_eq!(
         (code, body.as_str()),
