@@ -209,13 +209,7 @@ impl tonic::codec::Decoder for RawCodec {
 
 /// The gRPC code of a unary call of `method` with `msg` as the request's bytes.
 async fn raw_call(endpoint: &str, method: &'static str, msg: &[u8]) -> tonic::Code {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
+    let mut grpc = common::raw_grpc(endpoint).await;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
     match grpc
         .unary(tonic::Request::new(msg.to_vec()), path, RawCodec)

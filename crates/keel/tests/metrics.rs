@@ -47,13 +47,7 @@ async fn metrics_count_requests_by_outcome_and_time_the_disk() {
     );
 
     // A method the server does not have is refused and adds no series.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.endpoint()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
+    let mut grpc = common::raw_grpc(&m.endpoint()).await;
     let invented = grpc
         .unary::<_, keel_proto::etcd::PbStatusRequest, _>(
             tonic::Request::new(keel_proto::etcd::PbStatusRequest {}),

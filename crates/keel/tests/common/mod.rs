@@ -454,6 +454,19 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A ready gRPC client of `endpoint` for calls the etcd client cannot make (invented methods,
+/// raw bytes).
+pub async fn raw_grpc(endpoint: &str) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc
+}
+
 /// The gRPC status of an etcd-client error.
 pub fn status(e: etcd_client::Error) -> (tonic::Code, String) {
     match e {
