@@ -260,16 +260,16 @@ impl Node {
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
-            // Not `batch_append`: raft-rs 0.7 merges new entries into any unsent MsgAppend to the
-            // same follower when that message has no entries, even one made for an older
-            // next index; the follower then acknowledges entries it does not have (the
-            // simulation found it). Proposals are batched per turn instead (propose_queued).
             // One value only: raft draws in [min, max).
             max_election_tick: if cfg.random_election_timeout {
                 0
             } else {
                 cfg.election_ticks + 1
             },
+            // `batch_append` stays off: raft-rs 0.7 merges new entries into any unsent MsgAppend
+            // to the same follower when that message has no entries, even one made for an older
+            // next index; the follower then acknowledges entries it does not have (the
+            // simulation found it). Proposals are batched per turn instead (propose_queued).
             ..Default::default()
         };
         let single_voter = store.conf_state().voters == [cfg.id];

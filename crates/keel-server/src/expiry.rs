@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use keel_proto::etcd::PbLeaseRevokeRequest as LeaseRevokeRequest;
 use keel_proto::RequestBody;
 
+use crate::lease::Lessor;
 use crate::server::Core;
 use crate::ServerError;
 
@@ -16,7 +17,7 @@ const ROLE_CHECK: Duration = Duration::from_millis(100);
 /// How often the primary looks for expired leases (etcd: 500 ms).
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
 /// Revokes proposed per expiry check: etcd's 1,000 per second, so a mass expiry cannot flood raft.
-const REVOKES_PER_CHECK: usize = 500;
+pub(crate) const REVOKES_PER_CHECK: usize = 500;
 /// Added to every lease's TTL when a member becomes primary (etcd: one election timeout), so a
 /// lease kept alive through an election does not expire in the hand-over.
 pub const PROMOTE_EXTEND: Duration = Duration::from_secs(1);
@@ -24,14 +25,18 @@ pub const PROMOTE_EXTEND: Duration = Duration::from_secs(1);
 impl Core {
     /// Makes the lessor primary exactly while this member leads. Returns whether it is primary.
     pub fn sync_lessor_role(&self) -> bool {
-        let leading = self.is_leader();
-        if leading {
-            self.leases.promote(PROMOTE_EXTEND);
-        } else {
-            self.leases.demote();
-        }
-        leading
+        sync_role(&self.leases, self.is_leader())
     }
+}
+
+/// Makes `leases` primary if `leading`, else a follower's lessor; returns `leading`.
+pub(crate) fn sync_role(leases: &Lessor, leading: bool) -> bool {
+    if leading {
+        leases.promote(PROMOTE_EXTEND);
+    } else {
+        leases.demote();
+    }
+    leading
 }
 
 /// Runs until aborted.
@@ -45,7 +50,7 @@ pub async fn run(core: Arc<Core>) {
             continue;
         }
         last_check = Instant::now();
-        for id in core.leases.expired(last_check, REVOKES_PER_CHECK) {
+        for id in core.leases.expired(core.leases.now(), REVOKES_PER_CHECK) {
             let core = core.clone();
             tokio::spawn(async move {
                 let revoke = RequestBody::LeaseRevoke(LeaseRevokeRequest { id });

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_mvcc::{Store, Table, WriteBatch};
@@ -87,6 +88,28 @@ pub struct TimeToLive {
     pub keys: Vec<Vec<u8>>,
 }
 
+/// Where a lessor reads the time: the monotonic clock, or a simulated member's (whose clock may
+/// run fast or slow, or jump).
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> Instant + Send + Sync>);
+
+impl Clock {
+    /// A clock read by calling `now`.
+    pub fn new(now: impl Fn() -> Instant + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+
+    fn now(&self) -> Instant {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::new(Instant::now)
+    }
+}
+
 /// The leases of one member.
 #[derive(Default)]
 pub struct Lessor {
@@ -94,6 +117,8 @@ pub struct Lessor {
     /// Whether any key is attached to a lease: a put without a lease then has nothing to detach and
     /// skips the lock (the apply path, contended by keep-alives).
     attached: AtomicBool,
+    /// Deadlines are set and checked on this clock.
+    clock: Clock,
 }
 
 fn record_key(id: i64) -> [u8; 8] {
@@ -131,7 +156,19 @@ impl Lessor {
         Ok(Lessor {
             attached: AtomicBool::new(!inner.items.is_empty()),
             inner: Mutex::new(inner),
+            clock: Clock::default(),
         })
+    }
+
+    /// This lessor on `clock` instead of the monotonic clock.
+    pub fn with_clock(mut self, clock: Clock) -> Lessor {
+        self.clock = clock;
+        self
+    }
+
+    /// The time on this lessor's clock.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
     }
 
     /// Loads the leases again (a snapshot replaced the state). Deadlines are gone: a member that
@@ -167,7 +204,7 @@ impl Lessor {
             },
         );
         if inner.primary {
-            let expiry = Instant::now() + secs(ttl);
+            let expiry = self.clock.now() + secs(ttl);
             inner.set_expiry(id, Some(expiry));
         }
         wb.put_record(
@@ -237,7 +274,7 @@ impl Lessor {
             return;
         }
         inner.primary = true;
-        let now = Instant::now();
+        let now = self.clock.now();
         let all: Vec<(i64, i64)> = inner.leases.iter().map(|(id, l)| (*id, l.ttl)).collect();
         for (id, ttl) in all {
             inner.set_expiry(id, Some(now + extend + secs(ttl)));
@@ -269,7 +306,7 @@ impl Lessor {
             Some(l) => (l.ttl, l.expiry),
             None => return Err(RenewError::NotFound),
         };
-        let now = Instant::now();
+        let now = self.clock.now();
         if expiry.is_some_and(|e| e <= now) {
             return Err(RenewError::Expired);
         }
@@ -283,7 +320,7 @@ impl Lessor {
         let l = inner.leases.get(&id)?;
         let remaining = match l.expiry {
             Some(e) => {
-                let now = Instant::now();
+                let now = self.clock.now();
                 if e > now {
                     (e - now).as_secs() as i64
                 } else {

@@ -20,6 +20,7 @@ use crate::alarm::Alarms;
 pub use crate::apply::Response;
 use crate::apply::{ApplyLoop, Machine};
 use crate::auth::{AuthStore, Tokens};
+pub use crate::lease::Clock;
 use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::wait::Registry;
@@ -29,6 +30,7 @@ use crate::{ServerError, StartError};
 /// One simulated member.
 pub struct SimMember {
     node: Arc<Node>,
+    leases: Arc<Lessor>,
     driver: Driver,
     apply: ApplyLoop,
     registry: Arc<Registry>,
@@ -48,13 +50,15 @@ pub enum SimWatchEnd {
 
 impl SimMember {
     /// Opens (or creates, as one of `voters`) member `id` in `dir`. `incarnation` tells restarts
-    /// apart so proposal ids never repeat; `tick` is the length of one raft tick.
+    /// apart so proposal ids never repeat; `tick` is the length of one raft tick; the lessor keeps
+    /// its deadlines on `clock` (the member's own, which may run fast or slow, or jump).
     pub fn open(
         dir: &Path,
         id: u64,
         voters: Vec<u64>,
         incarnation: u64,
         tick: Duration,
+        clock: Clock,
         outbox: Arc<dyn Outbox>,
     ) -> Result<SimMember, StartError> {
         let storage = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
@@ -73,8 +77,13 @@ impl SimMember {
         let (applied_tx, applied) = watch::channel(store.applied_index());
         let registry = Arc::new(Registry::default());
         let hub = Arc::new(Hub::new(store.clone()));
+        let leases = Arc::new(
+            Lessor::restore(&store)
+                .map_err(|e| storage(&e))?
+                .with_clock(clock),
+        );
         let machine = Machine {
-            leases: Arc::new(Lessor::restore(&store).map_err(|e| storage(&e))?),
+            leases: leases.clone(),
             members: Arc::new(Membership::load(&store).map_err(|e| storage(&e))?),
             alarms: Arc::new(Alarms::load(&store).map_err(|e| storage(&e))?),
             auth: Arc::new(
@@ -100,6 +109,7 @@ impl SimMember {
         };
         Ok(SimMember {
             node: Arc::new(node),
+            leases,
             driver,
             apply,
             registry,
@@ -159,6 +169,53 @@ impl SimMember {
         async move {
             proposed?;
             applied.await.map_err(|_| ServerError::Stopped)?
+        }
+    }
+
+    /// The role check of expiry.rs: the lessor is primary exactly while this member leads.
+    /// Returns whether it is.
+    pub fn sync_lessor(&self) -> bool {
+        let leading = self.node.role().0 == keel_raft::Role::Leader;
+        crate::expiry::sync_role(&self.leases, leading)
+    }
+
+    /// The expiry check of expiry.rs: if primary, the leases that ran out on its clock, to be
+    /// revoked through raft (`propose`).
+    pub fn expired_leases(&self) -> Vec<i64> {
+        if !self.sync_lessor() {
+            return Vec::new();
+        }
+        self.leases
+            .expired(self.leases.now(), crate::expiry::REVOKES_PER_CHECK)
+    }
+
+    /// The leases this member knows.
+    pub fn lease_ids(&self) -> Vec<i64> {
+        self.leases.leases()
+    }
+
+    /// A keep-alive served by this member's lessor (the primary's part of service/lease.rs:
+    /// followers forward keep-alives to the leader, which the simulation's clients address
+    /// directly). The TTL, or why it was not renewed.
+    pub fn keep_alive(&self, id: i64) -> impl Future<Output = Result<i64, ServerError>> + 'static {
+        let leading = self.node.role().0 == keel_raft::Role::Leader;
+        let leases = self.leases.clone();
+        async move {
+            use crate::lease::RenewError;
+            // As service/lease.rs: a lessor still primary renews (a deposed leader's does until
+            // its next role check); one that is not is promoted first if this member now leads.
+            loop {
+                return match leases.renew(id) {
+                    Ok(ttl) => Ok(ttl),
+                    Err(RenewError::NotPrimary) if crate::expiry::sync_role(&leases, leading) => {
+                        continue
+                    }
+                    Err(RenewError::NotPrimary) => Err(ServerError::NotLeader),
+                    Err(RenewError::NotFound | RenewError::Expired) => {
+                        Err(ServerError::LeaseNotFound)
+                    }
+                };
+            }
         }
     }
 

@@ -8,11 +8,17 @@
 //! back to an earlier state, as unsynced writes would be lost; the raft log is synced, so it keeps
 //! every entry), stalls them as a slow disk would, and skews or jumps their clocks.
 //!
-//! Clients put, get, delete, compare-and-swap, grant and revoke leases, read ranges and compact,
-//! against random members; the history they record is checked for linearizability
+//! Clients put, get, delete, compare-and-swap, grant, keep alive and revoke leases, read ranges
+//! and compact, against random members (keep-alives against a member that believes it leads, a
+//! deposed one included); the history they record is checked for linearizability
 //! (`keel_check`). Every revision every member applies is compared with what the first member to
 //! apply it produced, watchers must see every revision's events once, in order, without gaps (or
 //! be canceled as compacted), and after the faults stop the members must converge.
+//!
+//! Each member's lessor keeps its deadlines on that member's clock (which runs at its tick rate
+//! and may jump forward). A lease found expired must have had the TTL pass on that member's clock
+//! since the last keep-alive or grant that succeeded; a short lease nobody renews must be revoked
+//! within its TTL and the promotion extension of the last leader change.
 //!
 //! One seed decides everything: the same seed replays the same run, message for message.
 

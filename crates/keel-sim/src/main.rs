@@ -25,7 +25,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let next = AtomicU64::new(args.first);
     let end = args.first + args.seeds;
-    let (runs, ops, events, messages) = (
+    let (runs, ops, events, expiries, messages) = (
+        AtomicUsize::new(0),
         AtomicUsize::new(0),
         AtomicUsize::new(0),
         AtomicUsize::new(0),
@@ -44,6 +45,7 @@ fn main() -> anyhow::Result<()> {
                 runs.fetch_add(1, Ordering::Relaxed);
                 ops.fetch_add(report.linearizability.operations, Ordering::Relaxed);
                 events.fetch_add(report.watch_events, Ordering::Relaxed);
+                expiries.fetch_add(report.lease_expiries, Ordering::Relaxed);
                 messages.fetch_add(report.messages, Ordering::Relaxed);
                 if !report.ok() {
                     let keys: Vec<&str> = report
@@ -67,11 +69,12 @@ fn main() -> anyhow::Result<()> {
     });
     let failed = failed.into_inner().expect("not poisoned");
     println!(
-        "{} runs (seeds {}..{end}), {} operations checked for linearizability, {} watch events checked, {} raft messages delivered, {} violations {:?}, {:.0} s",
+        "{} runs (seeds {}..{end}), {} operations checked for linearizability, {} watch events checked, {} lease expiries checked, {} raft messages delivered, {} violations {:?}, {:.0} s",
         runs.into_inner(),
         args.first,
         ops.into_inner(),
         events.into_inner(),
+        expiries.into_inner(),
         messages.into_inner(),
         failed.len(),
         failed,

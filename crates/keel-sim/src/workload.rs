@@ -40,7 +40,24 @@ pub enum Request {
     Other(RequestBody),
     /// A serializable range over every key (checked only not to fail).
     Scan,
+    /// A lease granted with this TTL (seconds); the world tracks when it may expire.
+    Grant {
+        /// The lease id the client chose.
+        id: i64,
+        /// Its TTL in seconds.
+        ttl: i64,
+    },
+    /// A keep-alive of a lease, sent to the member that leads.
+    KeepAlive(i64),
+    /// A client's revoke of a lease.
+    Revoke(i64),
 }
+
+/// A request under way that only says whether it succeeded.
+pub type Sent = Pin<Box<dyn Future<Output = bool>>>;
+
+/// TTL of the leases kept alive and left to expire (etcd's smallest, 2 s).
+pub const SHORT_TTL: i64 = 2;
 
 /// Picks a client's next request.
 pub fn next_request(
@@ -63,13 +80,15 @@ pub fn next_request(
             expected: last_seen[k].clone(),
             new: value,
         },
-        85..=88 => {
+        85..=87 => {
             let id = rng.gen_range(1..i64::MAX);
             leases.push(id);
-            return Request::Other(RequestBody::LeaseGrant(PbLeaseGrantRequest {
-                ttl: 3600,
-                id,
-            }));
+            // Most expire unless kept alive; some outlive the run.
+            let ttl = if rng.gen_bool(0.7) { SHORT_TTL } else { 3600 };
+            return Request::Grant { id, ttl };
+        }
+        88 | 96..=99 if !leases.is_empty() => {
+            return Request::KeepAlive(leases[rng.gen_range(0..leases.len())]);
         }
         89..=92 if !leases.is_empty() => {
             let lease = leases[rng.gen_range(0..leases.len())];
@@ -81,8 +100,7 @@ pub fn next_request(
             }));
         }
         93..=94 if !leases.is_empty() => {
-            let id = leases.swap_remove(rng.gen_range(0..leases.len()));
-            return Request::Other(RequestBody::LeaseRevoke(PbLeaseRevokeRequest { id }));
+            return Request::Revoke(leases.swap_remove(rng.gen_range(0..leases.len())));
         }
         95 if last_revision > 20 => {
             return Request::Other(RequestBody::Compaction(PbCompactionRequest {
@@ -187,13 +205,35 @@ fn revision(h: &Option<keel_proto::etcd::PbResponseHeader>) -> i64 {
 }
 
 /// Sends a request outside the register model; its result only says whether it failed.
-pub fn send_other(member: &SimMember, body: RequestBody) -> Pin<Box<dyn Future<Output = bool>>> {
+pub fn send_other(member: &SimMember, body: RequestBody) -> Sent {
     let applied = member.propose(body);
     Box::pin(async move { applied.await.is_ok() })
 }
 
+/// A lease grant; its result only says whether it failed.
+pub fn send_grant(member: &SimMember, id: i64, ttl: i64) -> Sent {
+    send_other(
+        member,
+        RequestBody::LeaseGrant(PbLeaseGrantRequest { ttl, id }),
+    )
+}
+
+/// A client's lease revoke; its result only says whether it failed.
+pub fn send_revoke(member: &SimMember, id: i64) -> Sent {
+    send_other(
+        member,
+        RequestBody::LeaseRevoke(PbLeaseRevokeRequest { id }),
+    )
+}
+
+/// A keep-alive; true if the lease was renewed.
+pub fn send_keep_alive(member: &SimMember, id: i64) -> Sent {
+    let renewed = member.keep_alive(id);
+    Box::pin(async move { renewed.await.is_ok() })
+}
+
 /// A serializable read of every key.
-pub fn send_scan(member: &SimMember) -> Pin<Box<dyn Future<Output = bool>>> {
+pub fn send_scan(member: &SimMember) -> Sent {
     let read = member.range(
         PbRangeRequest {
             key: b"\0".to_vec(),

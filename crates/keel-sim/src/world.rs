@@ -7,6 +7,7 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -14,19 +15,25 @@ use std::time::{Duration, Instant};
 use keel_check::{Call, History, Operation, Outcome};
 use keel_proto::etcd::PbRangeRequest;
 use keel_raft::Role;
-use keel_server::sim::{SimMember, SimWatchEnd};
+use keel_server::sim::{Clock, SimMember, SimWatchEnd};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::network::{MemberOutbox, Network, Weather};
 use crate::oracle::{Oracle, Watcher};
-use crate::workload::{self, Pending, Request};
+use crate::workload::{self, Pending, Request, Sent};
 
 /// Length of a raft tick on a member whose clock runs true.
 const TICK_MS: u64 = 100;
 /// A client gives up on a request after this long (its outcome is then unknown).
 const REQUEST_TIMEOUT_MS: u64 = 3000;
+/// How often a member checks its lessor's role, and looks for expired leases (expiry.rs), on its
+/// own clock.
+const LESSOR_ROLE_CHECK_US: u64 = 100_000;
+const LESSOR_EXPIRY_CHECK_US: u64 = 500_000;
+/// Added to every TTL when a lessor becomes primary (expiry.rs's PROMOTE_EXTEND).
+const PROMOTE_EXTEND_MS: u64 = 1000;
 
 /// The shape of one run.
 #[derive(Clone, Debug)]
@@ -57,7 +64,8 @@ impl Config {
             keys: 5,
             watchers: 2,
             active_ms: 6_000,
-            settle_ms: 4_000,
+            // Long enough for every 2 s lease left alone to expire after the faults stop.
+            settle_ms: 6_000,
             faults: true,
         }
     }
@@ -76,6 +84,8 @@ pub struct Report {
     pub linearizability: keel_check::Report,
     /// Watch events checked.
     pub watch_events: usize,
+    /// Leases the primary lessors found expired, each checked against its last keep-alive.
+    pub lease_expiries: usize,
     /// Raft messages delivered.
     pub messages: u64,
     /// The longest a completed linearizable read took, in simulated milliseconds.
@@ -109,6 +119,7 @@ pub fn run(seed: u64, cfg: &Config) -> Report {
             w.calm_down();
         }
         w.run_scheduled();
+        w.advance_clocks();
         w.deliver();
         if w.now < cfg.active_ms {
             w.start_requests();
@@ -116,6 +127,7 @@ pub fn run(seed: u64, cfg: &Config) -> Report {
         w.poll();
         w.turn_members();
         w.poll();
+        w.expire_leases();
         w.keep_watching();
         w.maybe_checkpoint();
         w.now += 1;
@@ -137,6 +149,12 @@ struct Slot {
     seen: i64,
     /// Whether an earlier image of its MVCC store exists (what a power cut may fall back to).
     has_checkpoint: bool,
+    /// The member's own clock, in microseconds: runs at the rate of its ticks, may jump forward,
+    /// keeps running while the member is down. Its lessor keeps deadlines on it.
+    clock_us: Arc<AtomicU64>,
+    /// When (on its clock) the member next checks its lessor's role, and its expired leases.
+    next_role_check_us: u64,
+    next_expiry_check_us: u64,
 }
 
 enum Job {
@@ -145,13 +163,45 @@ enum Job {
         call: Call,
         fut: Pending,
     },
-    Other(Pin<Box<dyn Future<Output = bool>>>),
+    Other(Sent),
+    /// A lease request whose success the lease tracking needs.
+    Lease {
+        op: LeaseOp,
+        id: i64,
+        fut: Sent,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LeaseOp {
+    Grant,
+    KeepAlive,
+    Revoke,
+}
+
+/// What the world knows of a lease a client asked for.
+struct LeaseTrack {
+    ttl_ms: u64,
+    /// Every member's clock (us) when the last grant or keep-alive that succeeded was sent: the
+    /// primary set the deadline at or after then, so no lessor may find the lease expired before
+    /// its own clock is TTL past its reading here.
+    clocks_at_renewal: Vec<u64>,
+    /// True time (ms) of that grant or keep-alive.
+    renewed_ms: u64,
+    /// A client revoked it (or tried): its expiry is no longer checked.
+    revoked: bool,
+    /// Simulated time after which a failed revoke of the expired lease is proposed again.
+    retry_ms: u64,
+    /// When its grant was answered (None while unanswered, failed, or timed out).
+    granted_ms: Option<u64>,
 }
 
 struct InFlight {
     member: usize,
     invoked: Duration,
     invoked_ms: u64,
+    /// Every member's clock when a keep-alive was sent.
+    clocks: Option<Vec<u64>>,
     job: Job,
 }
 
@@ -198,6 +248,14 @@ struct World {
     scheduled_seq: u64,
     leases: Vec<i64>,
     other_requests: usize,
+    /// Leases granted (or asked for), by id.
+    lease_tracks: BTreeMap<i64, LeaseTrack>,
+    /// Revokes of expired leases under way: (member, lease, proposal).
+    expiry_revokes: Vec<(usize, i64, Sent)>,
+    lease_expiries: usize,
+    /// When the members last saw a leader change (simulated ms).
+    last_leader_change_ms: u64,
+    last_leader: Option<usize>,
     _dir: tempfile::TempDir,
 }
 
@@ -221,6 +279,9 @@ impl World {
                 stalled_until: 0,
                 seen: 0,
                 has_checkpoint: false,
+                clock_us: Arc::new(AtomicU64::new(0)),
+                next_role_check_us: 0,
+                next_expiry_check_us: 0,
             })
             .collect();
         let clients = (0..cfg.clients)
@@ -257,6 +318,11 @@ impl World {
             scheduled_seq: 0,
             leases: Vec::new(),
             other_requests: 0,
+            lease_tracks: BTreeMap::new(),
+            expiry_revokes: Vec::new(),
+            lease_expiries: 0,
+            last_leader_change_ms: 0,
+            last_leader: None,
             _dir: dir,
         };
         for i in 0..w.slots.len() {
@@ -274,7 +340,17 @@ impl World {
         let slot = &mut self.slots[i];
         slot.incarnation += 1;
         let tick = Duration::from_millis(slot.tick_ms);
-        match SimMember::open(&slot.dir, slot.id, voters, slot.incarnation, tick, outbox) {
+        let (base, us) = (self.base, slot.clock_us.clone());
+        let clock = Clock::new(move || base + Duration::from_micros(us.load(Ordering::Relaxed)));
+        match SimMember::open(
+            &slot.dir,
+            slot.id,
+            voters,
+            slot.incarnation,
+            tick,
+            clock,
+            outbox,
+        ) {
             Ok(m) => {
                 // What it has was compared when it was applied (a power cut only goes back).
                 slot.seen = slot.seen.min(m.store().current_revision());
@@ -312,6 +388,18 @@ impl World {
         })
     }
 
+    /// The members whose raft says they lead (more than one while a deposed leader lags).
+    fn believed_leaders(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| {
+                self.slots[i]
+                    .member
+                    .as_ref()
+                    .is_some_and(|m| m.status().role == Role::Leader)
+            })
+            .collect()
+    }
+
     fn ids(&self, idx: &[usize]) -> Vec<u64> {
         idx.iter().map(|&i| self.slots[i].id).collect()
     }
@@ -326,7 +414,7 @@ impl World {
             .filter(|_| self.rng.gen_bool(0.5))
             .unwrap_or(order[0]);
         let lasting = self.rng.gen_range(300..3000);
-        match self.rng.gen_range(0..9) {
+        match self.rng.gen_range(0..10) {
             0 | 1 => {
                 // At most a minority down at once, so the cluster can go on.
                 if self.alive().len() <= n / 2 + 1 || self.slots[victim].member.is_none() {
@@ -394,6 +482,16 @@ impl World {
                 self.slots[victim].tick_ms = tick_ms;
                 self.schedule(lasting, Scheduled::ClockTrue(victim));
             }
+            8 => {
+                // A forward jump (a paused VM, a suspended host): the member's lessor finds
+                // deadlines passed all at once.
+                let jump_ms = self.rng.gen_range(100..1500);
+                let id = self.slots[victim].id;
+                self.note(format!("{id}'s clock jumps {jump_ms} ms ahead"));
+                self.slots[victim]
+                    .clock_us
+                    .fetch_add(jump_ms * 1000, Ordering::Relaxed);
+            }
             _ => {
                 let weather = Weather {
                     drop: self.rng.gen_range(0.05..0.4),
@@ -428,6 +526,7 @@ impl World {
                 w.on = None;
             }
         }
+        self.expiry_revokes.retain(|(m, _, _)| *m != i);
         self.slots[i].member = None;
         if power {
             let dir = &self.slots[i].dir;
@@ -536,6 +635,19 @@ impl World {
                 &mut self.leases,
                 self.oracle.last_revision(),
             );
+            // Keep-alives go to a member that believes it leads (a follower would forward them
+            // there); while a deposed leader has not noticed yet, that may be it.
+            let member = match req {
+                Request::KeepAlive(_) => {
+                    let leaders = self.believed_leaders();
+                    if leaders.is_empty() {
+                        member
+                    } else {
+                        leaders[self.rng.gen_range(0..leaders.len())]
+                    }
+                }
+                _ => member,
+            };
             let m = self.slots[member].member.as_ref().expect("alive");
             let job = match req {
                 Request::Checked { key, call } => {
@@ -544,6 +656,46 @@ impl World {
                 }
                 Request::Other(body) => Job::Other(workload::send_other(m, body)),
                 Request::Scan => Job::Other(workload::send_scan(m)),
+                Request::Grant { id, ttl } => {
+                    let track = LeaseTrack {
+                        ttl_ms: ttl as u64 * 1000,
+                        clocks_at_renewal: self.clock_readings(),
+                        renewed_ms: self.now,
+                        revoked: false,
+                        retry_ms: 0,
+                        granted_ms: None,
+                    };
+                    self.lease_tracks.insert(id, track);
+                    let m = self.slots[member].member.as_ref().expect("alive");
+                    Job::Lease {
+                        op: LeaseOp::Grant,
+                        id,
+                        fut: workload::send_grant(m, id, ttl),
+                    }
+                }
+                Request::KeepAlive(id) => Job::Lease {
+                    op: LeaseOp::KeepAlive,
+                    id,
+                    fut: workload::send_keep_alive(m, id),
+                },
+                Request::Revoke(id) => {
+                    if let Some(t) = self.lease_tracks.get_mut(&id) {
+                        t.revoked = true;
+                    }
+                    let m = self.slots[member].member.as_ref().expect("alive");
+                    Job::Lease {
+                        op: LeaseOp::Revoke,
+                        id,
+                        fut: workload::send_revoke(m, id),
+                    }
+                }
+            };
+            let clocks = match &job {
+                Job::Lease {
+                    op: LeaseOp::KeepAlive,
+                    ..
+                } => Some(self.clock_readings()),
+                _ => None,
             };
             let invoked = self.stamp();
             let client = &mut self.clients[c];
@@ -552,6 +704,7 @@ impl World {
                 member,
                 invoked,
                 invoked_ms: self.now,
+                clocks,
                 job,
             });
         }
@@ -563,23 +716,24 @@ impl World {
             let Some(op) = self.clients[c].op.as_mut() else {
                 continue;
             };
-            let done = match &mut op.job {
+            let (done, succeeded) = match &mut op.job {
                 Job::Checked { fut, .. } => match fut.as_mut().poll(&mut cx) {
-                    Poll::Ready(recorded) => Some(recorded),
-                    Poll::Pending => None,
+                    Poll::Ready(recorded) => (Some(recorded), false),
+                    Poll::Pending => (None, false),
                 },
-                Job::Other(fut) => match fut.as_mut().poll(&mut cx) {
-                    Poll::Ready(ok) => {
-                        self.other_requests += usize::from(ok);
-                        Some(None)
-                    }
-                    Poll::Pending => None,
+                Job::Other(fut) | Job::Lease { fut, .. } => match fut.as_mut().poll(&mut cx) {
+                    Poll::Ready(ok) => (Some(None), ok),
+                    Poll::Pending => (None, false),
                 },
             };
             let timed_out = self.now >= op.invoked_ms + REQUEST_TIMEOUT_MS;
             match done {
                 Some(recorded) => {
                     let op = self.clients[c].op.take().expect("checked");
+                    if succeeded {
+                        self.other_requests += 1;
+                        self.lease_succeeded(&op);
+                    }
                     self.complete(c, op, recorded);
                 }
                 None if timed_out => {
@@ -603,6 +757,130 @@ impl World {
                 w.on = None;
                 w.retry_at = self.now + 10;
             }
+        }
+        let now = self.now;
+        let tracks = &mut self.lease_tracks;
+        self.expiry_revokes
+            .retain_mut(|(_, id, fut)| match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(revoked) => {
+                    // A failed revoke is proposed again after the lessor's retry interval.
+                    if let (false, Some(t)) = (revoked, tracks.get_mut(id)) {
+                        t.retry_ms = now + 3_000;
+                    }
+                    false
+                }
+                Poll::Pending => true,
+            });
+    }
+
+    /// Every member's clock now (us).
+    fn clock_readings(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .map(|s| s.clock_us.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Each member's clock runs at the rate of its ticks (a member whose ticks are 50 ms runs
+    /// twice as fast as true time); it keeps running while the member is down or stalled.
+    fn advance_clocks(&mut self) {
+        for s in &self.slots {
+            s.clock_us
+                .fetch_add(1000 * TICK_MS / s.tick_ms, Ordering::Relaxed);
+        }
+        let leader = self.leader();
+        if leader.is_some() && leader != self.last_leader {
+            self.last_leader = leader;
+            self.last_leader_change_ms = self.now;
+        }
+    }
+
+    /// A grant or keep-alive that succeeded moves the lease's checked deadline.
+    fn lease_succeeded(&mut self, op: &InFlight) {
+        let Job::Lease { op: kind, id, .. } = &op.job else {
+            return;
+        };
+        let Some(t) = self.lease_tracks.get_mut(id) else {
+            return;
+        };
+        match kind {
+            LeaseOp::Grant => t.granted_ms = Some(self.now),
+            LeaseOp::KeepAlive => {
+                if let Some(clocks) = &op.clocks {
+                    t.clocks_at_renewal.clone_from(clocks);
+                    t.renewed_ms = op.invoked_ms;
+                }
+            }
+            LeaseOp::Revoke => {}
+        }
+    }
+
+    /// After the faults stop, every short lease nobody keeps alive must expire: the primary
+    /// gives it at most its TTL plus PROMOTE_EXTEND from the later of the last leader change,
+    /// the end of the faults and its last grant or keep-alive, then finds it within a check and
+    /// revokes it (a failed revoke is retried after 3 s).
+    fn check_lease_expiry(&mut self) {
+        let Some(first) = self.slots.iter().find_map(|s| s.member.as_ref()) else {
+            return;
+        };
+        let live = first.lease_ids();
+        let calm = self.cfg.active_ms.max(self.last_leader_change_ms);
+        for (id, t) in &self.lease_tracks {
+            let Some(granted) = t.granted_ms else {
+                continue;
+            };
+            if t.revoked || t.ttl_ms > workload::SHORT_TTL as u64 * 1000 || !live.contains(id) {
+                continue;
+            }
+            let from = calm.max(granted).max(t.renewed_ms);
+            let due = (from + t.ttl_ms + PROMOTE_EXTEND_MS + 1_000).max(t.retry_ms + 1_000);
+            if due <= self.now {
+                self.problems.push(format!(
+                    "lease {id:x} (TTL {} ms, last kept alive at {} ms) still exists at {} ms",
+                    t.ttl_ms, t.renewed_ms, self.now
+                ));
+            }
+        }
+    }
+
+    /// The primary lessors' turns (expiry.rs), each on its member's clock: role checks every
+    /// 100 ms, expired leases every 500 ms, each revoked through raft. A lease found expired
+    /// before its TTL ran on that member's clock since its last successful keep-alive is a
+    /// problem: some lessor renewed it without being the one whose deadlines count.
+    fn expire_leases(&mut self) {
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            let Some(member) = &slot.member else { continue };
+            let clock = slot.clock_us.load(Ordering::Relaxed);
+            if clock < slot.next_role_check_us {
+                continue;
+            }
+            slot.next_role_check_us = clock + LESSOR_ROLE_CHECK_US;
+            if clock < slot.next_expiry_check_us {
+                member.sync_lessor();
+                continue;
+            }
+            slot.next_expiry_check_us = clock + LESSOR_EXPIRY_CHECK_US;
+            let expired = member.expired_leases();
+            let revokes: Vec<_> = expired
+                .iter()
+                .map(|&id| (i, id, workload::send_revoke(member, id)))
+                .collect();
+            let id_of = slot.id;
+            for &id in &expired {
+                self.lease_expiries += 1;
+                let Some(t) = self.lease_tracks.get(&id) else {
+                    continue;
+                };
+                let ran_ms = clock.saturating_sub(t.clocks_at_renewal[i]) / 1000;
+                if !t.revoked && ran_ms < t.ttl_ms {
+                    self.problems.push(format!(
+                        "lease {id:x} found expired by member {id_of} {ran_ms} ms (its clock) after a keep-alive that succeeded at {} ms; TTL {} ms",
+                        t.renewed_ms, t.ttl_ms
+                    ));
+                }
+            }
+            self.expiry_revokes.extend(revokes);
         }
     }
 
@@ -727,6 +1005,9 @@ impl World {
         if self.problems.is_empty() {
             self.check_convergence();
         }
+        if self.problems.is_empty() {
+            self.check_lease_expiry();
+        }
         let last = self.oracle.last_revision();
         let mut watch_events = 0;
         if self.problems.is_empty() {
@@ -758,6 +1039,7 @@ impl World {
             other_requests: self.other_requests,
             linearizability,
             watch_events,
+            lease_expiries: self.lease_expiries,
             messages: self.net.delivered,
             slowest_read_ms,
             faults: self.faults,

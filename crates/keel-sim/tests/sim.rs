@@ -5,13 +5,14 @@ use keel_sim::{run, Config, Report};
 
 fn describe(r: &Report) -> String {
     format!(
-        "seed {}: {} members, {} register operations on {} keys, {} other requests, {} watch events, {} messages",
+        "seed {}: {} members, {} register operations on {} keys, {} other requests, {} watch events, {} lease expiries, {} messages",
         r.seed,
         r.members,
         r.linearizability.operations,
         r.linearizability.keys,
         r.other_requests,
         r.watch_events,
+        r.lease_expiries,
         r.messages
     )
 }
