@@ -2,13 +2,14 @@
 //! member proposes a LeaseRevoke through raft for every lease that runs out, so expiry reaches every
 //! member as an ordinary log entry.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_proto::etcd::PbLeaseRevokeRequest as LeaseRevokeRequest;
 use keel_proto::RequestBody;
 
-use crate::lease::Lessor;
+use crate::lease::{Lessor, RenewError};
 use crate::server::Core;
 use crate::ServerError;
 
@@ -37,6 +38,32 @@ pub(crate) fn sync_role(leases: &Lessor, leading: bool) -> bool {
         leases.demote();
     }
     leading
+}
+
+/// A keep-alive at this member: renews lease `id` if this member leads and a quorum still
+/// follows it. `leading` reads the raft role; `confirm` is a ReadIndex round that also waits until
+/// everything committed before it is applied (so a grant another member answered is known here).
+///
+/// Without the confirmation a deposed leader that has not noticed yet would renew leases on its
+/// own clock while the new leader's lessor expires them on its own (etcd 3.5.8's
+/// `ensureLeadership`). After a quorum answered, no new leader can be elected for an election
+/// timeout, and a new leader's lessor adds PROMOTE_EXTEND to every TTL: the renewal holds.
+/// `Err(NotPrimary)` means another member leads (or leadership was lost meanwhile).
+pub(crate) async fn renew_as_leader(
+    leases: &Lessor,
+    leading: impl Fn() -> bool,
+    confirm: impl Future<Output = Result<(), ServerError>>,
+    id: i64,
+) -> Result<Result<i64, RenewError>, ServerError> {
+    if !sync_role(leases, leading()) {
+        return Ok(Err(RenewError::NotPrimary));
+    }
+    let confirmed = confirm.await;
+    if !sync_role(leases, leading()) {
+        return Ok(Err(RenewError::NotPrimary));
+    }
+    confirmed?;
+    Ok(leases.renew(id))
 }
 
 /// Runs until aborted.

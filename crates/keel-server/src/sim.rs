@@ -194,27 +194,26 @@ impl SimMember {
         self.leases.leases()
     }
 
-    /// A keep-alive served by this member's lessor (the primary's part of service/lease.rs:
-    /// followers forward keep-alives to the leader, which the simulation's clients address
-    /// directly). The TTL, or why it was not renewed.
+    /// A keep-alive at this member, as service/lease.rs serves it on the leader (followers
+    /// forward keep-alives there; the simulation's clients address a member that believes it
+    /// leads). The TTL, or why it was not renewed.
     pub fn keep_alive(&self, id: i64) -> impl Future<Output = Result<i64, ServerError>> + 'static {
-        let leading = self.node.role().0 == keel_raft::Role::Leader;
-        let leases = self.leases.clone();
+        let (node, leases, mut applied) =
+            (self.node.clone(), self.leases.clone(), self.applied.clone());
         async move {
-            use crate::lease::RenewError;
-            // As service/lease.rs: a lessor still primary renews (a deposed leader's does until
-            // its next role check); one that is not is promoted first if this member now leads.
-            loop {
-                return match leases.renew(id) {
-                    Ok(ttl) => Ok(ttl),
-                    Err(RenewError::NotPrimary) if crate::expiry::sync_role(&leases, leading) => {
-                        continue
-                    }
-                    Err(RenewError::NotPrimary) => Err(ServerError::NotLeader),
-                    Err(RenewError::NotFound | RenewError::Expired) => {
-                        Err(ServerError::LeaseNotFound)
-                    }
-                };
+            let leading = || node.role().0 == keel_raft::Role::Leader;
+            let confirm = async {
+                let index = node.read_index().await?;
+                applied
+                    .wait_for(|&a| a >= index)
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| ServerError::Stopped)
+            };
+            match crate::expiry::renew_as_leader(&leases, leading, confirm, id).await? {
+                Ok(ttl) => Ok(ttl),
+                Err(crate::lease::RenewError::NotPrimary) => Err(ServerError::NotLeader),
+                Err(_) => Err(ServerError::LeaseNotFound),
             }
         }
     }

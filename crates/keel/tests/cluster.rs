@@ -435,6 +435,41 @@ async fn a_partitioned_leader_steps_down_and_its_writes_are_never_acknowledged()
 }
 
 #[tokio::test]
+async fn a_partitioned_leader_renews_no_lease() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client().await;
+    let lease = c.lease_grant(60, None).await.unwrap().id();
+    let leader = cluster.leader().await;
+    let mut ids = Vec::new();
+    for m in &cluster.members {
+        ids.push(m.id().await);
+    }
+    let others: Vec<u64> = (0..3).filter(|&i| i != leader).map(|i| ids[i]).collect();
+    cluster.members[leader].cut_off_from(&others);
+    for i in (0..3).filter(|&i| i != leader) {
+        cluster.members[i].cut_off_from(&[ids[leader]]);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The isolated member still believes it leads for up to two election timeouts; the majority
+    // elects a leader whose lessor keeps its own deadlines. A renewal the deposed leader
+    // acknowledged would not hold there: it must confirm its leadership with a quorum first.
+    let mut lone = cluster.members[leader].client().await;
+    let renewal = tokio::time::timeout(Duration::from_secs(15), lone.lease_keep_alive(lease)).await;
+    assert!(
+        !matches!(renewal, Ok(Ok(_))),
+        "a partitioned leader renewed a lease"
+    );
+    // The majority's leader renews it.
+    let majority = (0..3).find(|&i| i != leader).unwrap();
+    put_eventually(&cluster.members[majority].endpoint(), "k", "v").await;
+    let mut m = etcd_client::Client::connect([cluster.members[majority].endpoint()], None)
+        .await
+        .unwrap();
+    let renewed = m.lease_keep_alive(lease).await;
+    assert!(renewed.is_ok(), "{:?}", renewed.err());
+}
+
+#[tokio::test]
 async fn a_data_dir_refuses_another_clusters_token() {
     let mut m = common::Member::start().await;
     m.stop();

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::unexpected;
 use crate::apply::Response as Applied;
+use crate::expiry::renew_as_leader;
 use crate::lease::{RenewError, MAX_LEASE_TTL};
 use crate::server::{Core, REQUEST_TIMEOUT};
 use crate::ServerError;
@@ -46,27 +47,17 @@ impl LeaseService {
     }
 }
 
-/// Renews lease `id` on the primary lessor. Returns the TTL, 0 if the lease does not exist (etcd's
-/// keep-alive answer for a lease that is gone).
+/// Renews lease `id` on the primary lessor, the leader's (forwarded there from a follower).
+/// Returns the TTL, 0 if the lease does not exist (etcd's keep-alive answer for a lease that is
+/// gone).
 async fn renew(core: &Core, id: i64) -> Result<i64, ServerError> {
-    let mut caught_up = false;
-    loop {
-        match core.leases.renew(id) {
-            Ok(ttl) => return Ok(ttl),
-            // The grant may be committed and answered by another member but not applied here
-            // yet: wait until everything committed is applied before saying "not found" (etcd's
-            // leader waits for its applied index before every renewal).
-            Err(RenewError::NotFound) if !caught_up => {
-                caught_up = true;
-                core.linearizable_barrier().await?;
-            }
-            Err(RenewError::NotFound) => return Ok(0),
-            // Answer only once the keys are gone, so a client told "expired" never reads them.
-            Err(RenewError::Expired) => return wait_revoked(core, id).await.map(|()| 0),
-            // Leadership may have arrived since the last role check.
-            Err(RenewError::NotPrimary) if core.sync_lessor_role() => continue,
-            Err(RenewError::NotPrimary) => return core.forward_renew(id).await,
-        }
+    let leading = || core.is_leader();
+    match renew_as_leader(&core.leases, leading, core.linearizable_barrier(), id).await? {
+        Ok(ttl) => Ok(ttl),
+        Err(RenewError::NotFound) => Ok(0),
+        // Answer only once the keys are gone, so a client told "expired" never reads them.
+        Err(RenewError::Expired) => wait_revoked(core, id).await.map(|()| 0),
+        Err(RenewError::NotPrimary) => core.forward_renew(id).await,
     }
 }
 
