@@ -395,17 +395,14 @@ async fn a_member_down_through_log_compactions_catches_up_by_snapshot() {
     wait_identical(&cluster).await;
 }
 
-#[tokio::test]
-async fn a_partitioned_leader_steps_down_and_its_writes_are_never_acknowledged() {
-    let cluster = Cluster::start(3).await;
-    let mut c = cluster.client().await;
-    c.put("k", "before", None).await.unwrap();
+/// Cuts a 3-member cluster's leader off from both followers, in both directions. Returns its index
+/// and every member's id.
+async fn isolate_leader(cluster: &Cluster) -> (usize, Vec<u64>) {
     let leader = cluster.leader().await;
     let mut ids = Vec::new();
     for m in &cluster.members {
         ids.push(m.id().await);
     }
-    // Cut the leader off from both followers, in both directions.
     let others: Vec<u64> = (0..3).filter(|&i| i != leader).map(|i| ids[i]).collect();
     cluster.members[leader].cut_off_from(&others);
     for i in (0..3).filter(|&i| i != leader) {
@@ -413,6 +410,15 @@ async fn a_partitioned_leader_steps_down_and_its_writes_are_never_acknowledged()
     }
     // Members read the fault file every 100 ms.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    (leader, ids)
+}
+
+#[tokio::test]
+async fn a_partitioned_leader_steps_down_and_its_writes_are_never_acknowledged() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client().await;
+    c.put("k", "before", None).await.unwrap();
+    let (leader, ids) = isolate_leader(&cluster).await;
     let isolated = cluster.members[leader].endpoint();
     let mut lone = cluster.members[leader].client().await;
     let write =
@@ -439,17 +445,7 @@ async fn a_partitioned_leader_renews_no_lease() {
     let cluster = Cluster::start(3).await;
     let mut c = cluster.client().await;
     let lease = c.lease_grant(60, None).await.unwrap().id();
-    let leader = cluster.leader().await;
-    let mut ids = Vec::new();
-    for m in &cluster.members {
-        ids.push(m.id().await);
-    }
-    let others: Vec<u64> = (0..3).filter(|&i| i != leader).map(|i| ids[i]).collect();
-    cluster.members[leader].cut_off_from(&others);
-    for i in (0..3).filter(|&i| i != leader) {
-        cluster.members[i].cut_off_from(&[ids[leader]]);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (leader, _) = isolate_leader(&cluster).await;
     // The isolated member still believes it leads for up to two election timeouts; the majority
     // elects a leader whose lessor keeps its own deadlines. A renewal the deposed leader
     // acknowledged would not hold there: it must confirm its leadership with a quorum first.
