@@ -35,6 +35,9 @@ pub enum RaftError {
     /// There is no leader to accept the request (election under way, or quorum lost).
     #[error("no leader")]
     NoLeader,
+    /// A proposal only a leader may make reached a member that does not lead.
+    #[error("not leader")]
+    NotLeader,
     /// The leader has a membership change that is not applied yet.
     #[error("a membership change is still in progress")]
     ConfChangePending,

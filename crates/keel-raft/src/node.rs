@@ -175,6 +175,7 @@ pub type Refused = Box<dyn FnOnce(RaftError) + Send>;
 enum Msg {
     Step(Message),
     Propose(Vec<u8>, Refused),
+    ProposeAsLeader(Vec<u8>, Refused),
     ProposeConfChange(ConfChange, oneshot::Sender<Result<()>>),
     ReportSnapshot(u64, bool),
     Unreachable(u64),
@@ -299,6 +300,7 @@ impl Node {
             next_read_id: 0,
             deferred_reads: Vec::new(),
             proposals: Vec::new(),
+            leader_proposals: Vec::new(),
             now: Instant::now(),
         };
         let node = Node {
@@ -322,6 +324,16 @@ impl Node {
     pub fn propose(&self, data: Vec<u8>, refused: Refused) -> Result<()> {
         self.tx
             .send(Msg::Propose(data, refused))
+            .map_err(|_| RaftError::Stopped)
+    }
+
+    /// As `propose`, but only into this member's own log while it leads: refused with `NotLeader`
+    /// if it does not lead when raft takes it, never forwarded. For what a leader decides from its
+    /// own state (an expired lease's revoke): a deposed leader that has not noticed yet must not
+    /// have its decision committed by the leader that replaced it.
+    pub fn propose_as_leader(&self, data: Vec<u8>, refused: Refused) -> Result<()> {
+        self.tx
+            .send(Msg::ProposeAsLeader(data, refused))
             .map_err(|_| RaftError::Stopped)
     }
 
@@ -414,6 +426,8 @@ pub struct Driver {
     deferred_reads: Vec<Message>,
     /// Proposals taken from the queue this turn, proposed together.
     proposals: Vec<(Vec<u8>, Refused)>,
+    /// Proposals this turn that only this member's log may take, as leader.
+    leader_proposals: Vec<(Vec<u8>, Refused)>,
     /// The time of the current turn.
     now: Instant,
 }
@@ -478,7 +492,8 @@ impl Driver {
     }
 
     fn stop(&mut self) {
-        for (_, refused) in self.proposals.drain(..) {
+        let leader_only = self.leader_proposals.drain(..);
+        for (_, refused) in self.proposals.drain(..).chain(leader_only) {
             refused(RaftError::Stopped);
         }
         for done in self.pending_reads.drain(..) {
@@ -509,6 +524,7 @@ impl Driver {
                 }
             }
             Msg::Propose(data, refused) => self.proposals.push((data, refused)),
+            Msg::ProposeAsLeader(data, refused) => self.leader_proposals.push((data, refused)),
             Msg::ProposeConfChange(cc, done) => {
                 let res = if self.raw.raft.leader_id == raft::INVALID_ID {
                     Err(RaftError::NoLeader)
@@ -551,6 +567,13 @@ impl Driver {
     /// sends them to each follower together, and a follower forwards them to the leader in one
     /// message, instead of a message per proposal (and an append response for each).
     fn propose_queued(&mut self) {
+        if self.raw.raft.state == StateRole::Leader {
+            self.proposals.append(&mut self.leader_proposals);
+        } else {
+            for (_, refused) in self.leader_proposals.drain(..) {
+                refused(RaftError::NotLeader);
+            }
+        }
         if self.proposals.is_empty() {
             return;
         }

@@ -185,6 +185,7 @@ impl From<RaftError> for ServerError {
     fn from(e: RaftError) -> Self {
         match e {
             RaftError::NoLeader => ServerError::NoLeader,
+            RaftError::NotLeader => ServerError::NotLeader,
             RaftError::Stopped => ServerError::Stopped,
             RaftError::ConfChangePending => ServerError::MembershipChangeInProgress,
             other => ServerError::Internal(other.to_string()),

@@ -81,10 +81,12 @@ pub async fn run(core: Arc<Core>) {
             let core = core.clone();
             tokio::spawn(async move {
                 let revoke = RequestBody::LeaseRevoke(LeaseRevokeRequest { id });
-                match core.propose_internal(revoke).await {
+                // Leader-only: a deposed leader's lessor may find leases expired that the new
+                // leader has renewed since; its revoke must not reach that leader's log.
+                match core.propose_as_leader(revoke).await {
                     Ok(_) => tracing::debug!(lease = id, "expired lease revoked"),
-                    // Revoked meanwhile by a client: nothing left to do.
-                    Err(ServerError::LeaseNotFound) => {}
+                    // Revoked meanwhile by a client, or no longer leading: nothing left to do.
+                    Err(ServerError::LeaseNotFound | ServerError::NotLeader) => {}
                     // Still expired at the next check after the retry interval: tried again then.
                     Err(e) => {
                         tracing::warn!(lease = id, error = %e, "revoking an expired lease failed")

@@ -31,6 +31,10 @@ struct Lease {
     keys: BTreeSet<Vec<u8>>,
     /// When the lease runs out; `None` unless this lessor is primary.
     expiry: Option<Instant>,
+    /// When the primary next looks at it, its key in `deadlines`: its expiry, or once it ran out
+    /// and its revoke was proposed, when the revoke is proposed again. The expiry itself stays
+    /// passed, so no keep-alive renews a lease whose revoke is under way.
+    due: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -39,22 +43,29 @@ struct Inner {
     /// Which lease each attached key belongs to.
     items: HashMap<Vec<u8>, i64>,
     primary: bool,
-    /// (expiry, lease) for every lease with a deadline, soonest first.
+    /// (due, lease) for every lease with a deadline, soonest first.
     deadlines: BTreeSet<(Instant, i64)>,
 }
 
 impl Inner {
     fn set_expiry(&mut self, id: i64, expiry: Option<Instant>) {
+        if let Some(l) = self.leases.get_mut(&id) {
+            l.expiry = expiry;
+        }
+        self.set_due(id, expiry);
+    }
+
+    fn set_due(&mut self, id: i64, due: Option<Instant>) {
         let Some(l) = self.leases.get_mut(&id) else {
             return;
         };
-        if let Some(old) = l.expiry.take() {
+        if let Some(old) = l.due.take() {
             self.deadlines.remove(&(old, id));
         }
-        if let Some(new) = expiry {
+        if let Some(new) = due {
             self.deadlines.insert((new, id));
         }
-        l.expiry = expiry;
+        l.due = due;
     }
 
     fn detach(&mut self, key: &[u8]) {
@@ -140,6 +151,7 @@ impl Lessor {
                     ttl: r.ttl,
                     keys: BTreeSet::new(),
                     expiry: None,
+                    due: None,
                 },
             );
         }
@@ -201,6 +213,7 @@ impl Lessor {
                 ttl,
                 keys: BTreeSet::new(),
                 expiry: None,
+                due: None,
             },
         );
         if inner.primary {
@@ -292,6 +305,7 @@ impl Lessor {
         inner.deadlines.clear();
         for l in inner.leases.values_mut() {
             l.expiry = None;
+            l.due = None;
         }
         tracing::info!("lessor demoted");
     }
@@ -347,9 +361,9 @@ impl Lessor {
         ids
     }
 
-    /// Up to `limit` leases that ran out by `now`, for the primary to revoke. Each is given
-    /// `REVOKE_RETRY` more before it is reported again, so a revoke in flight is not re-proposed
-    /// at every check.
+    /// Up to `limit` leases that ran out by `now`, for the primary to revoke. Each is reported
+    /// again only `REVOKE_RETRY` later, so a revoke in flight is not re-proposed at every check;
+    /// it stays expired meanwhile (a keep-alive gets `Expired`, not a renewal the revoke undoes).
     pub fn expired(&self, now: Instant, limit: usize) -> Vec<i64> {
         let mut inner = self.inner.lock();
         let due: Vec<i64> = inner
@@ -360,7 +374,7 @@ impl Lessor {
             .map(|(_, id)| *id)
             .collect();
         for id in &due {
-            inner.set_expiry(*id, Some(now + REVOKE_RETRY));
+            inner.set_due(*id, Some(now + REVOKE_RETRY));
         }
         due
     }
@@ -434,6 +448,31 @@ mod tests {
         lessor.demote();
         assert!(lessor.expired(far, 10).is_empty());
         assert_eq!(lessor.time_to_live(7, false).unwrap().remaining, 1);
+    }
+
+    #[test]
+    fn a_lease_whose_revoke_is_under_way_is_not_renewed() {
+        use std::sync::atomic::AtomicU64;
+        let (_dir, store) = store();
+        let base = Instant::now();
+        let ms = Arc::new(AtomicU64::new(0));
+        let clock_ms = ms.clone();
+        let clock =
+            Clock::new(move || base + Duration::from_millis(clock_ms.load(Ordering::SeqCst)));
+        let lessor = Lessor::default().with_clock(clock);
+        lessor.promote(Duration::ZERO);
+        let mut wb = store.write_batch();
+        lessor.grant(&mut wb, 7, 2).unwrap();
+        ms.store(2_100, Ordering::SeqCst);
+        assert_eq!(lessor.expired(lessor.now(), 10), vec![7]);
+        // Its revoke is on its way through raft: a keep-alive now must not be told it lives on.
+        ms.store(2_200, Ordering::SeqCst);
+        assert_eq!(lessor.renew(7), Err(RenewError::Expired));
+        assert_eq!(lessor.time_to_live(7, false).unwrap().remaining, 0);
+        // Not applied after the retry interval: reported again, once.
+        ms.store(2_100 + REVOKE_RETRY.as_millis() as u64, Ordering::SeqCst);
+        assert_eq!(lessor.expired(lessor.now(), 10), vec![7]);
+        assert!(lessor.expired(lessor.now(), 10).is_empty());
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl Core {
         if crate::apply::grows(&body) {
             self.check_quota(body.encoded_len() as u64).await?;
         }
-        self.propose_as(Some(who.clone()), body).await
+        self.propose_as(Some(who.clone()), body, false).await
     }
 
     /// Proposes the member's own mutation (acting with every permission) and waits for it.
@@ -224,7 +224,16 @@ impl Core {
         &self,
         body: RequestBody,
     ) -> Result<Response, ServerError> {
-        self.propose_as(None, body).await
+        self.propose_as(None, body, false).await
+    }
+
+    /// As `propose_internal`, but taken only into this member's log while it leads (see
+    /// `Node::propose_as_leader`): `NotLeader` otherwise.
+    pub(crate) async fn propose_as_leader(
+        &self,
+        body: RequestBody,
+    ) -> Result<Response, ServerError> {
+        self.propose_as(None, body, true).await
     }
 
     /// etcd's quota check: a write that would take the store past the quota raises NOSPACE (for
@@ -259,7 +268,7 @@ impl Core {
         r: keel_proto::etcd::PbAlarmRequest,
     ) -> Result<Vec<keel_proto::etcd::PbAlarmMember>, ServerError> {
         match self
-            .propose_as(Some(who.clone()), RequestBody::Alarm(r))
+            .propose_as(Some(who.clone()), RequestBody::Alarm(r), false)
             .await?
         {
             Response::Alarm(changed) => Ok(changed),
@@ -290,6 +299,7 @@ impl Core {
         &self,
         auth: Option<RequestAuth>,
         body: RequestBody,
+        leader_only: bool,
     ) -> Result<Response, ServerError> {
         let id = self.next_id();
         let data = InternalRequest {
@@ -307,7 +317,12 @@ impl Core {
             crate::metrics::proposals_failed().inc();
             registry.fail(id, e.into());
         });
-        if let Err(e) = self.node.propose(data, refused) {
+        let proposed = if leader_only {
+            self.node.propose_as_leader(data, refused)
+        } else {
+            self.node.propose(data, refused)
+        };
+        if let Err(e) = proposed {
             self.registry.cancel(id);
             crate::metrics::proposals_failed().inc();
             return Err(e.into());

@@ -151,6 +151,24 @@ impl SimMember {
         &self,
         body: RequestBody,
     ) -> impl Future<Output = Result<Response, ServerError>> + 'static {
+        self.propose_with(body, false)
+    }
+
+    /// The revoke of a lease this member's lessor found expired, proposed as expiry.rs does:
+    /// only into this member's log while it leads.
+    pub fn revoke_expired(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = Result<Response, ServerError>> + 'static {
+        let body = RequestBody::LeaseRevoke(keel_proto::etcd::PbLeaseRevokeRequest { id });
+        self.propose_with(body, true)
+    }
+
+    fn propose_with(
+        &self,
+        body: RequestBody,
+        leader_only: bool,
+    ) -> impl Future<Output = Result<Response, ServerError>> + 'static {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let data = InternalRequest {
             id,
@@ -160,9 +178,12 @@ impl SimMember {
         .encode_to_vec();
         let applied = self.registry.register(id);
         let registry = self.registry.clone();
-        let proposed = self
-            .node
-            .propose(data, Box::new(move |e| registry.fail(id, e.into())));
+        let refused: keel_raft::Refused = Box::new(move |e| registry.fail(id, e.into()));
+        let proposed = if leader_only {
+            self.node.propose_as_leader(data, refused)
+        } else {
+            self.node.propose(data, refused)
+        };
         if proposed.is_err() {
             self.registry.cancel(id);
         }

@@ -16,9 +16,10 @@
 //! be canceled as compacted), and after the faults stop the members must converge.
 //!
 //! Each member's lessor keeps its deadlines on that member's clock (which runs at its tick rate
-//! and may jump forward). A lease found expired must have had the TTL pass on that member's clock
-//! since the last keep-alive or grant that succeeded; a short lease nobody renews must be revoked
-//! within its TTL and the promotion extension of the last leader change.
+//! and may jump forward). An expired lease's revoke that is applied must have been found expired
+//! after the TTL passed on its proposer's clock since the last keep-alive or grant that succeeded;
+//! a short lease nobody renews must be revoked within its TTL and the promotion extension of the
+//! last leader change.
 //!
 //! One seed decides everything: the same seed replays the same run, message for message.
 

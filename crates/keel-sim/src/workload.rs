@@ -226,6 +226,12 @@ pub fn send_revoke(member: &SimMember, id: i64) -> Sent {
     )
 }
 
+/// A primary lessor's revoke of a lease it found expired; true if applied.
+pub fn send_expiry_revoke(member: &SimMember, id: i64) -> Sent {
+    let revoked = member.revoke_expired(id);
+    Box::pin(async move { revoked.await.is_ok() })
+}
+
 /// A keep-alive; true if the lease was renewed.
 pub fn send_keep_alive(member: &SimMember, id: i64) -> Sent {
     let renewed = member.keep_alive(id);

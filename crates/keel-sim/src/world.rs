@@ -84,7 +84,7 @@ pub struct Report {
     pub linearizability: keel_check::Report,
     /// Watch events checked.
     pub watch_events: usize,
-    /// Leases the primary lessors found expired, each checked against its last keep-alive.
+    /// Revokes of expired leases applied, each checked against the lease's last keep-alive.
     pub lease_expiries: usize,
     /// Raft messages delivered.
     pub messages: u64,
@@ -196,6 +196,15 @@ struct LeaseTrack {
     granted_ms: Option<u64>,
 }
 
+/// A revoke a primary lessor proposed for a lease it found expired.
+struct ExpiryRevoke {
+    member: usize,
+    lease: i64,
+    /// The member's clock (us) when it found the lease expired.
+    found_us: u64,
+    revoke: Sent,
+}
+
 struct InFlight {
     member: usize,
     invoked: Duration,
@@ -250,8 +259,8 @@ struct World {
     other_requests: usize,
     /// Leases granted (or asked for), by id.
     lease_tracks: BTreeMap<i64, LeaseTrack>,
-    /// Revokes of expired leases under way: (member, lease, proposal).
-    expiry_revokes: Vec<(usize, i64, Sent)>,
+    /// Revokes of expired leases under way.
+    expiry_revokes: Vec<ExpiryRevoke>,
     lease_expiries: usize,
     /// When the members last saw a leader change (simulated ms).
     last_leader_change_ms: u64,
@@ -526,7 +535,7 @@ impl World {
                 w.on = None;
             }
         }
-        self.expiry_revokes.retain(|(m, _, _)| *m != i);
+        self.expiry_revokes.retain(|r| r.member != i);
         self.slots[i].member = None;
         if power {
             let dir = &self.slots[i].dir;
@@ -758,19 +767,43 @@ impl World {
                 w.retry_at = self.now + 10;
             }
         }
-        let now = self.now;
-        let tracks = &mut self.lease_tracks;
+        let mut done = Vec::new();
         self.expiry_revokes
-            .retain_mut(|(_, id, fut)| match fut.as_mut().poll(&mut cx) {
+            .retain_mut(|r| match r.revoke.as_mut().poll(&mut cx) {
                 Poll::Ready(revoked) => {
-                    // A failed revoke is proposed again after the lessor's retry interval.
-                    if let (false, Some(t)) = (revoked, tracks.get_mut(id)) {
-                        t.retry_ms = now + 3_000;
-                    }
+                    done.push((r.member, r.lease, r.found_us, revoked));
                     false
                 }
                 Poll::Pending => true,
             });
+        for (member, lease, found_us, revoked) in done {
+            self.expiry_revoked(member, lease, found_us, revoked);
+        }
+    }
+
+    /// A revoke of an expired lease came back. Only an applied one counts: a deposed leader's
+    /// lessor may find a lease expired on deadlines the new leader has moved, but its revoke never
+    /// commits. Applied, the lease must have run its TTL on the proposer's clock since the last
+    /// grant or keep-alive that succeeded (one that succeeded after it was found expired fails
+    /// this too).
+    fn expiry_revoked(&mut self, member: usize, lease: i64, found_us: u64, revoked: bool) {
+        let Some(t) = self.lease_tracks.get_mut(&lease) else {
+            return;
+        };
+        if !revoked {
+            // Proposed again after the lessor's retry interval.
+            t.retry_ms = self.now + 3_000;
+            return;
+        }
+        self.lease_expiries += 1;
+        let ran_ms = found_us.saturating_sub(t.clocks_at_renewal[member]) / 1000;
+        if !t.revoked && ran_ms < t.ttl_ms {
+            let id = self.slots[member].id;
+            self.problems.push(format!(
+                "lease {lease:x} revoked as expired by member {id} {ran_ms} ms (its clock) after a keep-alive that succeeded at {} ms; TTL {} ms",
+                t.renewed_ms, t.ttl_ms
+            ));
+        }
     }
 
     /// Every member's clock now (us).
@@ -844,9 +877,8 @@ impl World {
     }
 
     /// The primary lessors' turns (expiry.rs), each on its member's clock: role checks every
-    /// 100 ms, expired leases every 500 ms, each revoked through raft. A lease found expired
-    /// before its TTL ran on that member's clock since its last successful keep-alive is a
-    /// problem: some lessor renewed it without being the one whose deadlines count.
+    /// 100 ms, expired leases every 500 ms, each revoked through raft (checked when applied, in
+    /// `expiry_revoked`).
     fn expire_leases(&mut self) {
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
@@ -861,26 +893,14 @@ impl World {
                 continue;
             }
             slot.next_expiry_check_us = clock + LESSOR_EXPIRY_CHECK_US;
-            let expired = member.expired_leases();
-            let revokes: Vec<_> = expired
-                .iter()
-                .map(|&id| (i, id, workload::send_revoke(member, id)))
-                .collect();
-            let id_of = slot.id;
-            for &id in &expired {
-                self.lease_expiries += 1;
-                let Some(t) = self.lease_tracks.get(&id) else {
-                    continue;
-                };
-                let ran_ms = clock.saturating_sub(t.clocks_at_renewal[i]) / 1000;
-                if !t.revoked && ran_ms < t.ttl_ms {
-                    self.problems.push(format!(
-                        "lease {id:x} found expired by member {id_of} {ran_ms} ms (its clock) after a keep-alive that succeeded at {} ms; TTL {} ms",
-                        t.renewed_ms, t.ttl_ms
-                    ));
-                }
+            for lease in member.expired_leases() {
+                self.expiry_revokes.push(ExpiryRevoke {
+                    member: i,
+                    lease,
+                    found_us: clock,
+                    revoke: workload::send_expiry_revoke(member, lease),
+                });
             }
-            self.expiry_revokes.extend(revokes);
         }
     }
 
