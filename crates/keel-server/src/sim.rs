@@ -219,18 +219,9 @@ impl SimMember {
     /// forward keep-alives there; the simulation's clients address a member that believes it
     /// leads). The TTL, or why it was not renewed.
     pub fn keep_alive(&self, id: i64) -> impl Future<Output = Result<i64, ServerError>> + 'static {
-        let (node, leases, mut applied) =
-            (self.node.clone(), self.leases.clone(), self.applied.clone());
+        let (node, leases, confirm) = (self.node.clone(), self.leases.clone(), self.barrier());
         async move {
             let leading = || node.role().0 == keel_raft::Role::Leader;
-            let confirm = async {
-                let index = node.read_index().await?;
-                applied
-                    .wait_for(|&a| a >= index)
-                    .await
-                    .map(|_| ())
-                    .map_err(|_| ServerError::Stopped)
-            };
             match crate::expiry::renew_as_leader(&leases, leading, confirm, id).await? {
                 Ok(ttl) => Ok(ttl),
                 Err(crate::lease::RenewError::NotPrimary) => Err(ServerError::NotLeader),
@@ -245,17 +236,26 @@ impl SimMember {
         r: PbRangeRequest,
         linearizable: bool,
     ) -> impl Future<Output = Result<PbRangeResponse, ServerError>> + 'static {
-        let (node, store, mut applied) =
-            (self.node.clone(), self.store.clone(), self.applied.clone());
+        let (store, barrier) = (self.store.clone(), linearizable.then(|| self.barrier()));
         async move {
-            if linearizable {
-                let index = node.read_index().await?;
-                applied
-                    .wait_for(|&a| a >= index)
-                    .await
-                    .map_err(|_| ServerError::Stopped)?;
+            if let Some(barrier) = barrier {
+                barrier.await?;
             }
             crate::range::range(&store.view(), &r)
+        }
+    }
+
+    /// ReadIndex, then wait until applied (the server's linearizable barrier, without its
+    /// timeout: the simulation's clients time out themselves).
+    fn barrier(&self) -> impl Future<Output = Result<(), ServerError>> + 'static {
+        let (node, mut applied) = (self.node.clone(), self.applied.clone());
+        async move {
+            let index = node.read_index().await?;
+            applied
+                .wait_for(|&a| a >= index)
+                .await
+                .map(|_| ())
+                .map_err(|_| ServerError::Stopped)
         }
     }
 
