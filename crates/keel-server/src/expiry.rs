@@ -14,9 +14,9 @@ use crate::server::Core;
 use crate::ServerError;
 
 /// How often leadership is checked (a new leader's lessor starts within this).
-const ROLE_CHECK: Duration = Duration::from_millis(100);
+pub const ROLE_CHECK: Duration = Duration::from_millis(100);
 /// How often the primary looks for expired leases (etcd: 500 ms).
-const EXPIRY_CHECK: Duration = Duration::from_millis(500);
+pub const EXPIRY_CHECK: Duration = Duration::from_millis(500);
 /// Revokes proposed per expiry check: etcd's 1,000 per second, so a mass expiry cannot flood raft.
 pub(crate) const REVOKES_PER_CHECK: usize = 500;
 /// Added to every lease's TTL when a member becomes primary (etcd: one election timeout), so a

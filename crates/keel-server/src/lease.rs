@@ -24,7 +24,7 @@ use crate::ServerError;
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 /// How long after proposing the revoke of an expired lease the primary proposes it again if the
 /// lease is still there (etcd's expiredLeaseRetryInterval).
-const REVOKE_RETRY: Duration = Duration::from_secs(3);
+pub const REVOKE_RETRY: Duration = Duration::from_secs(3);
 
 struct Lease {
     ttl: i64,

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use keel_check::{Call, History, Operation, Outcome};
 use keel_proto::etcd::PbRangeRequest;
 use keel_raft::Role;
-use keel_server::sim::{Clock, SimMember, SimWatchEnd};
+use keel_server::sim::{
+    Clock, SimMember, SimWatchEnd, EXPIRY_CHECK, PROMOTE_EXTEND, REVOKE_RETRY, ROLE_CHECK,
+};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -28,12 +30,6 @@ use crate::workload::{self, Pending, Request, Sent};
 const TICK_MS: u64 = 100;
 /// A client gives up on a request after this long (its outcome is then unknown).
 const REQUEST_TIMEOUT_MS: u64 = 3000;
-/// How often a member checks its lessor's role, and looks for expired leases (expiry.rs), on its
-/// own clock.
-const LESSOR_ROLE_CHECK_US: u64 = 100_000;
-const LESSOR_EXPIRY_CHECK_US: u64 = 500_000;
-/// Added to every TTL when a lessor becomes primary (expiry.rs's PROMOTE_EXTEND).
-const PROMOTE_EXTEND_MS: u64 = 1000;
 
 /// The shape of one run.
 #[derive(Clone, Debug)]
@@ -792,7 +788,7 @@ impl World {
         };
         if !revoked {
             // Proposed again after the lessor's retry interval.
-            t.retry_ms = self.now + 3_000;
+            t.retry_ms = self.now + REVOKE_RETRY.as_millis() as u64;
             return;
         }
         self.lease_expiries += 1;
@@ -866,7 +862,8 @@ impl World {
                 continue;
             }
             let from = calm.max(granted).max(t.renewed_ms);
-            let due = (from + t.ttl_ms + PROMOTE_EXTEND_MS + 1_000).max(t.retry_ms + 1_000);
+            let due = (from + t.ttl_ms + PROMOTE_EXTEND.as_millis() as u64 + 1_000)
+                .max(t.retry_ms + 1_000);
             if due <= self.now {
                 self.problems.push(format!(
                     "lease {id:x} (TTL {} ms, last kept alive at {} ms) still exists at {} ms",
@@ -887,12 +884,12 @@ impl World {
             if clock < slot.next_role_check_us {
                 continue;
             }
-            slot.next_role_check_us = clock + LESSOR_ROLE_CHECK_US;
+            slot.next_role_check_us = clock + ROLE_CHECK.as_micros() as u64;
             if clock < slot.next_expiry_check_us {
                 member.sync_lessor();
                 continue;
             }
-            slot.next_expiry_check_us = clock + LESSOR_EXPIRY_CHECK_US;
+            slot.next_expiry_check_us = clock + EXPIRY_CHECK.as_micros() as u64;
             for lease in member.expired_leases() {
                 self.expiry_revokes.push(ExpiryRevoke {
                     member: i,
