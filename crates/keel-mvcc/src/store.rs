@@ -91,6 +91,10 @@ impl Store {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // The meta family is written with every batch but never fills its memtable, so RocksDB
+        // would keep every WAL file since its last flush (up to 4x all memtables) and replay them
+        // all at start-up; past 64 MiB of WAL it flushes the families that hold the oldest.
+        opts.set_max_total_wal_size(64 << 20);
         // Memtables of 16 MiB instead of RocksDB's 64: reads of recent values are served by the
         // block cache just as well, and the memory goes back to the key index.
         let cfs = FAMILIES.map(|n| {

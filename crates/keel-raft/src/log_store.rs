@@ -71,10 +71,17 @@ impl LogStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // The hard state is written with every append but never fills its memtable, so RocksDB
+        // would keep every WAL file since its last flush (up to 4x all memtables, ~300 MiB) and
+        // replay them all at start-up; past 32 MiB of WAL it flushes it instead.
+        opts.set_max_total_wal_size(32 << 20);
         // Entries are read back from the driver's in-memory tail, rarely from RocksDB, and dropped
         // at log compaction: a small memtable is enough (RocksDB's default is 64 MiB).
-        opts.set_write_buffer_size(8 << 20);
-        let cfs = [CF_LOG, CF_STATE].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = [CF_LOG, CF_STATE].map(|n| {
+            let mut cf = Options::default();
+            cf.set_write_buffer_size(8 << 20);
+            ColumnFamilyDescriptor::new(n, cf)
+        });
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let mut store = LogStore {
             db,
