@@ -2,6 +2,7 @@
 //! (a generation runs from a key's creation to its deletion). It answers "which revision of key K is
 //! visible at store revision R" without touching disk. It holds revisions only, never values.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 
@@ -227,8 +228,16 @@ impl KeyIndex {
     /// Records a put found on disk at start-up. Compaction may have removed the start of its
     /// generation, so its creation and version come from the stored record, not from counting.
     pub fn restore_put(&mut self, key: &[u8], rev: Revision, create_revision: i64, version: i64) {
-        self.put(key, rev);
-        let h = self.keys.get_mut(key).expect("just put");
+        // One lookup: at start-up most keys are new (`put` looks up first, for the apply path,
+        // where most are not and a key longer than the inline size would be copied for nothing).
+        let h = match self.keys.entry(Key::from_slice(key)) {
+            Entry::Vacant(v) => v.insert(KeyHistory::Once(rev)),
+            Entry::Occupied(o) => {
+                let h = o.into_mut();
+                h.put(rev);
+                h
+            }
+        };
         if let KeyHistory::Once(r) = h {
             if r.main == create_revision && version == 1 {
                 return;

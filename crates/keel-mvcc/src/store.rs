@@ -122,11 +122,17 @@ impl Store {
         let mut last = 0;
         // In revision order, so each key ends with the lease of its latest put (none if deleted).
         let mut leased: HashMap<Vec<u8>, i64> = HashMap::new();
-        for item in self.db.iterator_cf(self.cf(CF_KV), IteratorMode::Start) {
-            let (k, v) = item?;
-            let (rev, tombstone) = Revision::from_key(&k)
+        // One sequential pass over every revision: borrowed records (no copy of each value), and
+        // blocks read once are not worth a place in the block cache.
+        let mut ro = ReadOptions::default();
+        ro.fill_cache(false);
+        let mut iter = self.db.raw_iterator_cf_opt(self.cf(CF_KV), ro);
+        iter.seek_to_first();
+        while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
+            let (rev, tombstone) = Revision::from_key(k)
                 .ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
-            let kv = decode_kv(&v)?;
+            let kv = RecordHead::decode(v)
+                .map_err(|e| MvccError::Corrupt(format!("key-value record: {e}")))?;
             if tombstone {
                 index.tombstone(&kv.key, rev);
             } else {
@@ -138,7 +144,9 @@ impl Store {
                 leased.remove(&kv.key);
             }
             last = rev.main;
+            iter.next();
         }
+        iter.status()?;
         *self.lease_attachments.lock() = leased.into_iter().collect();
         // Never compacted reads as -1, as in etcd: compacting at revision 0 is then allowed once.
         let compact = match self.db.get_cf(self.cf(CF_META), META_COMPACT_REV)? {
@@ -418,6 +426,20 @@ fn collect(
         true
     });
     (hits, count)
+}
+
+/// What start-up needs of a stored key-value record (etcd's `mvccpb.KeyValue` field numbers): the
+/// value, most of the record, is skipped rather than copied.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RecordHead {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    create_revision: i64,
+    #[prost(int64, tag = "4")]
+    version: i64,
+    #[prost(int64, tag = "6")]
+    lease: i64,
 }
 
 fn decode_kv(bytes: &[u8]) -> Result<KeyValue> {
