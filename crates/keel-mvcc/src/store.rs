@@ -131,8 +131,7 @@ impl Store {
         while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
             let (rev, tombstone) = Revision::from_key(k)
                 .ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
-            let kv = RecordHead::decode(v)
-                .map_err(|e| MvccError::Corrupt(format!("key-value record: {e}")))?;
+            let kv: RecordHead = decode_record(v)?;
             if tombstone {
                 index.tombstone(&kv.key, rev);
             } else {
@@ -443,7 +442,11 @@ struct RecordHead {
 }
 
 fn decode_kv(bytes: &[u8]) -> Result<KeyValue> {
-    KeyValue::decode(bytes).map_err(|e| MvccError::Corrupt(format!("key-value record: {e}")))
+    decode_record(bytes)
+}
+
+fn decode_record<M: Message + Default>(bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|e| MvccError::Corrupt(format!("key-value record: {e}")))
 }
 
 /// One change to one key, as watchers see it.

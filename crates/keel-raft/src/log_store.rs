@@ -71,17 +71,19 @@ impl LogStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        // The hard state is written with every append but never fills its memtable, so RocksDB
-        // would keep every WAL file since its last flush (up to 4x all memtables, ~300 MiB) and
-        // replay them all at start-up; past 32 MiB of WAL it flushes it instead.
-        opts.set_max_total_wal_size(32 << 20);
-        // Entries are read back from the driver's in-memory tail, rarely from RocksDB, and dropped
-        // at log compaction: a small memtable is enough (RocksDB's default is 64 MiB).
+        // Entries live until the next log compaction (every `snapshot_count` applied entries), so
+        // a memtable as large as RocksDB's default (64 MiB) drops most of them at its flush (the
+        // compaction's range deletion covers them) instead of writing them to SST files and
+        // compacting them away later: 8 MiB cost ~3 % more member CPU per put.
         let cfs = [CF_LOG, CF_STATE].map(|n| {
             let mut cf = Options::default();
-            cf.set_write_buffer_size(8 << 20);
+            cf.set_write_buffer_size(64 << 20);
             ColumnFamilyDescriptor::new(n, cf)
         });
+        // The hard state is written with every append but never fills its memtable, so RocksDB
+        // would keep every WAL file since its last flush (by default up to four times all
+        // memtables) and replay them all at start-up; past 64 MiB of WAL it flushes it instead.
+        opts.set_max_total_wal_size(64 << 20);
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let mut store = LogStore {
             db,
