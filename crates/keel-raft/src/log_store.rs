@@ -522,6 +522,46 @@ mod tests {
     }
 
     #[test]
+    fn the_wal_a_restart_replays_stays_bounded() {
+        // The hard state goes with every append but never fills a memtable: unless the total WAL
+        // is capped, it keeps every WAL file alive, and a restart replays them all.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LogStore::open(dir.path()).unwrap().without_fsync();
+        let data = vec![7u8; 256 << 10];
+        for i in 1..=640 {
+            let hs = HardState {
+                term: 1,
+                commit: i,
+                ..Default::default()
+            };
+            let e = Entry {
+                index: i,
+                term: 1,
+                data: data.clone().into(),
+                ..Default::default()
+            };
+            s.append(&[e], Some(&hs)).unwrap();
+            if i % 100 == 0 {
+                s.compact(i - 50).unwrap();
+            }
+        }
+        // 160 MiB appended; obsolete WAL files are deleted after their flush, in the background.
+        let wal_bytes = || -> u64 {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|f| f.unwrap())
+                .filter(|f| f.file_name().to_string_lossy().ends_with(".log"))
+                .map(|f| f.metadata().unwrap().len())
+                .sum()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while wal_bytes() > 100 << 20 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(wal_bytes() <= 100 << 20, "{} MiB of WAL", wal_bytes() >> 20);
+    }
+
+    #[test]
     fn compaction_drops_the_prefix_and_keeps_its_term() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = LogStore::open(dir.path()).unwrap();
