@@ -13,17 +13,33 @@ use parking_lot::Mutex;
 use super::report::{cpu_time, error_kind, Outcome};
 use super::Common;
 
-/// Connects `c.conns` clients to the endpoints.
+/// Opens `c.conns` connections, handing the endpoints out in turn as etcd's benchmark does: each
+/// connection talks to one member, so a 3-member cluster gets a third of them each.
 pub async fn connect(c: &Common) -> anyhow::Result<Vec<Client>> {
     let mut conns = Vec::new();
-    for _ in 0..c.conns.max(1) {
-        conns.push(
-            Client::connect(&c.endpoints, None)
-                .await
-                .context("connecting to the endpoints")?,
-        );
+    for i in 0..c.conns.max(1) {
+        conns.push(connect_one(&c.endpoints, i).await?);
     }
     Ok(conns)
+}
+
+/// One connection to the `i`-th endpoint (in turn): a plain gRPC channel, without the client
+/// library's load balancer, whose extra queue and task hop per request would cost the tool
+/// more CPU than a one-endpoint connection needs.
+pub async fn connect_one(endpoints: &[String], i: usize) -> anyhow::Result<Client> {
+    anyhow::ensure!(!endpoints.is_empty(), "no endpoints given");
+    let endpoint = &endpoints[i % endpoints.len()];
+    let url = if endpoint.contains("://") {
+        endpoint.clone()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .with_context(|| format!("endpoint {endpoint}"))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))?;
+    Ok(Client::from_channel(etcd_client::Channel::Tonic(channel), None).await?)
 }
 
 /// Runs the load. Each client first builds its session with `setup` (untimed), then passes it

@@ -60,12 +60,13 @@ pub struct Keys {
 impl Keys {
     /// The key request `n` uses.
     fn key(&self, n: u64) -> Vec<u8> {
-        let space = self.key_space_size.max(1);
-        let i = if self.sequential_keys {
-            n % space
-        } else {
-            mix(n) % space
-        };
+        let i = if self.sequential_keys { n } else { mix(n) };
+        self.key_of(i)
+    }
+
+    /// The `i`-th key of the key space (wrapping around).
+    fn key_of(&self, i: u64) -> Vec<u8> {
+        let i = i % self.key_space_size.max(1);
         format!("{i:0width$}", width = self.key_size).into_bytes()
     }
 
@@ -242,10 +243,21 @@ pub async fn run(w: Workload) -> anyhow::Result<()> {
             keys,
             txn_ops,
         } => {
+            // etcd refuses a transaction that puts one key twice: each puts neighbouring keys.
+            anyhow::ensure!(
+                txn_ops as u64 <= keys.key_space_size.max(1),
+                "--txn-ops ({txn_ops}) must not exceed --key-space-size ({})",
+                keys.key_space_size
+            );
             let value = keys.value();
             let out = drive(&common, session, move |client, n| {
+                let first = if keys.sequential_keys {
+                    n * txn_ops as u64
+                } else {
+                    mix(n)
+                };
                 let ops = (0..txn_ops as u64)
-                    .map(|i| TxnOp::put(keys.key(n * txn_ops as u64 + i), value.clone(), None));
+                    .map(|i| TxnOp::put(keys.key_of(first + i), value.clone(), None));
                 send_txn(client, Txn::new().and_then(ops.collect::<Vec<_>>()))
             })
             .await?;
@@ -360,7 +372,7 @@ async fn prefill(c: &Common, keys: &Keys) -> anyhow::Result<()> {
                 break;
             }
             let mut client = conns[i as usize % conns.len()].clone();
-            let key = format!("{:0width$}", n + i, width = keys.key_size);
+            let key = keys.key_of(n + i);
             let value = value.clone();
             batch.push(tokio::spawn(
                 async move { client.put(key, value, None).await },

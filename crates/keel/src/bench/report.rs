@@ -97,7 +97,12 @@ pub fn print(name: &str, clients: usize, conns: usize, json: bool, mut out: Outc
         pct(1.0)
     );
     let of = std::thread::available_parallelism().map_or(1, usize::from);
-    println!("  client CPU: {cores:.2} of {of} cores (near {of}: the tool is the bottleneck)");
+    let warning = if cores > 0.8 * of as f64 {
+        " (nearly all of them: the tool itself limits this run)"
+    } else {
+        ""
+    };
+    println!("  client CPU: {cores:.2} of {of} cores{warning}");
     for (kind, n) in &out.errors {
         println!("  error x{n}: {kind}");
     }

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::drive::connect_one;
 use anyhow::Context;
 use clap::Args;
-use etcd_client::Client;
 
 use super::report::{cpu_time, error_kind, Outcome};
 
@@ -56,9 +56,7 @@ pub async fn run(
     let mut receivers = Vec::new();
     let mut expected = 0;
     for s in 0..streams {
-        let mut client = Client::connect(&a.endpoints, None)
-            .await
-            .context("connecting to the endpoints")?;
+        let mut client = connect_one(&a.endpoints, s).await?;
         let keys: Vec<usize> = (0..per_stream)
             .map(|w| (s * per_stream + w) % key_space)
             .collect();
@@ -100,8 +98,8 @@ pub async fn run(
     let (started, cpu_before) = (Instant::now(), cpu_time());
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..putters.max(1) {
-        let mut client = Client::connect(&a.endpoints, None).await?;
+    for p in 0..putters.max(1) {
+        let mut client = connect_one(&a.endpoints, p).await?;
         let (next, sent_at, total, val_size) =
             (next.clone(), sent_at.clone(), a.put_total, a.val_size);
         tasks.push(tokio::spawn(async move {
