@@ -6,6 +6,8 @@
 #   bench/compare.sh                  # everything (about 20 minutes)
 #   bench/compare.sh put range        # only the workloads whose name starts with these words
 #   QUICK=1 bench/compare.sh          # a tenth of the requests, no memory test (a smoke run)
+#   ROUNDS=3 bench/compare.sh         # each workload 3 times per system, taking turns; the report
+#                                     # shows the median run of each and the rounds' ratios
 # Needs etcd, etcdctl, python3 and gnuplot (apt-get install etcd-server etcd-client gnuplot-nox).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,16 +38,22 @@ start() {
 endpoints() { local i out=""; for ((i = 0; i < $2; i++)); do out+="${out:+,}127.0.0.1:$(($1 + i))"; done; echo "$out"; }
 stop_all() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"/*; }
 
-# run <members> <label> <keel bench args...>: the workload against Keel then etcd, one JSON line each.
+# run <members> <label> <keel bench args...>: the workload against Keel and etcd, one JSON line
+# each, ROUNDS times (default 1), the two taking turns to go first: throughput on a shared VM
+# drifts by +-15% over minutes, and alternating keeps the drift from favouring either.
 run() {
-  local members=$1 label=$2; shift 2
+  local members=$1 label=$2 round order target; shift 2
   wanted "$label" || return 0
-  for target in keel:23790 etcd:24790; do
-    local name=${target%%:*} port=${target##*:}
-    printf '%-8s %s member(s) %-28s ' "$name" "$members" "$label" >&2
-    $keel bench "$@" --endpoints="$(endpoints "$port" "$members")" --json |
-      python3 -c 'import json,sys; r=json.load(sys.stdin); r.update(system=sys.argv[1], members=int(sys.argv[2]), label=sys.argv[3]); print(json.dumps(r))' "$name" "$members" "$label" |
-      tee -a "$out/results.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%10.0f req/s  p50 %.2f  p99 %.2f ms  errors %d" % (r["requests_per_sec"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["errors"]))' >&2
+  for ((round = 1; round <= ${ROUNDS:-1}; round++)); do
+    order="keel:23790 etcd:24790"
+    ((round % 2 == 0)) && order="etcd:24790 keel:23790"
+    for target in $order; do
+      local name=${target%%:*} port=${target##*:}
+      printf '%-8s %s member(s) %-28s ' "$name" "$members" "$label" >&2
+      $keel bench "$@" --endpoints="$(endpoints "$port" "$members")" --json |
+        python3 -c 'import json,sys; r=json.load(sys.stdin); r.update(system=sys.argv[1], members=int(sys.argv[2]), label=sys.argv[3], round=int(sys.argv[4])); print(json.dumps(r))' "$name" "$members" "$label" "$round" |
+        tee -a "$out/results.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%10.0f req/s  p50 %.2f  p99 %.2f ms  errors %d" % (r["requests_per_sec"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["errors"]))' >&2
+    done
   done
 }
 

@@ -9,13 +9,34 @@ from collections import OrderedDict
 
 out = sys.argv[1]
 rows = [json.loads(line) for line in open(os.path.join(out, "results.jsonl"))]
-pairs = OrderedDict()
+runs = OrderedDict()
 extra = []
 for r in rows:
     if r["system"] == "disk" or "rss_kib" in r:
         extra.append(r)
         continue
-    pairs.setdefault((r["members"], r["label"]), {})[r["system"]] = r
+    runs.setdefault((r["members"], r["label"]), {}).setdefault(r["system"], []).append(r)
+
+
+def rate_key(r):
+    return "events_per_sec" if "events_per_sec" in r else "requests_per_sec"
+
+
+def median_run(rs):
+    """The run with the median throughput (the lower middle one of an even count)."""
+    rs = sorted(rs, key=lambda r: r[rate_key(r)])
+    return rs[(len(rs) - 1) // 2]
+
+
+def round_ratios(by):
+    """Keel / etcd throughput of each round both ran."""
+    etcd = {r.get("round", 1): r for r in by.get("etcd", [])}
+    return [k[rate_key(k)] / max(etcd[k.get("round", 1)][rate_key(k)], 1e-9)
+            for k in by.get("keel", []) if k.get("round", 1) in etcd]
+
+
+pairs = OrderedDict((key, {s: median_run(rs) for s, rs in by.items()}) for key, by in runs.items())
+rounds = max((len(rs) for by in runs.values() for rs in by.values()), default=1)
 
 
 def fmt(x):
@@ -31,15 +52,21 @@ lines = [
     f"Machine: {os.cpu_count()} cores; etcd: "
     + subprocess.run(["etcd", "--version"], capture_output=True, text=True).stdout.splitlines()[0],
     "",
-    "| members | workload | Keel req/s | etcd req/s | ratio | Keel p50 / p99 ms | etcd p50 / p99 ms | p99 ratio | client CPU (cores) |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+]
+if rounds > 1:
+    lines += [f"Each workload ran {rounds} times per system, the two taking turns to go first; the table",
+              "shows each system's median run and, last, the Keel / etcd ratio of every round.", ""]
+lines += [
+    "| members | workload | Keel req/s | etcd req/s | ratio | Keel p50 / p99 ms | etcd p50 / p99 ms | p99 ratio | client CPU (cores) |"
+    + (" rounds |" if rounds > 1 else ""),
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if rounds > 1 else ""),
 ]
 chart = []
 for (members, label), by in pairs.items():
     k, e = by.get("keel"), by.get("etcd")
     if not k or not e:
         continue
-    key = "events_per_sec" if "events_per_sec" in k else "requests_per_sec"
+    key = rate_key(k)
     ratio = k[key] / max(e[key], 1e-9)
     p99 = k["latency_ms"]["p99"] / max(e["latency_ms"]["p99"], 1e-9)
     unit = " events/s" if key == "events_per_sec" else ""
@@ -48,6 +75,7 @@ for (members, label), by in pairs.items():
         f"{k['latency_ms']['p50']:.2f} / {k['latency_ms']['p99']:.2f} | "
         f"{e['latency_ms']['p50']:.2f} / {e['latency_ms']['p99']:.2f} | {p99:.2f} | "
         f"{k['client_cpu_cores']:.2f} / {e['client_cpu_cores']:.2f} |"
+        + (" " + ", ".join(f"{x:.2f}" for x in round_ratios(runs[(members, label)])) + " |" if rounds > 1 else "")
     )
     chart.append((f"{label} ({members})", ratio))
 for r in extra:
