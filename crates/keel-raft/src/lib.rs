@@ -2,6 +2,7 @@
 //! what they mean (etcd's API) is the state machine's business above it.
 
 mod fault;
+pub mod handoff;
 mod log_store;
 mod logger;
 mod node;

@@ -20,6 +20,7 @@ use raft::eraftpb::{
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
+use crate::handoff;
 use crate::logger::raft_logger;
 use crate::transport::Transport;
 use crate::{LogStore, RaftError, Result};
@@ -302,6 +303,7 @@ impl Node {
             proposals: Vec::new(),
             leader_proposals: Vec::new(),
             now: Instant::now(),
+            handled: 0,
         };
         let node = Node {
             tx,
@@ -430,14 +432,16 @@ pub struct Driver {
     leader_proposals: Vec<(Vec<u8>, Refused)>,
     /// The time of the current turn.
     now: Instant,
+    /// Messages the last turn took from the queue (how long to poll before sleeping).
+    handled: usize,
 }
 
 impl Driver {
     fn run(mut self) {
         let mut next_tick = Instant::now() + self.tick;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            let first = match self.rx.recv_timeout(wait) {
+            let poll = handoff::poll_after(self.handled);
+            let first = match handoff::recv_until(&self.rx, Some(next_tick), poll) {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -470,10 +474,12 @@ impl Driver {
         self.now = now;
         // Everything queued while the last batch was syncing joins this batch.
         let mut first = first;
+        self.handled = 0;
         for _ in 0..=MAX_DRAIN {
             let Some(msg) = first.take().or_else(|| self.rx.try_recv().ok()) else {
                 break;
             };
+            self.handled += 1;
             if !self.handle(msg) {
                 self.stop();
                 return Ok(false);

@@ -230,8 +230,13 @@ pub struct ApplyLoop {
 impl ApplyLoop {
     /// Runs until the raft driver goes away.
     pub fn run(mut self) {
-        while let Ok(first) = self.committed.recv() {
-            self.apply_from(first);
+        let mut applied = 0;
+        loop {
+            let poll = keel_raft::handoff::poll_after(applied);
+            let Ok(first) = keel_raft::handoff::recv_until(&self.committed, None, poll) else {
+                return;
+            };
+            applied = self.apply_from(first);
         }
     }
 
@@ -243,8 +248,9 @@ impl ApplyLoop {
         }
     }
 
-    /// Applies `first` and what else is queued behind it, many entries to one write batch.
-    fn apply_from(&mut self, first: Committed) {
+    /// Applies `first` and what else is queued behind it, many entries to one write batch; the
+    /// number of entries.
+    fn apply_from(&mut self, first: Committed) -> usize {
         let mut batches = Vec::new();
         let mut next = Some(first);
         while let Some(c) = next.take() {
@@ -263,7 +269,7 @@ impl ApplyLoop {
             }
         }
         if batches.is_empty() {
-            return;
+            return 0;
         }
         self.delay.wait();
         let last = self.apply_or_abort(&batches);
@@ -271,6 +277,7 @@ impl ApplyLoop {
             self.compact_raft_log(last);
             self.compacted_at = last;
         }
+        batches.iter().map(Vec::len).sum()
     }
 
     fn apply_or_abort(&self, batches: &[Vec<Entry>]) -> u64 {
