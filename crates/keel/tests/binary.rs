@@ -1,5 +1,7 @@
 //! The `keel` binary's command line: etcd's flags, defaults, and refusals.
 
+mod common;
+
 use std::process::Command;
 
 #[test]
@@ -71,4 +73,48 @@ fn default_data_dir_is_name_dot_keel_in_the_working_directory() {
     child.wait().unwrap();
     assert!(dir.path().join("default.keel/member/kv").exists());
     assert!(dir.path().join("default.keel/member/raft").exists());
+}
+
+/// Threads named `tokio-rt-worker` in a `keel` member started with `worker_env` (None: unset), once
+/// it has created its data dir.
+fn member_workers(worker_env: Option<&str>) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer) = (common::free_port(), common::free_port());
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    cmd.current_dir(dir.path())
+        .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+        .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=default={peer_url}"))
+        .env_remove("TOKIO_WORKER_THREADS")
+        .stderr(std::process::Stdio::null());
+    if let Some(n) = worker_env {
+        cmd.env("TOKIO_WORKER_THREADS", n);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dir.path().join("default.keel/member/raft").exists()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
+    let workers = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    workers
+}
+
+/// The raft driver and apply loop have threads of their own, so a member serves requests on a
+/// worker per core but one; TOKIO_WORKER_THREADS overrides it as GOMAXPROCS does for etcd.
+#[test]
+fn a_member_has_a_worker_per_core_but_one_unless_told() {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(member_workers(None), cores.saturating_sub(1).max(1));
+    assert_eq!(member_workers(Some("3")), 3);
 }

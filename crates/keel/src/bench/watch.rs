@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::drive::connect_one;
 use anyhow::Context;
 use clap::Args;
 
+use super::drive::connect_one;
 use super::report::{cpu_time, error_kind, Outcome};
 
 /// Options of the watch workloads.
