@@ -63,12 +63,7 @@ fn default_data_dir_is_name_dot_keel_in_the_working_directory() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !dir.path().join("default.keel/member/raft").exists()
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for(&dir.path().join("default.keel/member/raft"));
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(dir.path().join("default.keel/member/kv").exists());
@@ -94,12 +89,7 @@ fn member_workers(worker_env: Option<&str>) -> usize {
         cmd.env("TOKIO_WORKER_THREADS", n);
     }
     let mut child = cmd.spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !dir.path().join("default.keel/member/raft").exists()
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for(&dir.path().join("default.keel/member/raft"));
     let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
     let workers = tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
@@ -117,4 +107,12 @@ fn a_member_has_a_worker_per_core_but_one_unless_told() {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     assert_eq!(member_workers(None), cores.saturating_sub(1).max(1));
     assert_eq!(member_workers(Some("3")), 3);
+}
+
+/// Waits up to 10 s for `path` to exist (a starting member creates its data dir first).
+fn wait_for(path: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -60,8 +60,16 @@ pub struct Keys {
 impl Keys {
     /// The key request `n` uses.
     fn key(&self, n: u64) -> Vec<u8> {
-        let i = if self.sequential_keys { n } else { mix(n) };
-        self.key_of(i)
+        self.key_of(self.index(n))
+    }
+
+    /// Where in the key space request `n` starts: `n` itself, or a scramble of it.
+    fn index(&self, n: u64) -> u64 {
+        if self.sequential_keys {
+            n
+        } else {
+            mix(n)
+        }
     }
 
     /// The `i`-th key of the key space (wrapping around).
@@ -251,11 +259,7 @@ pub async fn run(w: Workload) -> anyhow::Result<()> {
             );
             let value = keys.value();
             let out = drive(&common, session, move |client, n| {
-                let first = if keys.sequential_keys {
-                    n * txn_ops as u64
-                } else {
-                    mix(n)
-                };
+                let first = keys.index(n * txn_ops as u64);
                 let ops = (0..txn_ops as u64)
                     .map(|i| TxnOp::put(keys.key_of(first + i), value.clone(), None));
                 send_txn(client, Txn::new().and_then(ops.collect::<Vec<_>>()))
