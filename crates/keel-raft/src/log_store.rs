@@ -223,7 +223,8 @@ impl LogStore {
     }
 
     /// Appends `entries` (replacing any conflicting tail) and records `hard_state`, in one synced
-    /// write batch. This is the durability point of every write.
+    /// write batch. This is the durability point of every write. A change of the commit index
+    /// alone is only noted.
     pub fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<()> {
         let mut batch = rocksdb::WriteBatch::default();
         if let Some(first) = entries.first() {
@@ -251,10 +252,18 @@ impl LogStore {
             }
             self.last_index = new_last;
         }
+        // Only new entries, a term or a vote must be durable before raft goes on; a commit index
+        // alone (a leader counting acks, a follower told by a heartbeat) is written with the next
+        // append, as etcd's MustSync has it: raft learns a lost one again, and start-up raises it
+        // to what the state machine applied (see `raise_commit`).
+        let must_sync = !entries.is_empty()
+            || hard_state.is_some_and(|hs| {
+                hs.term != self.hard_state.term || hs.vote != self.hard_state.vote
+            });
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
         }
-        if entries.is_empty() && hard_state.is_none() {
+        if !must_sync {
             return Ok(());
         }
         batch.put_cf(
@@ -559,6 +568,42 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         assert!(wal_bytes() <= 100 << 20, "{} MiB of WAL", wal_bytes() >> 20);
+    }
+
+    #[test]
+    fn a_vote_is_synced_at_once_and_a_commit_index_with_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let hs = |term, vote, commit| HardState {
+            term,
+            vote,
+            commit,
+            ..Default::default()
+        };
+        {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            s.append(&[entry(1, 1), entry(2, 1)], Some(&hs(1, 0, 0)))
+                .unwrap();
+            // A follower told the commit index by a heartbeat: no write (and no fsync) for it.
+            s.append(&[], Some(&hs(1, 0, 2))).unwrap();
+            assert_eq!(s.hard_state().commit, 2);
+        }
+        {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert_eq!(s.hard_state(), &hs(1, 0, 0));
+            // A vote in a new term must be on disk before it is answered, entries or not.
+            s.append(&[], Some(&hs(2, 3, 0))).unwrap();
+            s.append(&[], Some(&hs(2, 3, 2))).unwrap();
+        }
+        {
+            let mut s = LogStore::open(dir.path()).unwrap();
+            assert_eq!(s.hard_state(), &hs(2, 3, 0));
+            // The next append carries the commit index noted since.
+            s.append(&[], Some(&hs(2, 3, 1))).unwrap();
+            s.append(&[entry(3, 2)], None).unwrap();
+        }
+        let s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(s.hard_state(), &hs(2, 3, 1));
+        assert_eq!(s.last_index(), 3);
     }
 
     #[test]
