@@ -296,10 +296,11 @@ impl Store {
         WriteBatch {
             store: self,
             batch: rocksdb::WriteBatch::default(),
-            pending: HashMap::new(),
+            pending: Vec::new(),
             rev: self.current_revision(),
             sub: 0,
             changes: Vec::new(),
+            encoded: Vec::new(),
         }
     }
 
@@ -463,10 +464,13 @@ pub struct Change {
 pub struct WriteBatch<'s> {
     store: &'s Store,
     batch: rocksdb::WriteBatch,
-    /// Values written by this batch, not yet readable from RocksDB.
-    pending: HashMap<Revision, KeyValue>,
+    /// Values written by this batch, not yet readable from RocksDB: their revisions (ascending)
+    /// and where in `changes` they are. Not a map of copies: a put is the apply loop's hot path.
+    pending: Vec<(Revision, usize)>,
     /// Every change made by the batch, in order, for watchers.
     changes: Vec<Change>,
+    /// A key-value's encoding on its way into the RocksDB batch (which copies it), reused.
+    encoded: Vec<u8>,
     /// Revision of the last ended transaction in this batch.
     rev: i64,
     /// Changes made so far by the open transaction.
@@ -505,8 +509,8 @@ impl WriteBatch<'_> {
     }
 
     fn value_at(&self, rev: Revision) -> Result<KeyValue> {
-        if let Some(kv) = self.pending.get(&rev) {
-            return Ok(kv.clone());
+        if let Ok(i) = self.pending.binary_search_by_key(&rev, |(r, _)| *r) {
+            return Ok(self.changes[self.pending[i].1].kv.clone());
         }
         let v = self
             .store
@@ -523,7 +527,7 @@ impl WriteBatch<'_> {
     }
 
     /// Puts `key` in the open transaction; returns the new key-value.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> KeyValue {
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> &KeyValue {
         let rev = self.next_revision();
         let live = self.store.index.read().live(key);
         let (create_revision, version) =
@@ -536,15 +540,15 @@ impl WriteBatch<'_> {
             value,
             lease,
         };
+        self.encoded.clear();
+        kv.encode(&mut self.encoded)
+            .expect("a Vec grows to fit any message");
         self.batch
-            .put_cf(self.store.cf(CF_KV), rev.to_key(false), kv.encode_to_vec());
+            .put_cf(self.store.cf(CF_KV), rev.to_key(false), &self.encoded);
         self.store.index.write().put(key, rev);
-        self.pending.insert(rev, kv.clone());
-        self.changes.push(Change {
-            kv: kv.clone(),
-            deleted: false,
-        });
-        kv
+        self.pending.push((rev, self.changes.len()));
+        self.changes.push(Change { kv, deleted: false });
+        &self.changes[self.changes.len() - 1].kv
     }
 
     /// Deletes the live keys of `span` in the open transaction; returns them as they were.
@@ -610,17 +614,15 @@ impl WriteBatch<'_> {
                 self.batch.delete_cf(cf, k);
             }
         }
-        let gone: Vec<Revision> = self
-            .pending
-            .keys()
-            .filter(|r| r.main <= rev && !keep.contains(r))
-            .copied()
-            .collect();
-        for r in gone {
-            self.pending.remove(&r);
-            self.batch.delete_cf(cf, r.to_key(false));
-            self.batch.delete_cf(cf, r.to_key(true));
-        }
+        let batch = &mut self.batch;
+        self.pending.retain(|(r, _)| {
+            let gone = r.main <= rev && !keep.contains(r);
+            if gone {
+                batch.delete_cf(cf, r.to_key(false));
+                batch.delete_cf(cf, r.to_key(true));
+            }
+            !gone
+        });
         self.batch
             .put_cf(self.store.cf(CF_META), META_COMPACT_REV, rev.to_be_bytes());
         Ok(())
@@ -790,6 +792,40 @@ mod tests {
 
     /// Random writes, deletes, multi-key transactions, compactions and reopenings, checked after every
     /// step against a model that keeps the whole map at every revision.
+    #[test]
+    fn a_batch_reads_its_own_writes_before_they_are_committed() {
+        // The apply loop puts many requests in one batch: a put with prev_kv, or a txn comparing
+        // a key, must see what an earlier request of the same batch wrote.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        put(&store, "k", "v1", 1);
+        let mut wb = store.write_batch();
+        let earlier = [("v1", 2), ("v2", 3), ("v3", 5)];
+        for (v, (prev_value, prev_rev)) in ["v2", "v3", "v4"].into_iter().zip(earlier) {
+            wb.begin();
+            let prev = wb.get(b"k").unwrap().unwrap();
+            assert_eq!(
+                (prev.value.as_slice(), prev.mod_revision),
+                (prev_value.as_bytes(), prev_rev)
+            );
+            wb.put(b"k", v.as_bytes().to_vec(), 0);
+            wb.end();
+            wb.begin();
+            wb.put(format!("other{v}").as_bytes(), b"x".to_vec(), 0);
+            wb.end();
+        }
+        // Compacting inside the batch drops the batch's own superseded values too.
+        wb.compact(5).unwrap();
+        wb.begin();
+        let got = wb.get(b"k").unwrap().unwrap();
+        assert_eq!((got.value.as_slice(), got.version), (&b"v4"[..], 4));
+        wb.end();
+        wb.commit(2).unwrap();
+        assert_eq!(get_at(&store, "k", 8).unwrap().as_deref(), Some("v4"));
+        assert_eq!(get_at(&store, "k", 5).unwrap().as_deref(), Some("v3"));
+        assert!(matches!(get_at(&store, "k", 3), Err(MvccError::Compacted)));
+    }
+
     #[test]
     fn matches_a_model_of_every_revision() {
         for seed in 1..=8u64 {
