@@ -60,8 +60,8 @@ fn main() -> anyhow::Result<()> {
 /// A member's runtime: a worker thread per core but one (at least one). Every write also passes
 /// through two threads of the member's own, the raft driver and the apply loop; with a worker on
 /// every core the workers and those two take turns preempting each other. On 2 cores one worker
-/// cut the members' CPU per put by 8-12 % (bench/cpu.sh, 1 and 3 members) with reads unchanged.
-/// TOKIO_WORKER_THREADS still decides when it is set.
+/// fewer cut the members' CPU per put by 6-10 % (bench/cpu.sh, 1 and 3 members; see
+/// docs/performance.md) with reads unchanged. TOKIO_WORKER_THREADS still decides when it is set.
 fn member_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();

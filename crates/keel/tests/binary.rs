@@ -73,31 +73,16 @@ fn default_data_dir_is_name_dot_keel_in_the_working_directory() {
 /// Threads named `tokio-rt-worker` in a `keel` member started with `worker_env` (None: unset), once
 /// it has created its data dir.
 fn member_workers(worker_env: Option<&str>) -> usize {
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (common::free_port(), common::free_port());
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
-    cmd.current_dir(dir.path())
-        .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-        .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=default={peer_url}"))
-        .env_remove("TOKIO_WORKER_THREADS")
-        .stderr(std::process::Stdio::null());
-    if let Some(n) = worker_env {
-        cmd.env("TOKIO_WORKER_THREADS", n);
-    }
-    let mut child = cmd.spawn().unwrap();
-    wait_for(&dir.path().join("default.keel/member/raft"));
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
-    let workers = tasks
+    let mut member = common::Member::new("default", &[]);
+    member.set_env("TOKIO_WORKER_THREADS", worker_env);
+    member.start_process();
+    wait_for(&member.data_dir().join("member/raft"));
+    let pid = member.pid().unwrap();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .filter(|name| name.trim() == "tokio-rt-worker")
-        .count();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    workers
+        .count()
 }
 
 /// The raft driver and apply loop have threads of their own, so a member serves requests on a

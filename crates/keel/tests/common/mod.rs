@@ -17,6 +17,8 @@ pub struct Member {
     initial_cluster: Option<String>,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Environment variables set (Some) or removed (None) for the process.
+    env: Vec<(String, Option<String>)>,
 }
 
 /// A port no other test of this run uses. Ports the kernel picks (port 0) come from the ephemeral
@@ -60,6 +62,7 @@ impl Member {
             initial_cluster: None,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
         }
     }
 
@@ -94,7 +97,14 @@ impl Member {
             .append(true)
             .open(self.dir.path().join("keel.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+        for (key, value) in &self.env {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
+        let child = cmd
             .env("KEEL_FAULT_PARTITION_FILE", self.partition_file())
             .env("KEEL_FAULT_APPLY_DELAY_FILE", self.apply_delay_file())
             .arg(format!("--name={}", self.name))
@@ -137,6 +147,16 @@ impl Member {
     pub async fn id(&self) -> u64 {
         let mut c = self.client().await;
         c.status().await.unwrap().header().unwrap().member_id()
+    }
+
+    /// Sets (Some) or removes (None) an environment variable of the process from the next start on.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.push((key.to_string(), value.map(str::to_string)));
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Replaces the extra flags used from the next start on.
