@@ -65,13 +65,19 @@ impl KeyHistory {
             .expect("key history has a generation")
     }
 
-    fn put(&mut self, rev: Revision) {
+    /// Appends a put to the live generation; returns the key as it leaves it.
+    fn put(&mut self, rev: Revision) -> KeyAt {
         let g = self.live_mut();
         if g.revs.is_empty() {
             g.created = rev;
         }
         g.revs.push(rev);
         g.version += 1;
+        KeyAt {
+            modified: rev,
+            created: g.created,
+            version: g.version,
+        }
     }
 
     /// The live generation's state; None while the key is deleted.
@@ -214,13 +220,15 @@ impl<'a> KeySpan<'a> {
 }
 
 impl KeyIndex {
-    /// Records a put of `key` at `rev`.
-    pub fn put(&mut self, key: &[u8], rev: Revision) {
+    /// Records a put of `key` at `rev`; returns the key as the put leaves it (its creation and
+    /// version are the new value's), so that the apply path looks the key up once.
+    pub fn put(&mut self, key: &[u8], rev: Revision) -> KeyAt {
         match self.keys.get_mut(key) {
             Some(h) => h.put(rev),
             None => {
                 self.keys
                     .insert(Key::from_slice(key), KeyHistory::Once(rev));
+                KeyAt::once(rev)
             }
         }
     }
@@ -321,6 +329,27 @@ mod tests {
 
     fn r(main: i64) -> Revision {
         Revision::new(main, 0)
+    }
+
+    #[test]
+    fn a_put_returns_the_creation_and_version_of_its_value() {
+        let mut idx = KeyIndex::default();
+        assert_eq!(idx.put(b"a", r(2)), KeyAt::once(r(2)));
+        let second = idx.put(b"a", r(3));
+        assert_eq!(
+            (second.modified, second.created, second.version),
+            (r(3), r(2), 2)
+        );
+        assert!(idx.tombstone(b"a", r(4)));
+        // A put after a delete starts a new generation: created anew, version 1.
+        let reborn = idx.put(b"a", r(5));
+        assert_eq!(
+            (reborn.modified, reborn.created, reborn.version),
+            (r(5), r(5), 1)
+        );
+        let latest = idx.put(b"a", r(6));
+        assert_eq!(latest.version, 2);
+        assert_eq!(idx.live(b"a"), Some(latest));
     }
 
     #[test]

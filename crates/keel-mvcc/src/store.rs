@@ -529,14 +529,12 @@ impl WriteBatch<'_> {
     /// Puts `key` in the open transaction; returns the new key-value.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> &KeyValue {
         let rev = self.next_revision();
-        let live = self.store.index.read().live(key);
-        let (create_revision, version) =
-            live.map_or((rev.main, 1), |k| (k.created.main, k.version + 1));
+        let now = self.store.index.write().put(key, rev);
         let kv = KeyValue {
             key: key.to_vec(),
-            create_revision,
+            create_revision: now.created.main,
             mod_revision: rev.main,
-            version,
+            version: now.version,
             value,
             lease,
         };
@@ -545,7 +543,6 @@ impl WriteBatch<'_> {
             .expect("a Vec grows to fit any message");
         self.batch
             .put_cf(self.store.cf(CF_KV), rev.to_key(false), &self.encoded);
-        self.store.index.write().put(key, rev);
         self.pending.push((rev, self.changes.len()));
         self.changes.push(Change { kv, deleted: false });
         &self.changes[self.changes.len() - 1].kv
