@@ -175,6 +175,8 @@ impl KeyAt {
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     keys: BTreeMap<Key, KeyHistory>,
+    /// Keys whose latest generation is alive (etcd's `etcd_debugging_mvcc_keys_total`).
+    live: usize,
 }
 
 /// A key in the index; keys of up to 16 bytes are held inline.
@@ -223,14 +225,19 @@ impl KeyIndex {
     /// Records a put of `key` at `rev`; returns the key as the put leaves it (its creation and
     /// version are the new value's), so that the apply path looks the key up once.
     pub fn put(&mut self, key: &[u8], rev: Revision) -> KeyAt {
-        match self.keys.get_mut(key) {
+        let at = match self.keys.get_mut(key) {
             Some(h) => h.put(rev),
             None => {
                 self.keys
                     .insert(Key::from_slice(key), KeyHistory::Once(rev));
                 KeyAt::once(rev)
             }
+        };
+        // A first version begins a generation: the key came alive.
+        if at.version == 1 {
+            self.live += 1;
         }
+        at
     }
 
     /// Records a put found on disk at start-up. Compaction may have removed the start of its
@@ -239,9 +246,15 @@ impl KeyIndex {
         // One lookup: at start-up most keys are new (`put` looks up first, for the apply path,
         // where most are not and a key longer than the inline size would be copied for nothing).
         let h = match self.keys.entry(Key::from_slice(key)) {
-            Entry::Vacant(v) => v.insert(KeyHistory::Once(rev)),
+            Entry::Vacant(v) => {
+                self.live += 1;
+                v.insert(KeyHistory::Once(rev))
+            }
             Entry::Occupied(o) => {
                 let h = o.into_mut();
+                if h.live().is_none() {
+                    self.live += 1;
+                }
                 h.put(rev);
                 h
             }
@@ -267,6 +280,7 @@ impl KeyIndex {
         }
         h.put(rev);
         h.generations_mut().push(Generation::default());
+        self.live -= 1;
         true
     }
 
@@ -317,6 +331,11 @@ impl KeyIndex {
         self.keys.len()
     }
 
+    /// Number of keys that exist now (not deleted).
+    pub fn live_keys(&self) -> usize {
+        self.live
+    }
+
     /// Whether the index has no key at all.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
@@ -350,6 +369,23 @@ mod tests {
         let latest = idx.put(b"a", r(6));
         assert_eq!(latest.version, 2);
         assert_eq!(idx.live(b"a"), Some(latest));
+    }
+
+    #[test]
+    fn live_keys_count_puts_and_deletes() {
+        let mut idx = KeyIndex::default();
+        idx.put(b"a", r(2));
+        idx.put(b"a", r(3));
+        idx.put(b"b", r(4));
+        assert_eq!(idx.live_keys(), 2);
+        assert!(idx.tombstone(b"a", r(5)));
+        assert!(!idx.tombstone(b"a", r(6)));
+        assert_eq!(idx.live_keys(), 1);
+        idx.put(b"a", r(7));
+        idx.restore_put(b"c", r(8), 8, 1);
+        assert_eq!(idx.live_keys(), 3);
+        idx.compact(7);
+        assert_eq!(idx.live_keys(), 3);
     }
 
     #[test]
@@ -388,6 +424,10 @@ mod tests {
             })
         );
         assert!(!idx.tombstone(b"missing", r(10)));
+        assert_eq!(
+            idx.live_keys(),
+            idx.keys.values().filter(|h| h.live().is_some()).count()
+        );
     }
 
     #[test]

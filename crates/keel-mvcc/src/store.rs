@@ -206,6 +206,11 @@ impl Store {
         self.current_rev.load(Ordering::Acquire)
     }
 
+    /// Keys that exist now (not deleted).
+    pub fn live_keys(&self) -> usize {
+        self.index.read().live_keys()
+    }
+
     /// The revision the store was last compacted at (-1 = never).
     pub fn compacted_revision(&self) -> i64 {
         self.compact_rev.load(Ordering::Acquire)

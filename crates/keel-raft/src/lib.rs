@@ -1,6 +1,7 @@
 //! Keel's consensus layer: the raft-rs driver, its RocksDB log store and the peer transport. It orders opaque entries;
 //! what they mean (etcd's API) is the state machine's business above it.
 
+pub mod dial;
 mod fault;
 pub mod handoff;
 mod log_store;
@@ -28,7 +29,8 @@ pub fn conf_change(e: &Entry) -> Option<ConfChange> {
         _ => None,
     }
 }
-pub use transport::{peer_endpoint, PeerService, SnapshotTransfer, Transport};
+pub use dial::{Dialer, Target};
+pub use transport::{PeerService, SnapshotTransfer, Transport};
 
 /// Errors of the consensus layer.
 #[derive(Debug, thiserror::Error)]

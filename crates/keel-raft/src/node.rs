@@ -66,6 +66,12 @@ pub struct NodeConfig {
     /// 2 * election_ticks). raft-rs draws it from an unseeded thread RNG, so the deterministic
     /// simulation turns it off and spreads elections by skewing members' clocks instead.
     pub random_election_timeout: bool,
+    /// Run raft's pre-vote phase before an election (a member that was cut off does not depose
+    /// a healthy leader when it returns).
+    pub pre_vote: bool,
+    /// Start with all but one tick of the election timeout run out (etcd's
+    /// --initial-election-tick-advance): a cluster starting together elects a leader sooner.
+    pub initial_election_tick_advance: bool,
 }
 
 impl NodeConfig {
@@ -79,6 +85,8 @@ impl NodeConfig {
             election_ticks: 10,
             heartbeat_ticks: 1,
             random_election_timeout: true,
+            pre_vote: true,
+            initial_election_tick_advance: false,
         }
     }
 }
@@ -95,6 +103,17 @@ pub enum Role {
     PreCandidate,
     /// The leader.
     Leader,
+}
+
+impl Role {
+    fn of(state: StateRole) -> Role {
+        match state {
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
 }
 
 /// How the leader replicates to one member (raft-rs's progress).
@@ -261,7 +280,7 @@ impl Node {
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
             check_quorum: true,
-            pre_vote: true,
+            pre_vote: cfg.pre_vote,
             // One value only: raft draws in [min, max).
             max_election_tick: if cfg.random_election_timeout {
                 0
@@ -279,6 +298,13 @@ impl Node {
         if single_voter {
             // Alone in the cluster: no one to wait for, lead now instead of after an election timeout.
             raw.campaign()?;
+        } else if cfg.initial_election_tick_advance {
+            // As etcd: a member of a starting cluster need not wait a whole election timeout
+            // for a leader that does not exist yet; a running cluster's leader still reaches
+            // it within the tick left (and pre-vote keeps a rejoining member from deposing it).
+            for _ in 1..cfg.election_ticks {
+                raw.tick();
+            }
         }
         let status = Arc::new(RwLock::new(RaftStatus {
             id: cfg.id,
@@ -492,6 +518,9 @@ impl Driver {
         self.retry_lost_reads();
         self.release_deferred_reads();
         self.start_read_round();
+        // The state machine may ask about the role while it applies what this turn hands off
+        // (a new leader's lessor is promoted on its term's first entry): publish it first.
+        self.publish_role();
         self.on_ready()?;
         self.publish_status(tick);
         Ok(true)
@@ -804,6 +833,17 @@ impl Driver {
         }
     }
 
+    /// Publishes the role, term and leader only (cheap).
+    fn publish_role(&self) {
+        let r = &self.raw.raft;
+        let role = Role::of(r.state);
+        let mut s = self.status.write();
+        if (s.role, s.term) != (role, r.term) {
+            s.role = role;
+            s.term = r.term;
+        }
+    }
+
     fn publish_status(&mut self, ticked: bool) {
         let now = self.now;
         if self.raw.raft.state != StateRole::Leader {
@@ -819,12 +859,7 @@ impl Driver {
             }
         }
         let r = &self.raw.raft;
-        let role = match r.state {
-            StateRole::Follower => Role::Follower,
-            StateRole::Candidate => Role::Candidate,
-            StateRole::PreCandidate => Role::PreCandidate,
-            StateRole::Leader => Role::Leader,
-        };
+        let role = Role::of(r.state);
         let mut s = self.status.write();
         let progress = if !ticked {
             std::mem::take(&mut s.progress)

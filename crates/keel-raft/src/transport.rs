@@ -23,9 +23,9 @@ use raft::eraftpb::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::dial::{describe_error, Dialer};
 use crate::fault::Partition;
 use crate::node::Stepper;
 
@@ -35,7 +35,6 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes per snapshot chunk.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// A snapshot transfer logs its progress every this many bytes.
@@ -60,9 +59,9 @@ pub struct Transport {
     transfers: Arc<Mutex<HashMap<u64, SnapshotTransfer>>>,
     /// Where senders report a peer they cannot reach (the local raft node, once it runs).
     reporter: Arc<std::sync::OnceLock<Stepper>>,
-    /// TLS for https peer URLs: the CA peers' certificates are checked against, and this
-    /// member's certificate (peers that demand client certificates get it).
-    tls: Option<ClientTlsConfig>,
+    /// Dials peer URLs, with TLS for https ones: the CA peers' certificates are checked
+    /// against, and this member's certificate (peers that demand client certificates get it).
+    dialer: Dialer,
 }
 
 /// A snapshot being sent to a member.
@@ -82,11 +81,11 @@ impl Transport {
         runtime: tokio::runtime::Handle,
         cluster_id: u64,
         member_id: u64,
-        tls: Option<ClientTlsConfig>,
+        dialer: Dialer,
     ) -> Arc<Transport> {
         Arc::new(Transport {
             member_id,
-            tls,
+            dialer,
             partition: Partition::from_env(&runtime),
             runtime,
             cluster_id,
@@ -107,7 +106,7 @@ impl Transport {
         };
         let task = self.runtime.spawn(run_peer(
             link,
-            self.tls.clone(),
+            self.dialer.clone(),
             urls.clone(),
             rx,
             wake.clone(),
@@ -124,9 +123,9 @@ impl Transport {
         }
     }
 
-    /// The TLS settings peers are connected with (none: plain http peer URLs only).
-    pub fn client_tls(&self) -> Option<&ClientTlsConfig> {
-        self.tls.as_ref()
+    /// How peers are dialed (with the TLS settings of https peer URLs).
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     /// Sets where unreachable peers are reported (the local raft node).
@@ -159,13 +158,13 @@ impl Transport {
         };
         let cluster_id = self.cluster_id;
         let transfers = self.transfers.clone();
-        let tls = self.tls.clone();
+        let dialer = self.dialer.clone();
         self.runtime.spawn(async move {
             let index = msg.get_snapshot().get_metadata().index;
             let started = Instant::now();
             let mut result = Err("no peer URL".into());
             for url in &urls {
-                result = stream_snapshot(url, tls.as_ref(), cluster_id, &msg, &transfers).await;
+                result = stream_snapshot(url, &dialer, cluster_id, &msg, &transfers).await;
                 if result.is_ok() {
                     break;
                 }
@@ -179,7 +178,7 @@ impl Transport {
                     "snapshot sent"
                 ),
                 Err(e) => {
-                    tracing::warn!(to = format!("{to:x}"), index, error = %e, "sending a snapshot failed")
+                    tracing::warn!(to = format!("{to:x}"), index, error = %describe_error(e.as_ref()), "sending a snapshot failed")
                 }
             }
             transfers.lock().remove(&to);
@@ -248,7 +247,7 @@ struct Link {
 
 async fn run_peer(
     link: Link,
-    tls: Option<ClientTlsConfig>,
+    dialer: Dialer,
     urls: Vec<String>,
     rx: mpsc::Receiver<Vec<u8>>,
     wake: Arc<tokio::sync::Notify>,
@@ -266,14 +265,14 @@ async fn run_peer(
     let mut backoff = BACKOFF_MIN;
     for url in urls.iter().cycle() {
         let started = Instant::now();
-        let ended = stream_to(url, link, queue.clone(), tls.as_ref()).await;
+        let ended = stream_to(url, link, queue.clone(), &dialer).await;
         // A stream that ran for a while was healthy: the next failure starts a fresh backoff.
         if started.elapsed() > BACKOFF_MAX {
             backoff = BACKOFF_MIN;
         }
         if let Err(e) = ended {
             if backoff == BACKOFF_MIN {
-                tracing::warn!(peer = format!("{id:x}"), %url, error = %e, "peer unreachable; retrying");
+                tracing::warn!(peer = format!("{id:x}"), %url, error = %describe_error(e.as_ref()), "peer unreachable; retrying");
             }
             // What was sent to it is lost: raft should probe it rather than stream on.
             if let Some(r) = reporter.get() {
@@ -293,25 +292,13 @@ async fn run_peer(
     }
 }
 
-/// An endpoint for a peer URL: TLS with `tls` for an https URL (peer TLS), plain for http.
-pub fn peer_endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, BoxError> {
-    let mut e = Endpoint::from_shared(url.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
-    if url.starts_with("https://") {
-        let tls = tls.ok_or("https peer URL without peer TLS (--peer-trusted-ca-file)")?;
-        e = e.tls_config(tls.clone())?;
-    }
-    Ok(e)
-}
-
 async fn stream_to(
     url: &str,
     link: Link,
     queue: Queue,
-    tls: Option<&ClientTlsConfig>,
+    dialer: &Dialer,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let channel = peer_endpoint(url, tls)?.connect().await?;
+    let channel = dialer.channel(url, None).await?;
     tracing::info!(%url, "connected to peer");
     let hello = RaftBatch {
         messages: Vec::new(),
@@ -354,7 +341,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// first. Returns the bytes sent.
 async fn stream_snapshot(
     url: &str,
-    tls: Option<&ClientTlsConfig>,
+    dialer: &Dialer,
     cluster_id: u64,
     msg: &Message,
     transfers: &Arc<Mutex<HashMap<u64, SnapshotTransfer>>>,
@@ -381,7 +368,7 @@ async fn stream_snapshot(
         },
     );
     let transfers = transfers.clone();
-    let channel = peer_endpoint(url, tls)?.connect().await?;
+    let channel = dialer.channel(url, None).await?;
     let header = SnapshotChunk {
         cluster_id,
         message: msg.write_to_bytes()?,

@@ -29,10 +29,6 @@ use crate::txn::{self, header};
 use crate::wait::Registry;
 use crate::ServerError;
 
-/// Entries kept in the raft log behind the applied index after log compaction, so that a peer a
-/// little behind catches up from the log rather than a snapshot (etcd's SnapshotCatchUpEntries).
-const CATCH_UP_ENTRIES: u64 = 5000;
-
 /// The result of applying one request.
 #[derive(Debug)]
 pub enum Response {
@@ -225,6 +221,13 @@ pub struct ApplyLoop {
     pub compacted_at: u64,
     /// A slow state machine, when a test asks for one.
     pub delay: crate::fault::ApplyDelay,
+    /// Whether this member leads in the given term: a new leader's lessor is promoted when its
+    /// term's first (empty) entry is applied, so every lease granted in that term is granted by
+    /// a primary lessor and runs from its grant (etcd promotes on becoming leader).
+    pub leading_at: Box<dyn Fn(u64) -> bool + Send>,
+    /// Entries kept in the raft log behind a compaction, for slow followers to catch up from
+    /// (etcd's --experimental-snapshot-catchup-entries).
+    pub catch_up_entries: u64,
 }
 
 impl ApplyLoop {
@@ -345,7 +348,13 @@ impl ApplyLoop {
                 results.push((change.id, res));
                 continue;
             }
-            if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+            if e.get_entry_type() != EntryType::EntryNormal {
+                continue;
+            }
+            if e.data.is_empty() {
+                if (self.leading_at)(e.term) {
+                    self.machine.leases.promote(crate::expiry::PROMOTE_EXTEND);
+                }
                 continue;
             }
             let req = match InternalRequest::decode(&e.data[..]) {
@@ -378,8 +387,8 @@ impl ApplyLoop {
             tracing::warn!(error = %e, "syncing the store before log compaction failed");
             return;
         }
-        if applied > CATCH_UP_ENTRIES {
-            (self.compact_log)(applied - CATCH_UP_ENTRIES);
+        if applied > self.catch_up_entries {
+            (self.compact_log)(applied - self.catch_up_entries);
         }
     }
 }

@@ -71,10 +71,16 @@ impl Core {
                 return Ok(c.clone());
             }
         }
-        let options = self
-            .transport_tls()
-            .map(|tls| etcd_client::ConnectOptions::new().with_tls(tls.clone()));
-        let client = Client::connect(urls, options).await.map_err(unavailable)?;
+        let url = urls.first().ok_or(ServerError::NoLeader)?;
+        let channel = self.dialer().channel(url, None).await.map_err(|e| {
+            ServerError::Internal(format!(
+                "forwarding to the leader: {}",
+                keel_raft::dial::describe_error(e.as_ref())
+            ))
+        })?;
+        let client = Client::from_channel(etcd_client::Channel::Tonic(channel), None)
+            .await
+            .map_err(unavailable)?;
         *self.leader_link.cached.lock() = Some((leader, client.clone()));
         Ok(client)
     }
@@ -85,12 +91,11 @@ impl Core {
         match cached.as_ref() {
             Some((id, c)) if *id == leader => Ok(c.clone()),
             _ => {
-                let endpoints = urls
-                    .iter()
-                    .map(|u| keel_raft::peer_endpoint(u, self.transport_tls()))
-                    .collect::<Result<Vec<_>, _>>()
+                let url = urls.first().ok_or(ServerError::NoLeader)?;
+                let channel = self
+                    .dialer()
+                    .lazy_channel(url)
                     .map_err(|e| ServerError::Internal(e.to_string()))?;
-                let channel = Channel::balance_list(endpoints.into_iter());
                 *cached = Some((leader, channel.clone()));
                 Ok(channel)
             }

@@ -15,6 +15,7 @@ use crate::ServerError;
 /// Serves a range request on `view`. The header carries only the revision (the view's current one,
 /// even for a read in the past, as etcd does).
 pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, ServerError> {
+    crate::metrics::mvcc_range();
     let filtered = r.min_mod_revision != 0
         || r.max_mod_revision != 0
         || r.min_create_revision != 0

@@ -8,24 +8,23 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
 use keel_mvcc::Store;
 use keel_proto::etcd::{PbMember as Member, PbResponseHeader};
 use keel_proto::{InternalRequest, MemberAttributes, MemberChange, RequestAuth, RequestBody};
 use keel_raft::{ConfChange, ConfChangeType, LogStore, Node, NodeConfig, RaftStatus, Transport};
 use prost::Message;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity, ServerTlsConfig};
 
 use crate::alarm::Alarms;
 use crate::apply::{ApplyLoop, Machine, Response};
 use crate::auth::{AuthStore, Credentials, Tokens};
-use crate::config::{ClusterState, ServerConfig, TlsFiles};
+use crate::config::{ClusterState, ServerConfig};
 use crate::lease::Lessor;
 use crate::membership::{cluster_id, conf_state, member_id, Identity, Membership};
 use crate::snapshot::{decode_position, Checkpoints, META_INSTALLED};
+use crate::startup::tls::{self, Side};
+use crate::startup::{incoming, Listener};
 use crate::wait::Registry;
 use crate::{service, ServerError};
 
@@ -69,6 +68,9 @@ pub enum ServeError {
     /// The task serving the member failed.
     #[error("serving task: {0}")]
     Internal(String),
+    /// --experimental-initial-corrupt-check found this member's data differs from a peer's.
+    #[error(transparent)]
+    Corrupt(#[from] crate::corrupt::Inconsistent),
 }
 
 /// The state every service shares.
@@ -135,9 +137,9 @@ impl Core {
         self.node.role().1
     }
 
-    /// How this member connects to https peer URLs.
-    pub(crate) fn transport_tls(&self) -> Option<&ClientTlsConfig> {
-        self.transport.client_tls()
+    /// How this member dials peer URLs (with its peer TLS for https ones).
+    pub(crate) fn dialer(&self) -> &keel_raft::Dialer {
+        self.transport.dialer()
     }
 
     /// Snapshot transfers under way from this member, by destination.
@@ -444,13 +446,12 @@ pub fn token_of(metadata: &MetadataMap) -> Option<MetadataValue<Ascii>> {
 /// A started member.
 pub struct Server {
     core: Arc<Core>,
-    listeners: Vec<(String, tokio::net::TcpListener)>,
-    peer_listeners: Vec<(String, tokio::net::TcpListener)>,
+    listeners: Vec<Listener>,
+    peer_listeners: Vec<Listener>,
+    metrics_listeners: Vec<Listener>,
     transport: Arc<Transport>,
     apply_thread: Option<JoinHandle<()>>,
-    auto_compaction: crate::config::AutoCompaction,
-    tls: Option<ServerTlsConfig>,
-    peer_tls: Option<ServerTlsConfig>,
+    cfg: ServerConfig,
 }
 
 impl Server {
@@ -461,8 +462,25 @@ impl Server {
         let member_dir = cfg.data_dir.join("member");
         std::fs::create_dir_all(&member_dir)
             .map_err(|e| StartError::Storage(format!("{}: {e}", member_dir.display())))?;
+        let client_tls = tls::build(
+            Side::Client,
+            &cfg.client_tls,
+            &cfg.tls,
+            &cfg.data_dir,
+            &url_hosts(&cfg.listen_client_urls),
+        )
+        .map_err(StartError::Config)?;
+        let peer_tls = tls::build(
+            Side::Peer,
+            &cfg.peer_tls,
+            &cfg.tls,
+            &cfg.data_dir,
+            &url_hosts(&cfg.listen_peer_urls),
+        )
+        .map_err(StartError::Config)?;
+        let dialer = keel_raft::Dialer::new(peer_tls.as_ref().map(|t| t.client.clone()));
         let store = Arc::new(Store::open(&member_dir.join("kv")).map_err(|e| storage(&e))?);
-        let (identity, seeds) = establish_identity(&cfg, &store).await?;
+        let (identity, seeds) = establish_identity(&cfg, &store, &dialer).await?;
         let membership = Arc::new(Membership::load(&store).map_err(|e| storage(&e))?);
         let mut log = LogStore::open(&member_dir.join("raft")).map_err(|e| storage(&e))?;
         repair_interrupted_install(&store, &membership, &mut log)?;
@@ -474,7 +492,7 @@ impl Server {
             tokio::runtime::Handle::current(),
             identity.cluster_id,
             identity.member_id,
-            peer_client_tls(&cfg)?,
+            dialer,
         );
         // A member that joined and has not received the cluster's state yet knows its peers only
         // from the member it joined through.
@@ -488,7 +506,8 @@ impl Server {
         }
         let (committed_tx, committed_rx) = mpsc::channel();
         let node = Node::start(
-            NodeConfig::new(
+            raft_config(
+                &cfg,
                 identity.member_id,
                 conf_state(&membership.list()).voters,
                 store.applied_index(),
@@ -532,7 +551,14 @@ impl Server {
         });
         core.refresh_db_size();
         let weak = Arc::downgrade(&core);
+        let leader = weak.clone();
         let apply = ApplyLoop {
+            leading_at: Box::new(move |term| {
+                leader
+                    .upgrade()
+                    .is_some_and(|c| c.is_leader() && c.term() == term)
+            }),
+            catch_up_entries: cfg.snapshot_catch_up_entries,
             compacted_at: store.applied_index(),
             delay: crate::fault::ApplyDelay::from_env(),
             store,
@@ -557,10 +583,25 @@ impl Server {
             .name("apply".into())
             .spawn(move || apply.run())
             .map_err(|e| storage(&e))?;
-        let tls = server_tls(cfg.client_tls.as_ref(), &cfg.listen_client_urls, "client")?;
-        let peer_tls = server_tls(cfg.peer_tls.as_ref(), &cfg.listen_peer_urls, "peer")?;
-        let listeners = bind_all(&cfg.listen_client_urls).await?;
-        let peer_listeners = bind_all(&cfg.listen_peer_urls).await?;
+        let client_server_tls = client_tls.as_ref().map(|t| &t.server);
+        let listeners = bind_all(
+            &cfg.listen_client_urls,
+            client_server_tls,
+            "--listen-client-urls",
+        )
+        .await?;
+        let peer_listeners = bind_all(
+            &cfg.listen_peer_urls,
+            peer_tls.as_ref().map(|t| &t.server),
+            "--listen-peer-urls",
+        )
+        .await?;
+        let metrics_listeners = bind_all(
+            &cfg.listen_metrics_urls,
+            client_server_tls,
+            "--listen-metrics-urls",
+        )
+        .await?;
         tracing::info!(
             name = %cfg.name,
             member_id = format!("{:x}", core.identity.member_id),
@@ -573,11 +614,10 @@ impl Server {
             core,
             listeners,
             peer_listeners,
+            metrics_listeners,
             transport,
             apply_thread: Some(apply_thread),
-            auto_compaction: cfg.auto_compaction,
-            tls,
-            peer_tls,
+            cfg,
         })
     }
 
@@ -590,7 +630,7 @@ impl Server {
     pub fn client_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(_, l)| l.local_addr().ok())
+            .filter_map(Listener::local_addr)
             .collect()
     }
 
@@ -605,12 +645,8 @@ impl Server {
         );
         let peers = incoming(std::mem::take(&mut self.peer_listeners), "serving peers");
         let (peer_stop_tx, mut peer_stop_rx) = watch::channel(false);
-        let mut peer_builder = tonic::transport::Server::builder();
-        if let Some(tls) = self.peer_tls.take() {
-            peer_builder = peer_builder.tls_config(tls)?;
-        }
         let peer_server = tokio::spawn(
-            peer_builder
+            tonic::transport::Server::builder()
                 .add_service(
                     self.transport
                         .service(self.core.node.stepper(), self.core.snap_dir.clone()),
@@ -630,12 +666,27 @@ impl Server {
                     let _ = peer_stop_rx.wait_for(|&stop| stop).await;
                 }),
         );
+        if self.cfg.initial_corrupt_check {
+            if let Err(e) = crate::corrupt::initial_check(&self.core).await {
+                let _ = peer_stop_tx.send(true);
+                peer_server.abort();
+                let _ = peer_server.await;
+                self.stop_raft();
+                return Err(e.into());
+            }
+        }
+        let corrupt_checks = (!self.cfg.corrupt_check_time.is_zero()).then(|| {
+            tokio::spawn(crate::corrupt::run_periodic(
+                self.core.clone(),
+                self.cfg.corrupt_check_time,
+            ))
+        });
         let expiry = tokio::spawn(crate::expiry::run(self.core.clone()));
         let publish = tokio::spawn(publish_attributes(self.core.clone()));
         let sizes = tokio::spawn(refresh_db_size(self.core.clone()));
         let compactor = tokio::spawn(crate::compactor::run(
             self.core.clone(),
-            self.auto_compaction,
+            self.cfg.auto_compaction,
         ));
         let (removed_tx, mut removed_rx) = watch::channel(false);
         let peers = tokio::spawn(follow_membership(
@@ -645,7 +696,13 @@ impl Server {
         ));
         let max = self.core.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let (stop_tx, mut stop_rx) = watch::channel(false);
-        let serve = service::router(self.core.clone(), max, self.tls.take())?
+        let metrics = serve_metrics(
+            self.core.clone(),
+            self.cfg.metrics_extensive,
+            std::mem::take(&mut self.metrics_listeners),
+            stop_rx.clone(),
+        );
+        let serve = service::router(self.core.clone(), max, &self.cfg)
             .serve_with_incoming_shutdown(clients, async move {
                 let _ = stop_rx.wait_for(|&stop| stop).await;
             });
@@ -670,17 +727,17 @@ impl Server {
         let _ = peer_stop_tx.send(true);
         peer_server.abort();
         let _ = peer_server.await;
+        metrics.abort();
+        let _ = metrics.await;
         // Awaited once aborted, so that nothing they hold (the store) outlives `serve`.
-        for task in [expiry, publish, peers, sizes, compactor] {
+        for task in [expiry, publish, peers, sizes, compactor]
+            .into_iter()
+            .chain(corrupt_checks)
+        {
             task.abort();
             let _ = task.await;
         }
-        self.transport.shutdown();
-        // Stopping raft closes the apply loop's input; it finishes the batch it has, then ends.
-        self.core.node.shutdown();
-        if let Some(t) = self.apply_thread.take() {
-            let _ = t.join();
-        }
+        self.stop_raft();
         if removed {
             return Err(ServeError::Removed);
         }
@@ -688,27 +745,75 @@ impl Server {
     }
 }
 
-/// Publishes this member's name and client URLs through raft (as etcd does once it serves), so
-/// every member lists them; retried until it is applied.
+impl Server {
+    /// Stops the peer transport, raft and the apply loop (which finishes the batch it has).
+    fn stop_raft(&mut self) {
+        self.transport.shutdown();
+        // Stopping raft closes the apply loop's input; it finishes the batch it has, then ends.
+        self.core.node.shutdown();
+        if let Some(t) = self.apply_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serves /metrics and the health checks on --listen-metrics-urls (HTTP/1.1 and h2) until `stop`.
+fn serve_metrics(
+    core: Arc<Core>,
+    extensive: bool,
+    listeners: Vec<Listener>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if listeners.is_empty() {
+            return;
+        }
+        let routes = tonic::service::Routes::from(crate::metrics::routes(core, extensive));
+        let served = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming(listeners, "serving metrics"), async move {
+                let _ = stop.wait_for(|&stop| stop).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "serving metrics failed");
+        }
+    })
+}
+
+/// Publishes this member's name and client URLs through raft (as etcd does on every start),
+/// retried until it is applied, and logs etcd's readiness lines on the way: the cluster version's
+/// capabilities once the cluster has a leader, then the publication.
 async fn publish_attributes(core: Arc<Core>) {
     let mine = MemberAttributes {
         member_id: core.identity.member_id,
         name: core.name.clone(),
         client_urls: core.client_urls.clone(),
     };
+    while core.leader_id() == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(
+        cluster_version = crate::version::CLUSTER,
+        "enabled capabilities for version {}",
+        crate::version::CLUSTER_MINOR
+    );
     loop {
-        let published = core
-            .membership
-            .get(mine.member_id)
-            .is_some_and(|m| m.name == mine.name && m.client_ur_ls == mine.client_urls);
-        if published {
-            return;
-        }
         match core
             .propose_internal(RequestBody::MemberAttributes(mine.clone()))
             .await
         {
-            Ok(_) => tracing::info!(client_urls = ?mine.client_urls, "published member attributes"),
+            Ok(_) => {
+                tracing::info!(
+                    local_member_id = format!("{:x}", mine.member_id),
+                    local_member_attributes =
+                        format!("{{Name:{} ClientURLs:{:?}}}", mine.name, mine.client_urls),
+                    cluster_id = format!("{:x}", core.identity.cluster_id),
+                    "published local member to cluster through raft"
+                );
+                return;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "publishing member attributes; will retry");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -823,6 +928,7 @@ pub fn restore(file: &std::path::Path, cfg: &ServerConfig) -> Result<(), StartEr
 async fn establish_identity(
     cfg: &ServerConfig,
     store: &Store,
+    dialer: &keel_raft::Dialer,
 ) -> Result<(Identity, Vec<Member>), StartError> {
     let storage = |e: ServerError| StartError::Storage(e.to_string());
     if let Some(identity) = Identity::load(store).map_err(storage)? {
@@ -837,7 +943,7 @@ async fn establish_identity(
     }
     let (identity, members) = match cfg.initial_cluster_state {
         ClusterState::New => bootstrap_identity(cfg)?,
-        ClusterState::Existing => join_identity(cfg).await?,
+        ClusterState::Existing => join_identity(cfg, dialer).await?,
     };
     if cfg.initial_cluster_state == ClusterState::New {
         // Identity, members and the applied index in one write: a crash leaves all or nothing.
@@ -924,7 +1030,10 @@ fn find_self(cfg: &ServerConfig) -> Result<Vec<String>, StartError> {
 
 /// Joins a running cluster: asks the other members of --initial-cluster for the member list and
 /// finds this member in it by its peer URLs (it was added with MemberAdd first).
-async fn join_identity(cfg: &ServerConfig) -> Result<(Identity, Vec<Member>), StartError> {
+async fn join_identity(
+    cfg: &ServerConfig,
+    dialer: &keel_raft::Dialer,
+) -> Result<(Identity, Vec<Member>), StartError> {
     let mine = find_self(cfg)?;
     let others: Vec<&String> = cfg
         .initial_cluster
@@ -934,8 +1043,7 @@ async fn join_identity(cfg: &ServerConfig) -> Result<(Identity, Vec<Member>), St
         .collect();
     let mut last_error = String::from("--initial-cluster names no other member");
     for url in others {
-        let tls = peer_client_tls(cfg)?;
-        match crate::service::fetch_members(url, tls.as_ref()).await {
+        match crate::service::fetch_members(url, dialer).await {
             Ok((cluster_id, members)) => {
                 let me = members.iter().find(|m| {
                     let mut urls = m.peer_ur_ls.clone();
@@ -1010,113 +1118,35 @@ fn repair_interrupted_install(
         .map_err(|e| StartError::Storage(e.to_string()))
 }
 
-/// Binds a listener for each URL.
-async fn bind_all(urls: &[String]) -> Result<Vec<(String, tokio::net::TcpListener)>, StartError> {
+/// Binds a listener for each URL (`what`: the flag naming them, for errors).
+async fn bind_all(
+    urls: &[String],
+    tls: Option<&Arc<rustls::ServerConfig>>,
+    what: &str,
+) -> Result<Vec<Listener>, StartError> {
     let mut listeners = Vec::new();
     for url in urls {
-        let addr = socket_addr(url).await?;
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                url: url.clone(),
-                source,
-            })?;
-        listeners.push((url.clone(), l));
+        listeners.push(Listener::bind(url, tls, what).await?);
     }
     Ok(listeners)
 }
 
-/// The connections accepted by `listeners`, with TCP_NODELAY set: small gRPC frames must not wait
-/// for Nagle's algorithm (40 ms with delayed ACKs).
-fn incoming(
-    listeners: Vec<(String, tokio::net::TcpListener)>,
-    what: &'static str,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::select_all(listeners.into_iter().map(move |(url, l)| {
-        tracing::info!(%url, "{what}");
-        TcpListenerStream::new(l)
-            .map(|conn| {
-                conn.inspect(|s| {
-                    let _ = s.set_nodelay(true);
-                })
-            })
-            .boxed()
-    }))
+/// The hosts of `urls` (what a self-signed certificate for them names).
+fn url_hosts(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .filter_map(|u| keel_raft::Target::parse(u).ok())
+        .map(|t| t.host)
+        .collect()
 }
 
-/// The TLS setting of listeners at `urls` (`what`: "client" or "peer"), checked against them:
-/// with TLS every URL is https, without it none is.
-fn server_tls(
-    files: Option<&TlsFiles>,
-    urls: &[String],
-    what: &str,
-) -> Result<Option<ServerTlsConfig>, StartError> {
-    let flag = if what == "peer" { "--peer-" } else { "--" };
-    let https = urls.iter().filter(|u| u.starts_with("https://")).count();
-    let Some(tls) = files else {
-        if https > 0 {
-            return Err(StartError::Config(format!(
-                "https {what} URLs need {flag}cert-file and {flag}key-file"
-            )));
-        }
-        return Ok(None);
-    };
-    if https != urls.len() {
-        return Err(StartError::Config(format!(
-            "with {flag}cert-file every --listen-{what}-urls URL must be https"
-        )));
-    }
-    let identity = TlsIdentity::from_pem(read_pem(&tls.cert_file)?, read_pem(&tls.key_file)?);
-    let mut config = ServerTlsConfig::new().identity(identity);
-    if tls.client_cert_auth {
-        let ca = tls.trusted_ca_file.as_ref().ok_or_else(|| {
-            StartError::Config(format!(
-                "{flag}client-cert-auth needs {flag}trusted-ca-file"
-            ))
-        })?;
-        config = config.client_ca_root(Certificate::from_pem(read_pem(ca)?));
-    }
-    Ok(Some(config))
-}
-
-/// How this member connects to https peer URLs: it checks their certificates against
-/// --peer-trusted-ca-file and presents its own peer certificate.
-fn peer_client_tls(cfg: &ServerConfig) -> Result<Option<ClientTlsConfig>, StartError> {
-    let Some(tls) = &cfg.peer_tls else {
-        return Ok(None);
-    };
-    let ca = tls.trusted_ca_file.as_ref().ok_or_else(|| {
-        StartError::Config("peer TLS needs --peer-trusted-ca-file to check peers against".into())
-    })?;
-    let identity = TlsIdentity::from_pem(read_pem(&tls.cert_file)?, read_pem(&tls.key_file)?);
-    Ok(Some(
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read_pem(ca)?))
-            .identity(identity),
-    ))
-}
-
-fn read_pem(p: &std::path::Path) -> Result<Vec<u8>, StartError> {
-    std::fs::read(p).map_err(|e| StartError::Config(format!("{}: {e}", p.display())))
-}
-
-/// Resolves `http://host:port` (or https, for TLS client listeners) to the address to bind.
-async fn socket_addr(url: &str) -> Result<SocketAddr, StartError> {
-    let bad = |why: &str| StartError::Config(format!("invalid URL {url:?}: {why}"));
-    let rest = match url.split_once("://") {
-        Some(("http", rest)) | Some(("https", rest)) => rest,
-        Some((scheme, _)) => return Err(bad(&format!("unsupported scheme {scheme:?}"))),
-        None => return Err(bad("expected http://host:port")),
-    };
-    let hostport = rest.trim_end_matches('/');
-    let mut addrs = tokio::net::lookup_host(hostport)
-        .await
-        .map_err(|e| bad(&e.to_string()))?;
-    // "localhost" resolves to both families; bind the IPv4 one, as clients dial it first.
-    let all: Vec<SocketAddr> = addrs.by_ref().collect();
-    all.iter()
-        .find(|a| a.is_ipv4())
-        .or(all.first())
-        .copied()
-        .ok_or_else(|| bad("host does not resolve"))
+/// The raft settings etcd's flags describe: a tick per heartbeat interval, an election after
+/// --election-timeout worth of ticks.
+fn raft_config(cfg: &ServerConfig, id: u64, voters: Vec<u64>, applied: u64) -> NodeConfig {
+    let mut raft = NodeConfig::new(id, voters, applied);
+    raft.tick_interval = cfg.heartbeat_interval;
+    let ticks = cfg.election_timeout.as_millis() / cfg.heartbeat_interval.as_millis().max(1);
+    raft.election_ticks = (ticks as usize).max(2);
+    raft.pre_vote = cfg.pre_vote;
+    raft.initial_election_tick_advance = cfg.initial_election_tick_advance;
+    raft
 }

@@ -95,7 +95,13 @@ impl SimMember {
                 .map_err(|e| storage(&e))?,
             ),
         };
+        let node = Arc::new(node);
+        let leader = node.clone();
         let apply = ApplyLoop {
+            leading_at: Box::new(move |term| {
+                leader.role().0 == keel_raft::Role::Leader && leader.term() == term
+            }),
+            catch_up_entries: 5000,
             compacted_at: store.applied_index(),
             delay: crate::fault::ApplyDelay::from_env(),
             store: store.clone(),
@@ -109,7 +115,7 @@ impl SimMember {
             compact_log: Box::new(|_| {}),
         };
         Ok(SimMember {
-            node: Arc::new(node),
+            node,
             leases,
             driver,
             apply,

@@ -195,6 +195,7 @@ fn check_path(
 
 /// Runs a txn with no writes on a read view.
 pub fn txn_read(view: &impl ReadView, t: &TxnRequest) -> Result<TxnResponse, ServerError> {
+    crate::metrics::mvcc_txn();
     let succeeded = t.compare.iter().all(|c| compare(view, c));
     let mut responses = Vec::new();
     for op in branch(t, succeeded) {
@@ -218,6 +219,7 @@ pub fn txn_write(
     t: &TxnRequest,
     leases: &Lessor,
 ) -> Result<TxnResponse, ServerError> {
+    crate::metrics::mvcc_txn();
     let path = Path::decide(wb, t);
     check_path(wb, t, &path, leases)?;
     wb.begin();
@@ -285,6 +287,7 @@ pub fn put(
     };
     wb.put(&p.key, value, lease);
     leases.attach(&p.key, lease);
+    crate::metrics::mvcc_put();
     Ok(PutResponse {
         header: header(wb.read_revision()),
         prev_kv: if p.prev_kv { prev } else { None },
@@ -298,6 +301,7 @@ pub fn delete(
     d: &DeleteRangeRequest,
 ) -> Result<DeleteRangeResponse, ServerError> {
     let prev = delete_span(wb, leases, KeySpan::from_etcd(&d.key, &d.range_end))?;
+    crate::metrics::mvcc_delete();
     Ok(DeleteRangeResponse {
         header: header(wb.read_revision()),
         deleted: prev.len() as i64,

@@ -16,7 +16,9 @@
 //! ```
 
 pub mod flags;
+pub mod logging;
 mod member;
+pub mod proxy;
 pub mod store;
 
 pub use keel_server::{

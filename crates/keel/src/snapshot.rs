@@ -42,7 +42,7 @@ pub async fn run(cmd: SnapshotCommand) -> anyhow::Result<()> {
             user,
         } => save(file, endpoints, user).await,
         SnapshotCommand::Restore { file, etcd } => {
-            let cfg = etcd.to_config().map_err(anyhow::Error::msg)?;
+            let (cfg, _) = etcd.to_config().map_err(anyhow::Error::msg)?;
             keel::restore(&file, &cfg)?;
             println!(
                 "restored {} into {}",

@@ -34,7 +34,8 @@ impl Credentials {
         let certs = req
             .extensions()
             .get::<ClientListener>()
-            .and_then(|_| req.peer_certs());
+            .and_then(|_| req.extensions().get::<crate::startup::ConnInfo>())
+            .and_then(|conn| conn.peer_certs.clone());
         Credentials { token, certs }
     }
 
@@ -47,7 +48,7 @@ impl Credentials {
 }
 
 /// The subject's common name of a DER certificate.
-fn common_name(der: &[u8]) -> Option<String> {
+pub(crate) fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_string)

@@ -22,7 +22,7 @@ use prost::Message;
 use serde_json::{json, Map, Value};
 use tonic::Status;
 
-use super::{header_json, request, route, set, Answer, Fields};
+use super::{header_json, num, request, route, set, Answer, Fields};
 use crate::server::Core;
 use crate::service::AuthService;
 
@@ -91,7 +91,7 @@ async fn status(a: Svc, h: HeaderMap, _: Bytes) -> Answer {
     let mut m = Map::new();
     m.insert("header".into(), header_json(&r.header));
     set(&mut m, "enabled", json!(r.enabled));
-    set(&mut m, "authRevision", json!(r.auth_revision.to_string()));
+    set(&mut m, "authRevision", num(r.auth_revision));
     Ok(Value::Object(m))
 }
 

@@ -16,7 +16,7 @@ use keel_proto::v3lock::{LockRequest, UnlockRequest};
 use serde_json::{json, Map, Value};
 use tonic::Status;
 
-use super::{header_json, kv_json, request, route, set, Answer, Fields};
+use super::{header_json, kv_json, num, request, route, set, Answer, Fields};
 use crate::server::Core;
 use crate::service::{ElectionService, LockService};
 
@@ -49,8 +49,8 @@ fn leader_key_json(l: &LeaderKey) -> Value {
     let mut m = Map::new();
     set(&mut m, "name", json!(B64.encode(&l.name)));
     set(&mut m, "key", json!(B64.encode(&l.key)));
-    set(&mut m, "rev", json!(l.rev.to_string()));
-    set(&mut m, "lease", json!(l.lease.to_string()));
+    set(&mut m, "rev", num(l.rev));
+    set(&mut m, "lease", num(l.lease));
     Value::Object(m)
 }
 

@@ -3,16 +3,23 @@
 //! error is `{"error", "message", "code"}` with the gRPC code and an HTTP status to match. Each
 //! route calls the same service as gRPC does.
 //!
-//! Routes: KV put/range/deleterange/txn/compaction, watch (one watcher per request, its responses
-//! streamed as JSON lines), leases (grant, revoke, time-to-live, list), Auth (`auth.rs`), Cluster
-//! and Maintenance but the snapshot (`ops.rs`), Lock and Election but Observe (`concurrency.rs`).
-//! A token from `/v3/auth/authenticate` goes in the `Authorization` header.
+//! Routes: every route of etcd 3.4's grpc-gateway. KV put/range/deleterange/txn/compaction, watch
+//! (one watcher per request, its responses streamed as JSON lines), leases (grant, revoke,
+//! time-to-live, list), Auth (`auth.rs`), Cluster and Maintenance (`ops.rs`), Lock and Election
+//! (`concurrency.rs`), and the streams (lease keep-alive, election observe, snapshot:
+//! `stream.rs`); `access.rs` applies etcd's access rules (/v3beta, host whitelist, CORS). A token
+//! from `/v3/auth/authenticate` goes in the `Authorization` header.
 
 use std::sync::Arc;
 
+mod access;
 mod auth;
 mod concurrency;
+mod limit;
 mod ops;
+mod stream;
+
+pub use access::{Access, AccessRules};
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -49,8 +56,19 @@ const SORT_TARGETS: [&str; 5] = ["KEY", "VERSION", "CREATE", "MOD", "VALUE"];
 const COMPARE_RESULTS: [&str; 4] = ["EQUAL", "GREATER", "LESS", "NOT_EQUAL"];
 const COMPARE_TARGETS: [&str; 5] = ["VERSION", "CREATE", "MOD", "VALUE", "LEASE"];
 
-/// The gateway's routes.
-pub fn routes(core: Arc<Core>) -> axum::Router {
+/// The gateway's routes. etcd's gateway is one gRPC client of its server, so at most
+/// --max-concurrent-streams of its calls run at once (a watch holds its place until it ends);
+/// more wait for a place, as etcd's do.
+pub fn routes(core: Arc<Core>, max_streams: u32) -> axum::Router {
+    let permits = (max_streams as usize).min(tokio::sync::Semaphore::MAX_PERMITS);
+    let streams = Arc::new(tokio::sync::Semaphore::new(permits));
+    api_routes(core).layer(axum::middleware::from_fn_with_state(
+        streams,
+        limit::hold_stream,
+    ))
+}
+
+fn api_routes(core: Arc<Core>) -> axum::Router {
     let kv = Arc::new(KvService::new(core.clone()));
     let lease = Arc::new(LeaseService::new(core.clone()));
     let watch_core = core.clone();
@@ -74,7 +92,45 @@ pub fn routes(core: Arc<Core>) -> axum::Router {
         .route("/v3/kv/lease/leases", route(&lease, leases))
         .merge(ops::routes(core.clone()))
         .merge(concurrency::routes(core.clone()))
+        .merge(stream::routes(core.clone()))
         .merge(auth::routes(core))
+}
+
+/// `GET /version`: the server and cluster versions, as etcd answers them.
+pub fn version_routes() -> axum::Router {
+    axum::Router::new().route(
+        "/version",
+        axum::routing::get(|| async {
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                json!({
+                    "etcdserver": crate::version::SERVER,
+                    "etcdcluster": crate::version::CLUSTER,
+                })
+                .to_string(),
+            )
+        }),
+    )
+}
+
+/// What no route serves: gRPC's Unimplemented for a gRPC request, else Go's 404 (the gateway's
+/// "Not Found" under /v3/, net/http's "404 page not found" elsewhere).
+pub async fn not_found(req: axum::extract::Request) -> Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return Status::unimplemented("")
+            .into_http::<axum::body::Body>()
+            .into_response();
+    }
+    let message = if req.uri().path().starts_with("/v3/") {
+        "Not Found"
+    } else {
+        "404 page not found"
+    };
+    access::text(StatusCode::NOT_FOUND, message).into_response()
 }
 
 /// A POST route answering with `handler(service, request headers, request body)`.
@@ -274,7 +330,7 @@ impl Fields {
 /// Sets `name` unless the value is the default (grpc-gateway omits defaults).
 fn set(m: &mut Map<String, Value>, name: &str, v: Value) {
     let default = match &v {
-        Value::String(s) => s.is_empty() || s == "0",
+        Value::String(s) => s.is_empty(),
         Value::Bool(b) => !b,
         Value::Array(a) => a.is_empty(),
         Value::Null => true,
@@ -285,28 +341,33 @@ fn set(m: &mut Map<String, Value>, name: &str, v: Value) {
     }
 }
 
+/// A 64-bit integer field as grpc-gateway writes one: a decimal string, or nothing for zero (the
+/// default, which `set` then omits).
+fn num(n: impl Into<i128>) -> Value {
+    match n.into() {
+        0 => Value::Null,
+        n => Value::String(n.to_string()),
+    }
+}
+
 fn header_json(h: &Option<ResponseHeader>) -> Value {
     let h = h.unwrap_or_default();
     let mut m = Map::new();
-    set(&mut m, "cluster_id", json!(h.cluster_id.to_string()));
-    set(&mut m, "member_id", json!(h.member_id.to_string()));
-    set(&mut m, "revision", json!(h.revision.to_string()));
-    set(&mut m, "raft_term", json!(h.raft_term.to_string()));
+    set(&mut m, "cluster_id", num(h.cluster_id));
+    set(&mut m, "member_id", num(h.member_id));
+    set(&mut m, "revision", num(h.revision));
+    set(&mut m, "raft_term", num(h.raft_term));
     Value::Object(m)
 }
 
 fn kv_json(kv: &KeyValue) -> Value {
     let mut m = Map::new();
     set(&mut m, "key", json!(B64.encode(&kv.key)));
-    set(
-        &mut m,
-        "create_revision",
-        json!(kv.create_revision.to_string()),
-    );
-    set(&mut m, "mod_revision", json!(kv.mod_revision.to_string()));
-    set(&mut m, "version", json!(kv.version.to_string()));
+    set(&mut m, "create_revision", num(kv.create_revision));
+    set(&mut m, "mod_revision", num(kv.mod_revision));
+    set(&mut m, "version", num(kv.version));
     set(&mut m, "value", json!(B64.encode(&kv.value)));
-    set(&mut m, "lease", json!(kv.lease.to_string()));
+    set(&mut m, "lease", num(kv.lease));
     Value::Object(m)
 }
 
@@ -357,7 +418,7 @@ fn range_json(r: &RangeResponse) -> Value {
     m.insert("header".into(), header_json(&r.header));
     set(&mut m, "kvs", kvs_json(&r.kvs));
     set(&mut m, "more", json!(r.more));
-    set(&mut m, "count", json!(r.count.to_string()));
+    set(&mut m, "count", num(r.count));
     Value::Object(m)
 }
 
@@ -372,7 +433,7 @@ fn delete_request(f: &Fields) -> Result<DeleteRangeRequest, Status> {
 fn delete_json(r: &DeleteRangeResponse) -> Value {
     let mut m = Map::new();
     m.insert("header".into(), header_json(&r.header));
-    set(&mut m, "deleted", json!(r.deleted.to_string()));
+    set(&mut m, "deleted", num(r.deleted));
     set(&mut m, "prev_kvs", kvs_json(&r.prev_kvs));
     Value::Object(m)
 }
@@ -594,7 +655,7 @@ fn lease_json(header: &Option<ResponseHeader>, fields: &[(&str, i64)]) -> Map<St
     let mut m = Map::new();
     m.insert("header".into(), header_json(header));
     for (name, v) in fields {
-        set(&mut m, name, json!(v.to_string()));
+        set(&mut m, name, num(*v));
     }
     m
 }

@@ -15,7 +15,7 @@ use keel_proto::etcd::{
 };
 use serde_json::{json, Map, Value};
 
-use super::{header_json, request, route, set, Answer, Fields};
+use super::{header_json, num, request, route, set, Answer, Fields};
 use crate::server::Core;
 use crate::service::{ClusterService, MaintenanceService};
 
@@ -52,7 +52,7 @@ pub fn routes(core: Arc<Core>) -> axum::Router {
 
 fn member_json(m: &Member) -> Value {
     let mut o = Map::new();
-    set(&mut o, "ID", json!(m.id.to_string()));
+    set(&mut o, "ID", num(m.id));
     set(&mut o, "name", json!(m.name));
     set(&mut o, "peerURLs", json!(m.peer_ur_ls));
     set(&mut o, "clientURLs", json!(m.client_ur_ls));
@@ -136,17 +136,13 @@ async fn status(maintenance: Arc<MaintenanceService>, h: HeaderMap, _: Bytes) ->
     let mut m = Map::new();
     m.insert("header".into(), header_json(&r.header));
     set(&mut m, "version", json!(r.version));
-    set(&mut m, "dbSize", json!(r.db_size.to_string()));
-    set(&mut m, "leader", json!(r.leader.to_string()));
-    set(&mut m, "raftIndex", json!(r.raft_index.to_string()));
-    set(&mut m, "raftTerm", json!(r.raft_term.to_string()));
-    set(
-        &mut m,
-        "raftAppliedIndex",
-        json!(r.raft_applied_index.to_string()),
-    );
+    set(&mut m, "dbSize", num(r.db_size));
+    set(&mut m, "leader", num(r.leader));
+    set(&mut m, "raftIndex", num(r.raft_index));
+    set(&mut m, "raftTerm", num(r.raft_term));
+    set(&mut m, "raftAppliedIndex", num(r.raft_applied_index));
     set(&mut m, "errors", json!(r.errors));
-    set(&mut m, "dbSizeInUse", json!(r.db_size_in_use.to_string()));
+    set(&mut m, "dbSizeInUse", num(r.db_size_in_use));
     set(&mut m, "isLearner", json!(r.is_learner));
     Ok(Value::Object(m))
 }
@@ -164,7 +160,7 @@ async fn alarm(maintenance: Arc<MaintenanceService>, h: HeaderMap, body: Bytes) 
         .iter()
         .map(|a| {
             let mut o = Map::new();
-            set(&mut o, "memberID", json!(a.member_id.to_string()));
+            set(&mut o, "memberID", num(a.member_id));
             let name = ALARM_TYPES.get(a.alarm as usize).copied().unwrap_or("NONE");
             set(&mut o, "alarm", json!(name));
             Value::Object(o)
@@ -197,12 +193,8 @@ async fn hash_kv(maintenance: Arc<MaintenanceService>, h: HeaderMap, body: Bytes
     let mut m = Map::new();
     m.insert("header".into(), header_json(&r.header));
     set(&mut m, "hash", json!(r.hash));
-    set(
-        &mut m,
-        "compact_revision",
-        json!(r.compact_revision.to_string()),
-    );
-    set(&mut m, "hash_revision", json!(r.hash_revision.to_string()));
+    set(&mut m, "compact_revision", num(r.compact_revision));
+    set(&mut m, "hash_revision", num(r.hash_revision));
     Ok(Value::Object(m))
 }
 

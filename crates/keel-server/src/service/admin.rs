@@ -103,10 +103,12 @@ impl Admin for AdminService {
             .unwrap_or_default();
         let mut last = Status::from(ServerError::NoLeader);
         for url in urls {
-            let channel = keel_raft::peer_endpoint(&url, self.core.transport_tls())
-                .map_err(|e| Status::internal(e.to_string()))?
-                .timeout(Duration::from_secs(5));
-            match channel.connect().await {
+            let channel = self
+                .core
+                .dialer()
+                .channel(&url, Some(Duration::from_secs(5)))
+                .await;
+            match channel {
                 Ok(ch) => return AdminClient::new(ch).members(MembersRequest {}).await,
                 Err(e) => last = Status::unavailable(format!("reaching the leader: {e}")),
             }

@@ -14,7 +14,7 @@ use keel_proto::etcd::{
 };
 use keel_proto::peer::membership_client::MembershipClient;
 use keel_proto::peer::membership_server::{Membership, MembershipServer};
-use keel_proto::peer::{MembersRequest, MembersResponse};
+use keel_proto::peer::{HashRequest, HashResponse, MembersRequest, MembersResponse};
 use keel_proto::RequestBody;
 use keel_raft::ConfChangeType;
 use prost::Message;
@@ -359,19 +359,42 @@ impl Membership for PeerMembershipService {
                 .collect(),
         }))
     }
+
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let rev = req.into_inner().revision;
+        let store = self.core.store.clone();
+        let hashed = tokio::task::spawn_blocking(move || store.hash_kv(rev))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut resp = HashResponse {
+            member_id: self.core.identity.member_id,
+            ..Default::default()
+        };
+        match hashed {
+            Ok(h) => {
+                resp.hash = h.hash;
+                resp.compact_revision = h.compact_revision;
+                resp.hash_revision = h.revision;
+            }
+            Err(keel_mvcc::MvccError::FutureRevision) => {
+                resp.unavailable = "future revision".into()
+            }
+            Err(keel_mvcc::MvccError::Compacted) => resp.unavailable = "compacted".into(),
+            Err(e) => return Err(Status::internal(e.to_string())),
+        }
+        Ok(Response::new(resp))
+    }
 }
 
 /// Asks the member at peer URL `url` for the cluster id and the members.
 pub async fn fetch_members(
     url: &str,
-    tls: Option<&tonic::transport::ClientTlsConfig>,
+    dialer: &keel_raft::Dialer,
 ) -> Result<(u64, Vec<Member>), String> {
-    let channel = keel_raft::peer_endpoint(url, tls)
-        .map_err(|e| e.to_string())?
-        .timeout(Duration::from_secs(5))
-        .connect()
+    let channel = dialer
+        .channel(url, Some(Duration::from_secs(5)))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| keel_raft::dial::describe_error(e.as_ref()))?;
     let r = MembershipClient::new(channel)
         .members(MembersRequest {})
         .await

@@ -50,7 +50,7 @@ impl LeaseService {
 /// Renews lease `id` on the primary lessor, the leader's (forwarded there from a follower).
 /// Returns the TTL, 0 if the lease does not exist (etcd's keep-alive answer for a lease that is
 /// gone).
-async fn renew(core: &Core, id: i64) -> Result<i64, ServerError> {
+pub(crate) async fn renew(core: &Core, id: i64) -> Result<i64, ServerError> {
     let leading = || core.is_leader();
     match renew_as_leader(&core.leases, leading, core.linearizable_barrier(), id).await? {
         Ok(ttl) => Ok(ttl),

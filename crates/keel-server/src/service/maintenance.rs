@@ -22,7 +22,7 @@ use crate::server::Core;
 use crate::ServerError;
 
 /// The etcd API version Keel speaks, reported in Status.
-pub const API_VERSION: &str = "3.5.0";
+pub const API_VERSION: &str = crate::version::SERVER;
 
 /// The Maintenance service.
 pub struct MaintenanceService {

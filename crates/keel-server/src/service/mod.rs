@@ -20,6 +20,7 @@ use keel_proto::etcd::{
     PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
 };
 pub use kv::KvService;
+pub(crate) use lease::renew;
 pub use lease::LeaseService;
 pub use lock::LockService;
 pub use maintenance::{MaintenanceService, API_VERSION};
@@ -69,27 +70,44 @@ pub fn grpc_routes(core: Arc<Core>, max_message: usize) -> Routes {
     .add_service(AuthService::server(core.clone()).max_decoding_message_size(max_message))
 }
 
-/// The client server's router, its gRPC requests counted and timed.
-pub type ClientRouter =
-    Router<tower_layer::Stack<crate::metrics::ObserveGrpc, tower_layer::Identity>>;
+/// The client server's router: etcd's access rules in front of its HTTP requests, its gRPC
+/// requests counted and timed.
+pub type ClientRouter = Router<
+    tower_layer::Stack<
+        crate::gateway::Access,
+        tower_layer::Stack<crate::metrics::ObserveGrpc, tower_layer::Identity>,
+    >,
+>;
 
-/// Every service on one router, with `/metrics` and `/health` over HTTP/1.1 beside gRPC, with TLS
-/// when configured; requests above `max_message` bytes are refused by gRPC itself.
-pub fn router(
-    core: Arc<Core>,
-    max_message: usize,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-) -> Result<ClientRouter, tonic::transport::Error> {
+/// Every service on one router, with `/metrics`, the health checks and the JSON gateway over
+/// HTTP/1.1 beside gRPC; requests above `max_message` bytes are refused by gRPC itself. HTTP/2
+/// limits and keep-alives as etcd's --max-concurrent-streams and --grpc-keepalive-* set them.
+pub fn router(core: Arc<Core>, max_message: usize, cfg: &crate::ServerConfig) -> ClientRouter {
     let grpc = grpc_routes(core.clone(), max_message);
-    let http = grpc
+    let mut http = grpc
         .into_axum_router()
-        .merge(crate::metrics::routes(core.clone()))
-        .merge(crate::gateway::routes(core));
-    let mut server = tonic::transport::Server::builder().accept_http1(true);
-    if let Some(tls) = tls {
-        server = server.tls_config(tls)?;
+        .merge(crate::metrics::routes(core.clone(), cfg.metrics_extensive))
+        .merge(crate::gateway::version_routes());
+    if cfg.enable_grpc_gateway {
+        http = http.merge(crate::gateway::routes(
+            core.clone(),
+            cfg.max_concurrent_streams,
+        ));
     }
-    Ok(server
+    let http = http.fallback(crate::gateway::not_found);
+    let access = crate::gateway::Access(Arc::new(crate::gateway::AccessRules::new(core, cfg)));
+    let keepalive = &cfg.grpc_keepalive;
+    let mut server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .max_concurrent_streams(cfg.max_concurrent_streams);
+    if !keepalive.interval.is_zero() {
+        server = server.http2_keepalive_interval(Some(keepalive.interval));
+    }
+    if !keepalive.timeout.is_zero() {
+        server = server.http2_keepalive_timeout(Some(keepalive.timeout));
+    }
+    server
         .layer(crate::metrics::ObserveGrpc)
-        .add_routes(Routes::from(http)))
+        .layer(access)
+        .add_routes(Routes::from(http))
 }
