@@ -100,8 +100,9 @@ impl LogStore {
         Ok(store)
     }
 
-    /// Writes without fsync. Only for the deterministic simulation: its crashes happen inside one
-    /// process, where the page cache survives them, so a sync would only cost time.
+    /// Writes without fsync: for the deterministic simulation (its crashes happen inside one
+    /// process, where the page cache survives them, so a sync would only cost time) and for
+    /// etcd's --unsafe-no-fsync (a power loss may then lose acknowledged writes).
     pub fn without_fsync(mut self) -> Self {
         self.fsync = false;
         self
@@ -274,6 +275,60 @@ impl LogStore {
         let started = std::time::Instant::now();
         self.db.write_opt(batch, &self.write_options())?;
         wal_fsync_seconds().observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// etcd's --force-new-cluster: this member alone becomes the cluster, with everything it has
+    /// committed. The uncommitted tail (never acknowledged) goes; raft's membership becomes `me`
+    /// alone; and an entry removing each of `others` is appended and marked committed, so the
+    /// state machine's membership follows when it applies them (as etcd appends conf changes to
+    /// its WAL). `contexts` are the entries' contexts, one per removed member.
+    pub fn force_new_cluster(&mut self, me: u64, others: &[(u64, Vec<u8>)]) -> Result<()> {
+        use raft::eraftpb::{ConfChange, ConfChangeType, EntryType};
+        let commit = self.hard_state.commit.max(self.truncated_index);
+        let term = if commit > self.truncated_index {
+            raft::Storage::term(self, commit).map_err(RaftError::Raft)?
+        } else {
+            self.truncated_term
+        }
+        .max(self.hard_state.term);
+        let mut batch = rocksdb::WriteBatch::default();
+        if self.last_index > commit {
+            batch.delete_range_cf(
+                self.cf(CF_LOG),
+                (commit + 1).to_be_bytes(),
+                (self.last_index + 1).to_be_bytes(),
+            );
+        }
+        // A cache of the latest entries; reads fall back to the log.
+        self.tail.clear();
+        let mut last = commit;
+        for (id, context) in others {
+            last += 1;
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::RemoveNode);
+            cc.node_id = *id;
+            cc.context = context.clone().into();
+            let mut e = Entry::default();
+            e.set_entry_type(EntryType::EntryConfChange);
+            e.index = last;
+            e.term = term;
+            e.data = cc.write_to_bytes()?.into();
+            batch.put_cf(self.cf(CF_LOG), last.to_be_bytes(), e.write_to_bytes()?);
+        }
+        let cs = ConfState {
+            voters: vec![me],
+            ..Default::default()
+        };
+        batch.put_cf(self.cf(CF_STATE), KEY_CONF_STATE, cs.write_to_bytes()?);
+        let mut hs = self.hard_state.clone();
+        hs.commit = last;
+        hs.term = term;
+        batch.put_cf(self.cf(CF_STATE), KEY_HARD_STATE, hs.write_to_bytes()?);
+        self.db.write_opt(batch, &self.write_options())?;
+        self.hard_state = hs;
+        self.conf_state = cs;
+        self.last_index = last;
         Ok(())
     }
 

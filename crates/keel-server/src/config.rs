@@ -127,6 +127,8 @@ pub struct ServerConfig {
     pub initial_advertise_peer_urls: Vec<String>,
     /// Plain HTTP (or https with the client TLS) listeners of /metrics and the health checks.
     pub listen_metrics_urls: Vec<String>,
+    /// Socket options of every listener (etcd's --socket-reuse-port, --socket-reuse-address).
+    pub socket: crate::startup::SocketOptions,
     /// The initial cluster: (member name, its peer URLs).
     pub initial_cluster: Vec<(String, Vec<String>)>,
     /// Bootstrap a new cluster or join an existing one.
@@ -220,6 +222,7 @@ impl Default for ServerConfig {
             listen_peer_urls: vec!["http://localhost:2380".into()],
             initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
             listen_metrics_urls: Vec::new(),
+            socket: Default::default(),
             initial_cluster: vec![("default".into(), vec!["http://localhost:2380".into()])],
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: "etcd-cluster".into(),

@@ -114,6 +114,18 @@ pub struct Core {
     quota_bytes: u64,
     /// The store's size on disk, refreshed in the background (the quota check reads it).
     db_size: AtomicU64,
+    /// Membership and request limits from the configuration.
+    pub(crate) limits: Limits,
+}
+
+/// Limits the configuration sets on requests and membership changes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Refuse membership changes that would leave too few started voters (etcd's
+    /// --strict-reconfig-check).
+    pub strict_reconfig_check: bool,
+    /// Most learners at once (etcd's --experimental-max-learners).
+    pub max_learners: usize,
 }
 
 impl Core {
@@ -482,8 +494,20 @@ impl Server {
         let store = Arc::new(Store::open(&member_dir.join("kv")).map_err(|e| storage(&e))?);
         let (identity, seeds) = establish_identity(&cfg, &store, &dialer).await?;
         let membership = Arc::new(Membership::load(&store).map_err(|e| storage(&e))?);
-        let mut log = LogStore::open(&member_dir.join("raft")).map_err(|e| storage(&e))?;
+        // etcd's --wal-dir: the raft log (Keel's WAL) on a disk of its own.
+        let raft_dir = cfg
+            .wal_dir
+            .clone()
+            .unwrap_or_else(|| member_dir.join("raft"));
+        let mut log = LogStore::open(&raft_dir).map_err(|e| storage(&e))?;
+        if cfg.unsafe_no_fsync {
+            tracing::warn!("--unsafe-no-fsync: the raft log is not synced; a power loss can lose acknowledged writes");
+            log = log.without_fsync();
+        }
         repair_interrupted_install(&store, &membership, &mut log)?;
+        if cfg.force_new_cluster && !log.is_empty() {
+            force_new_cluster(&store, &membership, &mut log, identity.member_id)?;
+        }
         let snap_dir = member_dir.join("snap");
         let checkpoints =
             Checkpoints::new(store.clone(), snap_dir.clone()).map_err(|e| storage(&e))?;
@@ -548,6 +572,10 @@ impl Server {
             bcrypt_cost: cfg.bcrypt_cost,
             quota_bytes: cfg.quota_backend_bytes,
             db_size: AtomicU64::new(0),
+            limits: Limits {
+                strict_reconfig_check: cfg.strict_reconfig_check,
+                max_learners: cfg.max_learners,
+            },
         });
         core.refresh_db_size();
         let weak = Arc::downgrade(&core);
@@ -588,18 +616,21 @@ impl Server {
             &cfg.listen_client_urls,
             client_server_tls,
             "--listen-client-urls",
+            cfg.socket,
         )
         .await?;
         let peer_listeners = bind_all(
             &cfg.listen_peer_urls,
             peer_tls.as_ref().map(|t| &t.server),
             "--listen-peer-urls",
+            cfg.socket,
         )
         .await?;
         let metrics_listeners = bind_all(
             &cfg.listen_metrics_urls,
             client_server_tls,
             "--listen-metrics-urls",
+            cfg.socket,
         )
         .await?;
         tracing::info!(
@@ -1077,6 +1108,54 @@ async fn join_identity(
     )))
 }
 
+/// etcd's --force-new-cluster: this member restarts as a one-member cluster with its data (the
+/// way back from a cluster that lost its quorum for good). Every other member is removed through
+/// entries appended to this member's log and committed at once; what was not committed goes.
+fn force_new_cluster(
+    store: &Store,
+    membership: &Membership,
+    log: &mut LogStore,
+    me: u64,
+) -> Result<(), StartError> {
+    let storage = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
+    // What the state machine applied is committed even when the log's record of it lags.
+    if store.applied_index() > log.hard_state().commit {
+        log.raise_commit(store.applied_index())
+            .map_err(|e| storage(&e))?;
+    }
+    let cs = log.conf_state();
+    let mut others: Vec<u64> = cs
+        .voters
+        .iter()
+        .chain(cs.learners.iter())
+        .copied()
+        .chain(membership.list().iter().map(|m| m.id))
+        .filter(|id| *id != me)
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    let removals: Vec<(u64, Vec<u8>)> = others
+        .iter()
+        .map(|&id| {
+            let change = MemberChange {
+                id: 0,
+                member: Some(Member {
+                    id,
+                    ..Default::default()
+                }),
+            };
+            (id, change.encode_to_vec())
+        })
+        .collect();
+    tracing::warn!(
+        local_member_id = format!("{me:x}"),
+        removed = ?others.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
+        "forcing restart as a one-member cluster (--force-new-cluster); discarding uncommitted entries"
+    );
+    log.force_new_cluster(me, &removals)
+        .map_err(|e| storage(&e))
+}
+
 /// A crash between installing a snapshot in the state machine and moving the raft log past it
 /// leaves the state machine ahead of the log: move the log now.
 fn repair_interrupted_install(
@@ -1123,10 +1202,11 @@ async fn bind_all(
     urls: &[String],
     tls: Option<&Arc<rustls::ServerConfig>>,
     what: &str,
+    options: crate::startup::SocketOptions,
 ) -> Result<Vec<Listener>, StartError> {
     let mut listeners = Vec::new();
     for url in urls {
-        listeners.push(Listener::bind(url, tls, what).await?);
+        listeners.push(Listener::bind_with(url, tls, what, options).await?);
     }
     Ok(listeners)
 }

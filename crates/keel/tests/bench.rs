@@ -43,7 +43,7 @@ fn ok(r: &Value) -> u64 {
 /// Puts the member at `endpoint` answered OK, by its own `/metrics`.
 async fn puts_served(endpoint: &str) -> f64 {
     let (_, metrics) = http_get(endpoint, "/metrics").await;
-    let series = "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\"} ";
+    let series = "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} ";
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(series)?.parse().ok())

@@ -4,21 +4,43 @@ mod common;
 
 use std::process::Command;
 
+/// Runs `keel` with `args` until it exits; its exit status and stderr.
+fn refused(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 #[test]
-fn unimplemented_etcd_flags_are_refused_by_name() {
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("--heartbeat-interval=100")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--heartbeat-interval"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("--no-such-flag")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+fn flags_keel_does_not_serve_are_refused_with_etcds_words_or_a_reason() {
+    let (code, err) = refused(&["--heartbeat-interval=300", "--election-timeout=1000"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(
+            "--election-timeout[1000ms] should be at least as 5 times as --heartbeat-interval[300ms]"
+        ),
+        "{err}"
+    );
+    let (code, err) = refused(&["--enable-v2"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("does not serve the v2 API"), "{err}");
+    let (code, err) = refused(&["--proxy=readonly"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("keel grpc-proxy start"), "{err}");
+    let (code, err) = refused(&["--listen-client-urls=http://127.0.0.1:0"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("--advertise-client-urls is required when --listen-client-urls is set explicitly"),
+        "{err}"
+    );
+    let (code, err) = refused(&["--listen-peer-urls=http://example.com:2380"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("expected IP in URL for binding"), "{err}");
+    let (code, err) = refused(&["--no-such-flag"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--no-such-flag"), "{err}");
 }
 
 #[test]
@@ -30,6 +52,7 @@ fn bootstrap_mistakes_are_refused_clearly() {
             "--name=a",
             "--initial-advertise-peer-urls=http://127.0.0.1:1",
             "--listen-client-urls=http://127.0.0.1:0",
+            "--advertise-client-urls=http://127.0.0.1:0",
             "--initial-cluster-state=existing",
         ])
         .arg("--initial-cluster=a=http://127.0.0.1:1,b=http://127.0.0.1:2")
@@ -48,6 +71,7 @@ fn bootstrap_mistakes_are_refused_clearly() {
             "--name=nobody",
             "--initial-cluster=a=http://127.0.0.1:1",
             "--listen-client-urls=http://127.0.0.1:0",
+            "--advertise-client-urls=http://127.0.0.1:0",
         ])
         .output()
         .unwrap();
@@ -60,6 +84,7 @@ fn default_data_dir_is_name_dot_keel_in_the_working_directory() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
         .current_dir(dir.path())
         .env("ETCD_LISTEN_CLIENT_URLS", "http://127.0.0.1:0")
+        .env("ETCD_ADVERTISE_CLIENT_URLS", "http://127.0.0.1:0")
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -23,13 +23,13 @@ async fn metrics_count_requests_by_outcome_and_time_the_disk() {
     assert_eq!(code, 200);
     let put = |code: &str| {
         let series = format!(
-            "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\"}}"
+            "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}}"
         );
         sample(&metrics, &series)
     };
     assert_eq!(put("OK"), Some(3.0), "{metrics}");
     assert_eq!(put("InvalidArgument"), Some(1.0), "{metrics}");
-    let started = "grpc_server_started_total{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\"}";
+    let started = "grpc_server_started_total{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}";
     assert_eq!(sample(&metrics, started), Some(4.0));
     for count in [
         "etcd_disk_wal_fsync_duration_seconds_count",
@@ -61,9 +61,11 @@ async fn metrics_count_requests_by_outcome_and_time_the_disk() {
     assert!(!metrics.contains("Invented"), "{metrics}");
 
     let (code, body) = http_get(&m.endpoint(), "/readyz").await;
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, body) = http_get(&m.endpoint(), "/readyz?verbose").await;
     assert_eq!(code, 200, "{body}");
     assert!(
-        body.contains("[+]leader ok") && body.ends_with("ok\n"),
+        body.contains("[+]linearizable_read ok") && body.ends_with("ok\n"),
         "{body}"
     );
     let (code, body) = http_get(&m.endpoint(), "/livez").await;

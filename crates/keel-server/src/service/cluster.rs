@@ -28,8 +28,6 @@ use crate::ServerError;
 
 /// A learner may be promoted once its log has this share of the leader's (etcd's readyPercent).
 const LEARNER_READY: f64 = 0.9;
-/// etcd allows one learner at a time.
-const MAX_LEARNERS: usize = 1;
 
 type Token = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
 
@@ -54,6 +52,9 @@ impl ClusterService {
     /// etcd's strict reconfiguration check: after the change, the voters that have started
     /// (published their attributes) must still be a quorum.
     fn check_quorum_after(&self, change: VoterChange) -> Result<(), ServerError> {
+        if !self.core.limits.strict_reconfig_check {
+            return Ok(());
+        }
         let members = self.core.membership.list();
         let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
         let leaving = match change {
@@ -208,7 +209,7 @@ impl PbClusterService for ClusterService {
         self.check_urls_free(&r.peer_ur_ls, 0)?;
         let members = self.core.membership.list();
         if r.is_learner {
-            if members.iter().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
+            if members.iter().filter(|m| m.is_learner).count() >= self.core.limits.max_learners {
                 return Err(ServerError::TooManyLearners.into());
             }
         } else {

@@ -25,6 +25,16 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted connections waiting for the server to take them.
 const BACKLOG: usize = 128;
 
+/// Socket options of listeners.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// SO_REUSEPORT: several processes may bind the same port (etcd's --socket-reuse-port).
+    pub reuse_port: bool,
+    /// SO_REUSEADDR: bind an address still in TIME_WAIT (etcd's --socket-reuse-address; Go and
+    /// tokio set it on every Unix listener anyway).
+    pub reuse_address: bool,
+}
+
 /// A bound URL.
 pub struct Listener {
     /// The URL as configured.
@@ -57,6 +67,16 @@ impl Listener {
         tls: Option<&Arc<rustls::ServerConfig>>,
         what: &str,
     ) -> Result<Listener, StartError> {
+        Self::bind_with(url, tls, what, SocketOptions::default()).await
+    }
+
+    /// As `bind`, with socket options.
+    pub async fn bind_with(
+        url: &str,
+        tls: Option<&Arc<rustls::ServerConfig>>,
+        what: &str,
+        options: SocketOptions,
+    ) -> Result<Listener, StartError> {
         let target = Target::parse(url).map_err(StartError::Config)?;
         let tls = match (target.secure, tls) {
             (true, Some(config)) => Some(TlsAcceptor::from(config.clone())),
@@ -74,7 +94,7 @@ impl Listener {
         let socket = match &target.address {
             Address::Tcp(hostport) => {
                 let addr = resolve(url, hostport).await?;
-                Socket::Tcp(TcpListener::bind(addr).await.map_err(listen_error)?)
+                Socket::Tcp(tcp_listener(addr, options).map_err(listen_error)?)
             }
             Address::Unix(path) => {
                 // A socket file left by a member that did not stop cleanly would make the bind
@@ -166,6 +186,20 @@ impl Listener {
             }
         }
     }
+}
+
+fn tcp_listener(addr: SocketAddr, options: SocketOptions) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if options.reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 async fn handshake(acceptor: &TlsAcceptor, plain: Conn) -> std::io::Result<Conn> {

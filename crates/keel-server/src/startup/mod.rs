@@ -4,4 +4,4 @@
 pub mod listen;
 pub mod tls;
 
-pub use listen::{incoming, Conn, ConnInfo, Listener};
+pub use listen::{incoming, Conn, ConnInfo, Listener, SocketOptions};

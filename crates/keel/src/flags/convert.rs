@@ -63,6 +63,10 @@ impl EtcdFlags {
             listen_peer_urls: self.listen_peer_urls.clone(),
             initial_advertise_peer_urls: self.initial_advertise_peer_urls.clone(),
             listen_metrics_urls: self.listen_metrics_urls.clone(),
+            socket: keel_server::startup::SocketOptions {
+                reuse_port: self.socket_reuse_port,
+                reuse_address: self.socket_reuse_address,
+            },
             initial_cluster,
             initial_cluster_state: if self.initial_cluster_state == "existing" {
                 ClusterState::Existing
