@@ -228,6 +228,9 @@ pub struct ApplyLoop {
     /// Entries kept in the raft log behind a compaction, for slow followers to catch up from
     /// (etcd's --experimental-snapshot-catchup-entries).
     pub catch_up_entries: u64,
+    /// Applying one request for longer than this is logged (etcd's
+    /// --experimental-warning-apply-duration).
+    pub warn_apply_after: std::time::Duration,
 }
 
 impl ApplyLoop {
@@ -366,7 +369,18 @@ impl ApplyLoop {
                 }
             };
             let Some(body) = req.body else { continue };
+            let started = std::time::Instant::now();
             let res = apply(&mut wb, &self.machine, &body, req.auth.as_ref(), e.index);
+            let took = started.elapsed();
+            if took > self.warn_apply_after {
+                tracing::warn!(
+                    took = ?took,
+                    expected_duration = ?self.warn_apply_after,
+                    index = e.index,
+                    request = %format!("{body:?}").chars().take(160).collect::<String>(),
+                    "apply request took too long"
+                );
+            }
             if let Err(ServerError::Internal(msg)) = &res {
                 return Err(ServerError::Internal(msg.clone()));
             }

@@ -191,6 +191,12 @@ pub struct ServerConfig {
     /// While serving, the leader compares hashes with the followers this often and raises a
     /// CORRUPT alarm on a mismatch (zero: never; etcd's --experimental-corrupt-check-time).
     pub corrupt_check_time: Duration,
+    /// At start-up, defragment when that would free at least this many bytes (0: never; etcd's
+    /// --experimental-bootstrap-defrag-threshold-megabytes).
+    pub bootstrap_defrag_threshold_bytes: u64,
+    /// How long start-up waits for the cluster to have a leader before serving clients anyway
+    /// (etcd's --experimental-wait-cluster-ready-timeout).
+    pub wait_cluster_ready_timeout: Duration,
     /// Serve the HTTP/JSON gateway (/v3/...) on the client URLs.
     pub enable_grpc_gateway: bool,
     /// Serve a CPU profile at /debug/pprof/profile on the client URLs.
@@ -207,6 +213,8 @@ pub struct ServerConfig {
     pub max_learners: usize,
     /// Applying a request that takes longer than this is logged as a warning.
     pub warning_apply_duration: Duration,
+    /// A unary client request that takes longer than this is logged as a warning (zero: never).
+    pub warning_unary_request_duration: Duration,
 }
 
 impl Default for ServerConfig {
@@ -251,6 +259,8 @@ impl Default for ServerConfig {
             bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST,
             initial_corrupt_check: false,
             corrupt_check_time: Duration::ZERO,
+            bootstrap_defrag_threshold_bytes: 0,
+            wait_cluster_ready_timeout: Duration::from_secs(5),
             enable_grpc_gateway: true,
             enable_pprof: false,
             cors: vec!["*".into()],
@@ -259,6 +269,7 @@ impl Default for ServerConfig {
             unsafe_no_fsync: false,
             max_learners: 1,
             warning_apply_duration: Duration::from_millis(100),
+            warning_unary_request_duration: Duration::from_millis(300),
         }
     }
 }

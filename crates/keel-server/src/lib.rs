@@ -18,6 +18,7 @@ mod health;
 mod lease;
 mod membership;
 mod metrics;
+mod pprof;
 mod range;
 mod server;
 pub mod service;

@@ -459,6 +459,7 @@ pub fn token_of(metadata: &MetadataMap) -> Option<MetadataValue<Ascii>> {
 pub struct Server {
     core: Arc<Core>,
     listeners: Vec<Listener>,
+    http_listeners: Vec<Listener>,
     peer_listeners: Vec<Listener>,
     metrics_listeners: Vec<Listener>,
     transport: Arc<Transport>,
@@ -492,6 +493,7 @@ impl Server {
         .map_err(StartError::Config)?;
         let dialer = keel_raft::Dialer::new(peer_tls.as_ref().map(|t| t.client.clone()));
         let store = Arc::new(Store::open(&member_dir.join("kv")).map_err(|e| storage(&e))?);
+        defragment_at_start(&store, cfg.bootstrap_defrag_threshold_bytes);
         let (identity, seeds) = establish_identity(&cfg, &store, &dialer).await?;
         let membership = Arc::new(Membership::load(&store).map_err(|e| storage(&e))?);
         // etcd's --wal-dir: the raft log (Keel's WAL) on a disk of its own.
@@ -587,6 +589,7 @@ impl Server {
                     .is_some_and(|c| c.is_leader() && c.term() == term)
             }),
             catch_up_entries: cfg.snapshot_catch_up_entries,
+            warn_apply_after: cfg.warning_apply_duration,
             compacted_at: store.applied_index(),
             delay: crate::fault::ApplyDelay::from_env(),
             store,
@@ -626,6 +629,13 @@ impl Server {
             cfg.socket,
         )
         .await?;
+        let http_listeners = bind_all(
+            &cfg.listen_client_http_urls,
+            client_server_tls,
+            "--listen-client-http-urls",
+            cfg.socket,
+        )
+        .await?;
         let metrics_listeners = bind_all(
             &cfg.listen_metrics_urls,
             client_server_tls,
@@ -644,6 +654,7 @@ impl Server {
         Ok(Server {
             core,
             listeners,
+            http_listeners,
             peer_listeners,
             metrics_listeners,
             transport,
@@ -733,7 +744,26 @@ impl Server {
             std::mem::take(&mut self.metrics_listeners),
             stop_rx.clone(),
         );
-        let serve = service::router(self.core.clone(), max, &self.cfg)
+        self.wait_cluster_ready().await;
+        let http_only = std::mem::take(&mut self.http_listeners);
+        let serves = if http_only.is_empty() {
+            service::Serves::Both
+        } else {
+            service::Serves::Grpc
+        };
+        let http = (!http_only.is_empty()).then(|| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(
+                service::router(self.core.clone(), max, &self.cfg, service::Serves::Http)
+                    .serve_with_incoming_shutdown(
+                        incoming(http_only, "serving client HTTP requests"),
+                        async move {
+                            let _ = stop.wait_for(|&stop| stop).await;
+                        },
+                    ),
+            )
+        });
+        let serve = service::router(self.core.clone(), max, &self.cfg, serves)
             .serve_with_incoming_shutdown(clients, async move {
                 let _ = stop_rx.wait_for(|&stop| stop).await;
             });
@@ -760,6 +790,10 @@ impl Server {
         let _ = peer_server.await;
         metrics.abort();
         let _ = metrics.await;
+        if let Some(http) = http {
+            http.abort();
+            let _ = http.await;
+        }
         // Awaited once aborted, so that nothing they hold (the store) outlives `serve`.
         for task in [expiry, publish, peers, sizes, compactor]
             .into_iter()
@@ -777,6 +811,21 @@ impl Server {
 }
 
 impl Server {
+    /// etcd 3.5 serves clients once the cluster is ready (it has a leader), or after
+    /// --experimental-wait-cluster-ready-timeout without one.
+    async fn wait_cluster_ready(&self) {
+        let timeout = self.cfg.wait_cluster_ready_timeout;
+        let ready = tokio::time::timeout(timeout, async {
+            while self.core.leader_id() == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if ready.is_err() {
+            tracing::warn!(?timeout, "timed out waiting for the ready notification");
+        }
+    }
+
     /// Stops the peer transport, raft and the apply loop (which finishes the batch it has).
     fn stop_raft(&mut self) {
         self.transport.shutdown();
@@ -1106,6 +1155,30 @@ async fn join_identity(
     Err(StartError::Config(format!(
         "--initial-cluster-state=existing: could not get the member list from the cluster ({last_error})"
     )))
+}
+
+/// etcd's --experimental-bootstrap-defrag-threshold-megabytes: defragment before serving when
+/// that frees at least `threshold` bytes.
+fn defragment_at_start(store: &Store, threshold: u64) {
+    if threshold == 0 {
+        return;
+    }
+    let size = store.size();
+    let free = size.total.saturating_sub(size.in_use);
+    if free < threshold {
+        tracing::info!(
+            free_bytes = free,
+            threshold_bytes = threshold,
+            "skipping defragmentation at start-up"
+        );
+        return;
+    }
+    tracing::info!(
+        free_bytes = free,
+        threshold_bytes = threshold,
+        "defragmenting at start-up"
+    );
+    store.defragment();
 }
 
 /// etcd's --force-new-cluster: this member restarts as a one-member cluster with its data (the

@@ -102,6 +102,7 @@ impl SimMember {
                 leader.role().0 == keel_raft::Role::Leader && leader.term() == term
             }),
             catch_up_entries: 5000,
+            warn_apply_after: Duration::from_millis(100),
             compacted_at: store.applied_index(),
             delay: crate::fault::ApplyDelay::from_env(),
             store: store.clone(),

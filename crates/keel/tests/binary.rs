@@ -10,7 +10,10 @@ fn refused(args: &[&str]) -> (Option<i32>, String) {
         .args(args)
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -32,7 +35,9 @@ fn flags_keel_does_not_serve_are_refused_with_etcds_words_or_a_reason() {
     let (code, err) = refused(&["--listen-client-urls=http://127.0.0.1:0"]);
     assert_eq!(code, Some(1));
     assert!(
-        err.contains("--advertise-client-urls is required when --listen-client-urls is set explicitly"),
+        err.contains(
+            "--advertise-client-urls is required when --listen-client-urls is set explicitly"
+        ),
         "{err}"
     );
     let (code, err) = refused(&["--listen-peer-urls=http://example.com:2380"]);

@@ -36,7 +36,7 @@ pub fn routes(core: Arc<Core>) -> axum::Router {
 fn leader_key(f: &Fields) -> Result<LeaderKey, Status> {
     let l = f
         .object("leader")?
-        .ok_or_else(|| Status::invalid_argument("\"leader\" field must be provided"))?;
+        .ok_or_else(|| Status::from(crate::ServerError::MissingLeaderKey))?;
     Ok(LeaderKey {
         name: l.bytes("name")?,
         key: l.bytes("key")?,

@@ -199,6 +199,30 @@ fn http_status(code: Code) -> StatusCode {
 struct Fields(Map<String, Value>);
 
 impl Fields {
+    /// A field by its proto name, or its JSON name (lowerCamelCase), as grpc-gateway's decoder
+    /// takes either (Go clients marshal with `runtime.JSONPb{}`, which writes JSON names).
+    fn get(&self, name: &str) -> Option<&Value> {
+        if let Some(v) = self.0.get(name) {
+            return Some(v);
+        }
+        if !name.contains('_') {
+            return None;
+        }
+        let mut camel = String::with_capacity(name.len());
+        let mut upper = false;
+        for c in name.chars() {
+            if c == '_' {
+                upper = true;
+            } else if upper {
+                camel.push(c.to_ascii_uppercase());
+                upper = false;
+            } else {
+                camel.push(c);
+            }
+        }
+        self.0.get(&camel)
+    }
+
     fn parse(body: &[u8]) -> Result<Fields, Status> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Fields(Map::new()));
@@ -214,7 +238,7 @@ impl Fields {
 
     /// A nested message, if present.
     fn object(&self, name: &str) -> Result<Option<Fields>, Status> {
-        match self.0.get(name) {
+        match self.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Object(m)) => Ok(Some(Fields(m.clone()))),
             Some(_) => Err(Status::invalid_argument(format!(
@@ -225,7 +249,7 @@ impl Fields {
 
     /// A repeated message field.
     fn list(&self, name: &str) -> Result<Vec<Fields>, Status> {
-        match self.0.get(name) {
+        match self.get(name) {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::Array(items)) => items
                 .iter()
@@ -241,7 +265,7 @@ impl Fields {
     }
 
     fn bytes(&self, name: &str) -> Result<Vec<u8>, Status> {
-        match self.0.get(name) {
+        match self.get(name) {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::String(s)) => B64
                 .decode(s)
@@ -268,7 +292,7 @@ impl Fields {
         name: &str,
     ) -> Result<N, Status> {
         let bad = || Status::invalid_argument(format!("{name}: expected an integer"));
-        match self.0.get(name) {
+        match self.get(name) {
             None | Some(Value::Null) => Ok(N::default()),
             Some(Value::String(s)) => s.parse().map_err(|_| bad()),
             Some(Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
@@ -281,7 +305,7 @@ impl Fields {
     }
 
     fn flag(&self, name: &str) -> Result<bool, Status> {
-        match self.0.get(name) {
+        match self.get(name) {
             None | Some(Value::Null) => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
             Some(_) => Err(Status::invalid_argument(format!(
@@ -293,7 +317,7 @@ impl Fields {
     /// An enum, by name or number.
     /// A string field ("" when absent).
     fn string(&self, name: &str) -> Result<String, Status> {
-        match self.0.get(name) {
+        match self.get(name) {
             None | Some(Value::Null) => Ok(String::new()),
             Some(Value::String(s)) => Ok(s.clone()),
             Some(_) => Err(Status::invalid_argument(format!(
@@ -304,7 +328,7 @@ impl Fields {
 
     /// A repeated string field.
     fn strings(&self, name: &str) -> Result<Vec<String>, Status> {
-        match self.0.get(name) {
+        match self.get(name) {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::Array(items)) => items
                 .iter()
@@ -316,7 +340,7 @@ impl Fields {
     }
 
     fn enumeration(&self, name: &str, names: &[&str]) -> Result<i32, Status> {
-        match self.0.get(name) {
+        match self.get(name) {
             Some(Value::String(s)) => names
                 .iter()
                 .position(|n| n == s)
@@ -610,7 +634,7 @@ fn watch_spec(body: &[u8]) -> Result<WatchSpec, Status> {
     let c = f
         .object("create_request")?
         .ok_or_else(|| Status::invalid_argument("watch: only create_request is served here"))?;
-    let filters = match c.0.get("filters") {
+    let filters = match c.get("filters") {
         Some(Value::Array(items)) => items
             .iter()
             .map(|v| match v {
@@ -713,4 +737,41 @@ async fn leases(lease: Arc<LeaseService>, h: HeaderMap, _: Bytes) -> Answer {
         .collect();
     set(&mut m, "leases", Value::Array(ids));
     Ok(Value::Object(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_answer_to_proto_and_json_names() {
+        let f =
+            Fields::parse(br#"{"range_end":"YQ==","prevKv":true,"createRevision":"7"}"#).unwrap();
+        assert_eq!(f.bytes("range_end").unwrap(), b"a");
+        assert!(f.flag("prev_kv").unwrap());
+        assert_eq!(f.int("create_revision").unwrap(), 7);
+        assert_eq!(f.int("mod_revision").unwrap(), 0);
+    }
+
+    #[test]
+    fn defaults_are_omitted_but_a_string_that_reads_zero_is_not() {
+        let mut m = Map::new();
+        set(&mut m, "name", json!("0"));
+        set(&mut m, "revision", num(0));
+        set(&mut m, "count", num(3));
+        set(&mut m, "empty", json!(""));
+        assert_eq!(Value::Object(m), json!({"name": "0", "count": "3"}));
+    }
+
+    #[test]
+    fn a_camel_case_txn_from_gos_json_marshaler_is_read() {
+        let body = br#"{"compare":[{"key":"Zm9v","result":"EQUAL","target":"CREATE","createRevision":"0"}],
+            "success":[{"requestPut":{"key":"Zm9v","value":"YmFy"}}]}"#;
+        let t = txn_request(&Fields::parse(body).unwrap()).unwrap();
+        assert_eq!(t.compare.len(), 1);
+        assert!(matches!(
+            t.success[0].request,
+            Some(Op::RequestPut(ref p)) if p.key == b"foo" && p.value == b"bar"
+        ));
+    }
 }

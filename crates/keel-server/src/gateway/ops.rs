@@ -76,8 +76,12 @@ fn members_json(
     Ok(Value::Object(m))
 }
 
+/// A response with only a header (none for Defragment and MoveLeader: `{}`, as etcd 3.4).
 fn header_only(header: &Option<ResponseHeader>) -> Answer {
-    Ok(json!({ "header": header_json(header) }))
+    match header {
+        Some(_) => Ok(json!({ "header": header_json(header) })),
+        None => Ok(json!({})),
+    }
 }
 
 /// A member id.

@@ -229,13 +229,20 @@ fn grpc_type(path: &str) -> &'static str {
 /// it ends. A tower layer on the client server (not an axum middleware, which boxes every request
 /// and response body again); it also marks each request as come through the client listener.
 #[derive(Clone, Copy, Default)]
-pub struct ObserveGrpc;
+pub struct ObserveGrpc {
+    /// A unary call slower than this is logged (etcd's
+    /// --experimental-warning-unary-request-duration); zero: never.
+    pub warn_after: std::time::Duration,
+}
 
 impl<S> tower_layer::Layer<S> for ObserveGrpc {
     type Service = Observed<S>;
 
     fn layer(&self, inner: S) -> Observed<S> {
-        Observed { inner }
+        Observed {
+            inner,
+            warn_after: self.warn_after,
+        }
     }
 }
 
@@ -243,6 +250,7 @@ impl<S> tower_layer::Layer<S> for ObserveGrpc {
 #[derive(Clone)]
 pub struct Observed<S> {
     inner: S,
+    warn_after: std::time::Duration,
 }
 
 impl<S, B, RB> tower_service::Service<http::Request<B>> for Observed<S>
@@ -279,6 +287,7 @@ where
             inner: self.inner.call(req),
             series,
             started: Instant::now(),
+            warn_after: self.warn_after,
         }
     }
 }
@@ -290,6 +299,7 @@ pin_project_lite::pin_project! {
         inner: F,
         series: Option<Pending>,
         started: Instant,
+        warn_after: std::time::Duration,
     }
 }
 
@@ -323,6 +333,7 @@ where
                     });
                 } else {
                     s.record(*this.started, code.unwrap_or(0));
+                    s.warn_if_slow(*this.started, *this.warn_after);
                 }
             }
         }
@@ -396,6 +407,20 @@ const UNKNOWN: usize = 2;
 const UNIMPLEMENTED: usize = 12;
 
 impl MethodSeries {
+    /// etcd's "request stats" warning for a unary call slower than `limit`.
+    fn warn_if_slow(&self, started: Instant, limit: std::time::Duration) {
+        let took = started.elapsed();
+        if !limit.is_zero() && took > limit {
+            let [_, service, method] = &self.labels;
+            tracing::warn!(
+                took = ?took,
+                expected_duration = ?limit,
+                request = %format!("/{service}/{method}"),
+                "request stats"
+            );
+        }
+    }
+
     fn record(&self, started: Instant, code: usize) {
         self.handling.observe(started.elapsed().as_secs_f64());
         if code == 0 {

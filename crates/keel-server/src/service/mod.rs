@@ -79,20 +79,45 @@ pub type ClientRouter = Router<
     >,
 >;
 
-/// Every service on one router, with `/metrics`, the health checks and the JSON gateway over
-/// HTTP/1.1 beside gRPC; requests above `max_message` bytes are refused by gRPC itself. HTTP/2
-/// limits and keep-alives as etcd's --max-concurrent-streams and --grpc-keepalive-* set them.
-pub fn router(core: Arc<Core>, max_message: usize, cfg: &crate::ServerConfig) -> ClientRouter {
-    let grpc = grpc_routes(core.clone(), max_message);
-    let mut http = grpc
-        .into_axum_router()
-        .merge(crate::metrics::routes(core.clone(), cfg.metrics_extensive))
-        .merge(crate::gateway::version_routes());
-    if cfg.enable_grpc_gateway {
-        http = http.merge(crate::gateway::routes(
-            core.clone(),
-            cfg.max_concurrent_streams,
-        ));
+/// What a client listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serves {
+    /// gRPC and HTTP (the gateway, /metrics, health checks) on one port, as etcd does by default.
+    Both,
+    /// gRPC only (--listen-client-urls when --listen-client-http-urls is given).
+    Grpc,
+    /// HTTP only (--listen-client-http-urls).
+    Http,
+}
+
+/// The client server's router: the gRPC services, and `/metrics`, the health checks and the JSON
+/// gateway over HTTP/1.1 beside them, as `serves` says; requests above `max_message` bytes are
+/// refused by gRPC itself. HTTP/2 limits and keep-alives as etcd's --max-concurrent-streams and
+/// --grpc-keepalive-* set them.
+pub fn router(
+    core: Arc<Core>,
+    max_message: usize,
+    cfg: &crate::ServerConfig,
+    serves: Serves,
+) -> ClientRouter {
+    let mut http = if serves == Serves::Http {
+        axum::Router::new()
+    } else {
+        grpc_routes(core.clone(), max_message).into_axum_router()
+    };
+    if serves != Serves::Grpc {
+        http = http
+            .merge(crate::metrics::routes(core.clone(), cfg.metrics_extensive))
+            .merge(crate::gateway::version_routes());
+        if cfg.enable_pprof {
+            http = http.merge(crate::pprof::routes());
+        }
+        if cfg.enable_grpc_gateway {
+            http = http.merge(crate::gateway::routes(
+                core.clone(),
+                cfg.max_concurrent_streams,
+            ));
+        }
     }
     let http = http.fallback(crate::gateway::not_found);
     let access = crate::gateway::Access(Arc::new(crate::gateway::AccessRules::new(core, cfg)));
@@ -107,7 +132,9 @@ pub fn router(core: Arc<Core>, max_message: usize, cfg: &crate::ServerConfig) ->
         server = server.http2_keepalive_timeout(Some(keepalive.timeout));
     }
     server
-        .layer(crate::metrics::ObserveGrpc)
+        .layer(crate::metrics::ObserveGrpc {
+            warn_after: cfg.warning_unary_request_duration,
+        })
         .layer(access)
         .add_routes(Routes::from(http))
 }

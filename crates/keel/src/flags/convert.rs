@@ -136,7 +136,12 @@ impl EtcdFlags {
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
             bcrypt_cost: self.bcrypt_cost,
             initial_corrupt_check: self.experimental_initial_corrupt_check,
-            corrupt_check_time: self.experimental_corrupt_check_time,
+            corrupt_check_time: self.corrupt_check_time(&mut notes),
+            bootstrap_defrag_threshold_bytes: self
+                .experimental_bootstrap_defrag_threshold_megabytes
+                * 1024
+                * 1024,
+            wait_cluster_ready_timeout: self.experimental_wait_cluster_ready_timeout,
             enable_grpc_gateway: self.enable_grpc_gateway,
             enable_pprof: self.enable_pprof,
             cors: self.cors.clone(),
@@ -145,8 +150,26 @@ impl EtcdFlags {
             unsafe_no_fsync: self.unsafe_no_fsync,
             max_learners: self.experimental_max_learners,
             warning_apply_duration: self.experimental_warning_apply_duration,
+            warning_unary_request_duration: self.experimental_warning_unary_request_duration,
         };
         Ok((cfg, notes))
+    }
+
+    /// How often the leader compares hashes with the followers: --experimental-corrupt-check-time,
+    /// or --experimental-compact-hash-check-time when etcd 3.5's compaction hash check is on
+    /// (Keel's check hashes the whole history through the leader's revision, compacted part
+    /// included, so it covers what that check does).
+    fn corrupt_check_time(&self, notes: &mut Notes) -> Duration {
+        if !self.experimental_compact_hash_check_enabled {
+            return self.experimental_corrupt_check_time;
+        }
+        notes.push(
+            "--experimental-compact-hash-check-enabled: the leader compares its followers' hashes of the whole history (compacted part included) every --experimental-compact-hash-check-time".into(),
+        );
+        match self.experimental_corrupt_check_time {
+            d if d.is_zero() => self.experimental_compact_hash_check_time,
+            d => d.min(self.experimental_compact_hash_check_time),
+        }
     }
 
     /// etcd's rules: both positive, the election timeout at least five heartbeats and at most
@@ -276,6 +299,18 @@ impl EtcdFlags {
         }
         if self.v2_deprecation.as_deref().is_some_and(|v| v != "gone") {
             notes.push("--v2-deprecation: keel has no v2 store (as at stage 'gone')".into());
+        }
+        if self.experimental_compaction_batch_limit != 0
+            || self.experimental_compaction_sleep_interval.is_some()
+        {
+            notes.push(
+                "--experimental-compaction-batch-limit/--experimental-compaction-sleep-interval: keel deletes a compaction's revisions in the compaction's own write".into(),
+            );
+        }
+        if self.experimental_downgrade_check_time != Duration::from_secs(5) {
+            notes.push(
+                "--experimental-downgrade-check-time: keel clusters do not downgrade (Maintenance.Downgrade is refused as etcd refuses an unsupported request)".into(),
+            );
         }
         if self.experimental_stop_grpc_service_on_defrag {
             notes.push(

@@ -2,6 +2,9 @@
 //! and the `etcdctl` binary).
 #![allow(dead_code)]
 
+pub mod certs;
+pub mod proc;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
