@@ -218,11 +218,15 @@ async fn health_is_false_while_an_alarm_is_raised_unless_excluded() {
     let m = Member::start().await;
     let mut c = m.client().await;
     let id = m.id().await;
-    let nospace = etcd_client::AlarmOptions::new().with_member(id);
+    let nospace = || {
+        let mut o = etcd_client::AlarmOptions::new();
+        o.with_member(id);
+        o
+    };
     c.alarm(
         etcd_client::AlarmAction::Activate,
         etcd_client::AlarmType::Nospace,
-        Some(nospace.clone()),
+        Some(nospace()),
     )
     .await
     .unwrap();
@@ -233,7 +237,7 @@ async fn health_is_false_while_an_alarm_is_raised_unless_excluded() {
     c.alarm(
         etcd_client::AlarmAction::Deactivate,
         etcd_client::AlarmType::Nospace,
-        Some(nospace),
+        Some(nospace()),
     )
     .await
     .unwrap();

@@ -101,8 +101,14 @@ async fn the_grpc_proxy_forwards_and_coalesces_identical_watches() {
         let mut c = etcd_client::Client::connect([listen.clone()], None)
             .await
             .unwrap();
-        let (w, s) = c.watch("w", None).await.unwrap();
-        clients.push((c, w));
+        let mut s = c.watch("w", None).await.unwrap();
+        let created = tokio::time::timeout(Duration::from_secs(5), s.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(created.created());
+        clients.push(c);
         streams.push(s);
     }
     let (_, body) = http_get(&metrics, "/metrics").await;

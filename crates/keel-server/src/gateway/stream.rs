@@ -2,7 +2,7 @@
 //! of JSON messages (each sent on the gRPC stream, the end of the body closing it), and the
 //! response is chunked, one `{"result": ...}` line per message; an error ends the stream with an
 //! `{"error": {"grpc_code", "http_code", "message", "http_status"}}` line. Routes: lease
-//! keep-alive (etcd3gw, tooz and Patroni refresh leases through it), election observe, the
+//! keep-alive (etcd3gw and Patroni refresh leases through it), election observe, the
 //! maintenance snapshot.
 
 use std::sync::Arc;

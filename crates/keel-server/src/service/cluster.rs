@@ -202,6 +202,11 @@ impl PbClusterService for ClusterService {
         self.core.admin(&req)?;
         let r = req.into_inner();
         self.check_voting()?;
+        // A change that would leave too few started voters is refused at once, as etcd refuses it
+        // from its own view (the barrier below would only wait for a quorum the cluster may lack).
+        if !r.is_learner {
+            self.check_quorum_after(VoterChange::Add)?;
+        }
         // The checks below read this member's membership: it must include every change already
         // acknowledged, whichever member acknowledged it.
         self.core.linearizable_barrier().await?;
