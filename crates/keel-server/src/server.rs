@@ -303,7 +303,7 @@ impl Core {
     }
 
     /// Refreshes the store size the quota check reads.
-    fn refresh_db_size(&self) {
+    pub(crate) fn refresh_db_size(&self) {
         self.db_size
             .store(self.store.size().total, Ordering::Relaxed);
     }

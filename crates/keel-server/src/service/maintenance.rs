@@ -92,6 +92,9 @@ impl PbMaintenanceService for MaintenanceService {
         tokio::task::spawn_blocking(move || store.defragment())
             .await
             .map_err(|e| Status::from(ServerError::Internal(e.to_string())))?;
+        // The quota check reads the size at once: a write right after a defragmentation that made
+        // room (and a disarm) must see the room.
+        self.core.refresh_db_size();
         // etcd 3.4 answers with no header (clients, the etcd-client crate's tests among them,
         // rely on it).
         Ok(Response::new(DefragmentResponse { header: None }))
