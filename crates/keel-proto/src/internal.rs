@@ -111,6 +111,33 @@ pub enum RequestBody {
     /// Auth.RoleRevokePermission.
     #[prost(message, tag = "30")]
     RoleRevokePermission(PbAuthRoleRevokePermissionRequest),
+    /// The leader's record of leases' remaining TTLs (etcd's LeaseCheckpoint).
+    #[prost(message, tag = "31")]
+    LeaseCheckpoint(LeaseCheckpoint),
+}
+
+/// Leases' remaining TTLs as the leader's lessor counts them, so that a new leader does not give
+/// them their whole TTL again (etcd's --experimental-enable-lease-checkpoint).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseCheckpoint {
+    /// The leases and their remaining TTL in seconds (0: renewed, the whole TTL again).
+    #[prost(message, repeated, tag = "1")]
+    pub checkpoints: Vec<LeaseRemaining>,
+    /// Store the remaining TTLs, so they survive restarts too
+    /// (--experimental-enable-lease-checkpoint-persist).
+    #[prost(bool, tag = "2")]
+    pub persist: bool,
+}
+
+/// One lease's remaining TTL.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct LeaseRemaining {
+    /// The lease id.
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    /// Seconds left (0: the whole TTL).
+    #[prost(int64, tag = "2")]
+    pub remaining_ttl: i64,
 }
 
 /// A successful password check, replicated so that every member accepts the simple token.
@@ -202,6 +229,9 @@ pub struct LeaseRecord {
     /// The granted TTL, in seconds.
     #[prost(int64, tag = "2")]
     pub ttl: i64,
+    /// The remaining TTL a persisted checkpoint recorded (0: none).
+    #[prost(int64, tag = "3")]
+    pub remaining_ttl: i64,
 }
 
 #[cfg(test)]

@@ -45,6 +45,6 @@ pub mod auth {
 pub use etcd_client::proto as etcd;
 
 pub use internal::{
-    Authenticate, InternalRequest, LeaseRecord, MemberAttributes, MemberChange, PermissionRecord,
-    RequestAuth, RequestBody, RoleRecord, UserRecord,
+    Authenticate, InternalRequest, LeaseCheckpoint, LeaseRecord, LeaseRemaining, MemberAttributes,
+    MemberChange, PermissionRecord, RequestAuth, RequestBody, RoleRecord, UserRecord,
 };

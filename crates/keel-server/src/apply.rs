@@ -54,6 +54,8 @@ pub enum Response {
     AuthChanged,
     /// A user authenticated: its simple token.
     Authenticated(String),
+    /// Leases' remaining TTLs were recorded.
+    LeaseCheckpointed,
 }
 
 /// The parts of the state machine beside the key-value store.
@@ -92,6 +94,10 @@ pub fn apply(
         RequestBody::Txn(t) => txn::txn_write(wb, t, leases).map(Response::Txn),
         RequestBody::Compaction(c) => apply_compaction(wb, c).map(Response::Compaction),
         RequestBody::LeaseGrant(g) => apply_lease_grant(wb, leases, g).map(Response::LeaseGrant),
+        RequestBody::LeaseCheckpoint(cp) => {
+            leases.checkpoint(wb, cp);
+            Ok(Response::LeaseCheckpointed)
+        }
         RequestBody::LeaseRevoke(r) => {
             apply_lease_revoke(wb, leases, r.id).map(Response::LeaseRevoke)
         }

@@ -106,6 +106,17 @@ impl Default for GrpcKeepalive {
     }
 }
 
+/// The leader's lease checkpoints (etcd's --experimental-enable-lease-checkpoint).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseCheckpointing {
+    /// How often the leader records the remaining TTL of leases that outlive this interval
+    /// (etcd: 5 minutes).
+    pub interval: Duration,
+    /// Store the remaining TTLs so that they survive restarts too
+    /// (--experimental-enable-lease-checkpoint-persist).
+    pub persist: bool,
+}
+
 /// A member's configuration.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -135,6 +146,9 @@ pub struct ServerConfig {
     pub initial_cluster_state: ClusterState,
     /// Token that makes the ids of distinct clusters distinct.
     pub initial_cluster_token: String,
+    /// A discovery service URL (etcd's --discovery): a new member learns the initial cluster
+    /// from it instead of `initial_cluster`.
+    pub discovery: Option<String>,
     /// Restart as a one-member cluster with this member's data (etcd's --force-new-cluster).
     pub force_new_cluster: bool,
     /// Refuse membership changes that would leave too few started voters for a quorum.
@@ -209,6 +223,8 @@ pub struct ServerConfig {
     pub metrics_extensive: bool,
     /// Skip fsync of the raft log and store (etcd's --unsafe-no-fsync: loses writes on power loss).
     pub unsafe_no_fsync: bool,
+    /// Lease checkpoints by the leader (none: off, etcd's default).
+    pub lease_checkpoint: Option<LeaseCheckpointing>,
     /// Most learners the cluster may have at once.
     pub max_learners: usize,
     /// Applying a request that takes longer than this is logged as a warning.
@@ -234,6 +250,7 @@ impl Default for ServerConfig {
             initial_cluster: vec![("default".into(), vec!["http://localhost:2380".into()])],
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: "etcd-cluster".into(),
+            discovery: None,
             force_new_cluster: false,
             strict_reconfig_check: true,
             heartbeat_interval: Duration::from_millis(100),
@@ -267,6 +284,7 @@ impl Default for ServerConfig {
             host_whitelist: vec!["*".into()],
             metrics_extensive: false,
             unsafe_no_fsync: false,
+            lease_checkpoint: None,
             max_learners: 1,
             warning_apply_duration: Duration::from_millis(100),
             warning_unary_request_duration: Duration::from_millis(300),

@@ -30,6 +30,20 @@ impl Core {
     }
 }
 
+/// Proposes the leader's record of leases' remaining TTLs (leader-only, as the revokes).
+fn checkpoint(core: &Arc<Core>, checkpoints: Vec<keel_proto::LeaseRemaining>, persist: bool) {
+    let core = core.clone();
+    tokio::spawn(async move {
+        let body = RequestBody::LeaseCheckpoint(keel_proto::LeaseCheckpoint {
+            checkpoints,
+            persist,
+        });
+        if let Err(e) = core.propose_as_leader(body).await {
+            tracing::debug!(error = %e, "lease checkpoint not recorded; the next one will be");
+        }
+    });
+}
+
 /// Makes `leases` primary if `leading`, else a follower's lessor; returns `leading`.
 pub(crate) fn sync_role(leases: &Lessor, leading: bool) -> bool {
     if leading {
@@ -66,14 +80,33 @@ pub(crate) async fn renew_as_leader(
     Ok(leases.renew(id))
 }
 
+/// Most leases in one checkpoint entry (etcd's maxLeaseCheckpointBatchSize).
+const CHECKPOINTS_PER_ENTRY: usize = 1000;
+
 /// Runs until aborted.
 pub async fn run(core: Arc<Core>) {
     let mut tick = tokio::time::interval(ROLE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_check = Instant::now();
+    let mut last_checkpoint = Instant::now();
     loop {
         tick.tick().await;
-        if !core.sync_lessor_role() || last_check.elapsed() < EXPIRY_CHECK {
+        if !core.sync_lessor_role() {
+            continue;
+        }
+        if let Some(cp) = core.limits.lease_checkpoint {
+            // Cleared at once: a new leader must not cut a renewed lease short.
+            let mut due = core.leases.renewed_checkpoints();
+            if last_checkpoint.elapsed() >= cp.interval {
+                last_checkpoint = Instant::now();
+                let min_ttl = cp.interval.as_secs() as i64;
+                due.extend(core.leases.checkpoints(min_ttl, usize::MAX));
+            }
+            for chunk in due.chunks(CHECKPOINTS_PER_ENTRY) {
+                checkpoint(&core, chunk.to_vec(), cp.persist);
+            }
+        }
+        if last_check.elapsed() < EXPIRY_CHECK {
             continue;
         }
         last_check = Instant::now();

@@ -28,6 +28,9 @@ pub const REVOKE_RETRY: Duration = Duration::from_secs(3);
 
 struct Lease {
     ttl: i64,
+    /// Seconds left as the leader's last checkpoint recorded them (replicated); a new primary
+    /// runs the lease for this long instead of its whole TTL.
+    remaining: Option<i64>,
     keys: BTreeSet<Vec<u8>>,
     /// When the lease runs out; `None` unless this lessor is primary.
     expiry: Option<Instant>,
@@ -45,6 +48,8 @@ struct Inner {
     primary: bool,
     /// (due, lease) for every lease with a deadline, soonest first.
     deadlines: BTreeSet<(Instant, i64)>,
+    /// Checkpointed leases renewed since: the checkpoint must be cleared cluster-wide.
+    renewed_since_checkpoint: Vec<i64>,
 }
 
 impl Inner {
@@ -149,6 +154,7 @@ impl Lessor {
                 r.id,
                 Lease {
                     ttl: r.ttl,
+                    remaining: (r.remaining_ttl > 0).then_some(r.remaining_ttl),
                     keys: BTreeSet::new(),
                     expiry: None,
                     due: None,
@@ -211,6 +217,7 @@ impl Lessor {
             id,
             Lease {
                 ttl,
+                remaining: None,
                 keys: BTreeSet::new(),
                 expiry: None,
                 due: None,
@@ -223,7 +230,12 @@ impl Lessor {
         wb.put_record(
             Table::Lease,
             &record_key(id),
-            &LeaseRecord { id, ttl }.encode_to_vec(),
+            &LeaseRecord {
+                id,
+                ttl,
+                remaining_ttl: 0,
+            }
+            .encode_to_vec(),
         );
         Ok(())
     }
@@ -288,7 +300,11 @@ impl Lessor {
         }
         inner.primary = true;
         let now = self.clock.now();
-        let all: Vec<(i64, i64)> = inner.leases.iter().map(|(id, l)| (*id, l.ttl)).collect();
+        let all: Vec<(i64, i64)> = inner
+            .leases
+            .iter()
+            .map(|(id, l)| (*id, l.remaining.unwrap_or(l.ttl)))
+            .collect();
         for (id, ttl) in all {
             inner.set_expiry(id, Some(now + extend + secs(ttl)));
         }
@@ -325,7 +341,72 @@ impl Lessor {
             return Err(RenewError::Expired);
         }
         inner.set_expiry(id, Some(now + secs(ttl)));
+        if inner
+            .leases
+            .get_mut(&id)
+            .and_then(|l| l.remaining.take())
+            .is_some()
+        {
+            inner.renewed_since_checkpoint.push(id);
+        }
         Ok(ttl)
+    }
+
+    /// Applies a checkpoint of remaining TTLs (0: cleared); with `persist`, records them in the
+    /// batch so that they survive restarts.
+    pub fn checkpoint(&self, wb: &mut WriteBatch<'_>, cp: &keel_proto::LeaseCheckpoint) {
+        let mut inner = self.inner.lock();
+        for c in &cp.checkpoints {
+            let Some(l) = inner.leases.get_mut(&c.id) else {
+                continue;
+            };
+            l.remaining = (c.remaining_ttl > 0).then_some(c.remaining_ttl.min(l.ttl));
+            if cp.persist {
+                let record = LeaseRecord {
+                    id: c.id,
+                    ttl: l.ttl,
+                    remaining_ttl: l.remaining.unwrap_or(0),
+                };
+                wb.put_record(Table::Lease, &record_key(c.id), &record.encode_to_vec());
+            }
+        }
+    }
+
+    /// On the primary: the remaining TTL of up to `limit` leases with a TTL above `min_ttl`
+    /// seconds (etcd checkpoints only leases that outlive a checkpoint interval).
+    pub fn checkpoints(&self, min_ttl: i64, limit: usize) -> Vec<keel_proto::LeaseRemaining> {
+        let inner = self.inner.lock();
+        if !inner.primary {
+            return Vec::new();
+        }
+        let now = self.clock.now();
+        inner
+            .leases
+            .iter()
+            .filter(|(_, l)| l.ttl > min_ttl)
+            .filter_map(|(id, l)| {
+                let left = l.expiry?.saturating_duration_since(now).as_secs() as i64;
+                (left > 0 && left < l.ttl).then_some(keel_proto::LeaseRemaining {
+                    id: *id,
+                    remaining_ttl: left,
+                })
+            })
+            .take(limit)
+            .collect()
+    }
+
+    /// Checkpointed leases renewed since their checkpoint: their checkpoints must be cleared on
+    /// every member (else a new leader would run them for less than their renewed TTL).
+    pub fn renewed_checkpoints(&self) -> Vec<keel_proto::LeaseRemaining> {
+        self.inner
+            .lock()
+            .renewed_since_checkpoint
+            .drain(..)
+            .map(|id| keel_proto::LeaseRemaining {
+                id,
+                remaining_ttl: 0,
+            })
+            .collect()
     }
 
     /// The granted and remaining TTL of lease `id`, and its keys if asked.
@@ -341,7 +422,7 @@ impl Lessor {
                     -((now - e).as_secs() as i64)
                 }
             }
-            None => l.ttl,
+            None => l.remaining.unwrap_or(l.ttl),
         };
         Some(TimeToLive {
             granted: l.ttl,
@@ -473,6 +554,64 @@ mod tests {
         ms.store(2_100 + REVOKE_RETRY.as_millis() as u64, Ordering::SeqCst);
         assert_eq!(lessor.expired(lessor.now(), 10), vec![7]);
         assert!(lessor.expired(lessor.now(), 10).is_empty());
+    }
+
+    /// etcd's lease checkpoints: a new primary runs a checkpointed lease for what was left of it,
+    /// not its whole TTL again; a renewal clears the checkpoint (and asks for it to be cleared
+    /// everywhere); a persisted checkpoint survives a restart.
+    #[test]
+    fn a_checkpointed_lease_keeps_its_remaining_ttl_across_leaders_and_restarts() {
+        use std::sync::atomic::AtomicU64;
+        let (dir, store) = store();
+        let base = Instant::now();
+        let ms = Arc::new(AtomicU64::new(0));
+        let clock_ms = ms.clone();
+        let clock =
+            Clock::new(move || base + Duration::from_millis(clock_ms.load(Ordering::SeqCst)));
+        let leader = Lessor::default().with_clock(clock.clone());
+        leader.promote(Duration::ZERO);
+        let mut wb = store.write_batch();
+        leader.grant(&mut wb, 1, 600).unwrap();
+        leader.grant(&mut wb, 2, 30).unwrap();
+        ms.store(400_000, Ordering::SeqCst);
+        // Only leases that outlive the interval (here 300 s) are checkpointed.
+        let cps = leader.checkpoints(300, 1000);
+        assert_eq!(cps.len(), 1);
+        assert_eq!((cps[0].id, cps[0].remaining_ttl), (1, 200));
+        // A follower applies the checkpoint, then becomes primary: 200 s left, not 600.
+        let follower = Lessor::default().with_clock(clock.clone());
+        follower.grant(&mut wb, 1, 600).unwrap();
+        let cp = keel_proto::LeaseCheckpoint {
+            checkpoints: cps.clone(),
+            persist: true,
+        };
+        follower.checkpoint(&mut wb, &cp);
+        assert_eq!(follower.time_to_live(1, false).unwrap().remaining, 200);
+        follower.promote(Duration::ZERO);
+        let now = follower.now();
+        assert!(follower
+            .expired(now + Duration::from_secs(199), 10)
+            .is_empty());
+        assert_eq!(
+            follower.expired(now + Duration::from_secs(201), 10),
+            vec![1]
+        );
+        // Persisted with the batch: a restarted member knows it too.
+        wb.commit(1).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let restarted = Lessor::restore(&store).unwrap();
+        assert_eq!(restarted.time_to_live(1, false).unwrap().remaining, 200);
+        // A renewal clears it here, and asks for it to be cleared everywhere.
+        follower.renew(1).unwrap();
+        assert_eq!(
+            follower.renewed_checkpoints(),
+            vec![keel_proto::LeaseRemaining {
+                id: 1,
+                remaining_ttl: 0
+            }]
+        );
+        assert!(follower.renewed_checkpoints().is_empty());
     }
 
     #[test]

@@ -33,7 +33,10 @@ mod wait;
 mod watch;
 
 pub use concurrency::prefix_end;
-pub use config::{AutoCompaction, ClusterState, GrpcKeepalive, ServerConfig, TlsCommon, TlsConfig};
+pub use config::{
+    AutoCompaction, ClusterState, GrpcKeepalive, LeaseCheckpointing, ServerConfig, TlsCommon,
+    TlsConfig,
+};
 pub use error::ServerError;
 pub use membership::{cluster_id, member_id};
 pub use server::{local_routes, restore, Core, ServeError, Server, StartError};

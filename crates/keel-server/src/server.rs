@@ -126,6 +126,8 @@ pub(crate) struct Limits {
     pub strict_reconfig_check: bool,
     /// Most learners at once (etcd's --experimental-max-learners).
     pub max_learners: usize,
+    /// The leader's lease checkpoints, when on (etcd's --experimental-enable-lease-checkpoint).
+    pub lease_checkpoint: Option<crate::config::LeaseCheckpointing>,
 }
 
 impl Core {
@@ -470,7 +472,7 @@ pub struct Server {
 impl Server {
     /// Opens the data dir, replays what was committed but not applied, starts raft and binds the
     /// client listeners.
-    pub async fn start(cfg: ServerConfig) -> Result<Server, StartError> {
+    pub async fn start(mut cfg: ServerConfig) -> Result<Server, StartError> {
         let storage = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
         let member_dir = cfg.data_dir.join("member");
         std::fs::create_dir_all(&member_dir)
@@ -494,6 +496,9 @@ impl Server {
         let dialer = keel_raft::Dialer::new(peer_tls.as_ref().map(|t| t.client.clone()));
         let store = Arc::new(Store::open(&member_dir.join("kv")).map_err(|e| storage(&e))?);
         defragment_at_start(&store, cfg.bootstrap_defrag_threshold_bytes);
+        if Identity::load(&store).map_err(|e| storage(&e))?.is_none() {
+            discover_initial_cluster(&mut cfg).await?;
+        }
         let (identity, seeds) = establish_identity(&cfg, &store, &dialer).await?;
         let membership = Arc::new(Membership::load(&store).map_err(|e| storage(&e))?);
         // etcd's --wal-dir: the raft log (Keel's WAL) on a disk of its own.
@@ -577,6 +582,7 @@ impl Server {
             limits: Limits {
                 strict_reconfig_check: cfg.strict_reconfig_check,
                 max_learners: cfg.max_learners,
+                lease_checkpoint: cfg.lease_checkpoint,
             },
         });
         core.refresh_db_size();
@@ -1155,6 +1161,44 @@ async fn join_identity(
     Err(StartError::Config(format!(
         "--initial-cluster-state=existing: could not get the member list from the cluster ({last_error})"
     )))
+}
+
+/// etcd's --discovery: a new member learns the initial cluster from the discovery service.
+async fn discover_initial_cluster(cfg: &mut ServerConfig) -> Result<(), StartError> {
+    let Some(durl) = cfg.discovery.clone() else {
+        return Ok(());
+    };
+    let tls = if durl.starts_with("https://") {
+        let base = tls::client_only(None, None, false, &cfg.tls).map_err(StartError::Config)?;
+        let mut http1 = (*base).clone();
+        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Some(Arc::new(http1))
+    } else {
+        None
+    };
+    let dialer = keel_raft::Dialer::new(tls);
+    let me: Vec<String> = cfg
+        .initial_advertise_peer_urls
+        .iter()
+        .map(|u| format!("{}={u}", cfg.name))
+        .collect();
+    let id = member_id(&cfg.initial_advertise_peer_urls, &cfg.initial_cluster_token);
+    let cluster = crate::startup::discovery::join(&durl, &dialer, id, &me.join(","))
+        .await
+        .map_err(StartError::Config)?;
+    tracing::info!(%cluster, discovery_url = %durl, "discovered the initial cluster");
+    let mut members: Vec<(String, Vec<String>)> = Vec::new();
+    for part in cluster.split(',') {
+        let Some((name, url)) = part.split_once('=') else {
+            continue;
+        };
+        match members.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => members.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    cfg.initial_cluster = members;
+    Ok(())
 }
 
 /// etcd's --experimental-bootstrap-defrag-threshold-megabytes: defragment before serving when

@@ -43,6 +43,18 @@ fn flags_keel_does_not_serve_are_refused_with_etcds_words_or_a_reason() {
     let (code, err) = refused(&["--listen-peer-urls=http://example.com:2380"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("expected IP in URL for binding"), "{err}");
+    let (code, err) = refused(&["--experimental-enable-lease-checkpoint-persist"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("experimental-enable-lease-checkpoint-persist requires experimental-enable-lease-checkpoint"),
+        "{err}"
+    );
+    let (code, err) = refused(&["--discovery-srv=example.com"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("not supported by this build of keel yet: --discovery-srv"),
+        "{err}"
+    );
     let (code, err) = refused(&["--no-such-flag"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--no-such-flag"), "{err}");

@@ -337,7 +337,8 @@ impl AuthStore {
             | RoleRevokePermission(_)
             | MemberUpdate(_)
             | Alarm(_) => self.check_admin(who),
-            Compaction(_) | LeaseGrant(_) | MemberAttributes(_) | Authenticate(_) => Ok(()),
+            Compaction(_) | LeaseGrant(_) | LeaseCheckpoint(_) | MemberAttributes(_)
+            | Authenticate(_) => Ok(()),
         }
     }
 

@@ -74,6 +74,7 @@ impl EtcdFlags {
                 ClusterState::New
             },
             initial_cluster_token: self.initial_cluster_token.clone(),
+            discovery: self.discovery.clone().filter(|d| !d.is_empty()),
             force_new_cluster: self.force_new_cluster,
             strict_reconfig_check: self.strict_reconfig_check,
             heartbeat_interval: heartbeat,
@@ -149,6 +150,7 @@ impl EtcdFlags {
             metrics_extensive: self.metrics == "extensive",
             unsafe_no_fsync: self.unsafe_no_fsync,
             max_learners: self.experimental_max_learners,
+            lease_checkpoint: self.lease_checkpoint()?,
             warning_apply_duration: self.experimental_warning_apply_duration,
             warning_unary_request_duration: self.experimental_warning_unary_request_duration,
         };
@@ -170,6 +172,21 @@ impl EtcdFlags {
             d if d.is_zero() => self.experimental_compact_hash_check_time,
             d => d.min(self.experimental_compact_hash_check_time),
         }
+    }
+
+    /// etcd's lease checkpoints: persisting needs checkpointing on (etcd's own check).
+    fn lease_checkpoint(&self) -> Result<Option<keel_server::LeaseCheckpointing>, String> {
+        if self.experimental_enable_lease_checkpoint_persist
+            && !self.experimental_enable_lease_checkpoint
+        {
+            return Err("setting experimental-enable-lease-checkpoint-persist requires experimental-enable-lease-checkpoint".into());
+        }
+        Ok(self
+            .experimental_enable_lease_checkpoint
+            .then_some(keel_server::LeaseCheckpointing {
+                interval: Duration::from_secs(300),
+                persist: self.experimental_enable_lease_checkpoint_persist,
+            }))
     }
 
     /// etcd's rules: both positive, the election timeout at least five heartbeats and at most
@@ -253,12 +270,8 @@ impl EtcdFlags {
             );
         }
         let not_yet: Vec<&str> = [
-            ("--discovery", self.discovery.is_some()),
             ("--discovery-srv", self.discovery_srv.is_some()),
-            (
-                "--experimental-enable-lease-checkpoint",
-                self.experimental_enable_lease_checkpoint,
-            ),
+            ("--discovery-proxy", self.discovery_proxy.is_some()),
             (
                 "--experimental-enable-distributed-tracing",
                 self.experimental_enable_distributed_tracing,
