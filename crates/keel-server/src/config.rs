@@ -14,6 +14,19 @@ pub enum ClusterState {
     Existing,
 }
 
+/// How a new member learns the initial cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Discovery {
+    /// A discovery service's token URL (--discovery), reached through an HTTP proxy when
+    /// `proxy` is set (--discovery-proxy).
+    Service { url: String, proxy: Option<String> },
+    /// DNS SRV records of a domain (--discovery-srv), with --discovery-srv-name's suffix.
+    Srv {
+        domain: String,
+        service_name: Option<String>,
+    },
+}
+
 /// Automatic compaction of the key-value history.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AutoCompaction {
@@ -146,9 +159,9 @@ pub struct ServerConfig {
     pub initial_cluster_state: ClusterState,
     /// Token that makes the ids of distinct clusters distinct.
     pub initial_cluster_token: String,
-    /// A discovery service URL (etcd's --discovery): a new member learns the initial cluster
-    /// from it instead of `initial_cluster`.
-    pub discovery: Option<String>,
+    /// Where a new member learns the initial cluster instead of `initial_cluster` (etcd's
+    /// --discovery and --discovery-srv).
+    pub discovery: Option<Discovery>,
     /// Restart as a one-member cluster with this member's data (etcd's --force-new-cluster).
     pub force_new_cluster: bool,
     /// Refuse membership changes that would leave too few started voters for a quorum.
@@ -231,6 +244,9 @@ pub struct ServerConfig {
     pub warning_apply_duration: Duration,
     /// A unary client request that takes longer than this is logged as a warning (zero: never).
     pub warning_unary_request_duration: Duration,
+    /// Spans of gRPC requests exported to an OpenTelemetry collector (etcd 3.5's
+    /// --experimental-enable-distributed-tracing and its settings); none: no tracing.
+    pub distributed_tracing: Option<crate::metrics::traces::TracingExport>,
 }
 
 impl Default for ServerConfig {
@@ -288,6 +304,7 @@ impl Default for ServerConfig {
             max_learners: 1,
             warning_apply_duration: Duration::from_millis(100),
             warning_unary_request_duration: Duration::from_millis(300),
+            distributed_tracing: None,
         }
     }
 }

@@ -34,9 +34,10 @@ mod watch;
 
 pub use concurrency::prefix_end;
 pub use config::{
-    AutoCompaction, ClusterState, GrpcKeepalive, LeaseCheckpointing, ServerConfig, TlsCommon,
-    TlsConfig,
+    AutoCompaction, ClusterState, Discovery, GrpcKeepalive, LeaseCheckpointing, ServerConfig,
+    TlsCommon, TlsConfig,
 };
 pub use error::ServerError;
 pub use membership::{cluster_id, member_id};
+pub use metrics::traces::{TracingExport, MAX_SAMPLING_PER_MILLION};
 pub use server::{local_routes, restore, Core, ServeError, Server, StartError};

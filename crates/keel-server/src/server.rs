@@ -493,11 +493,19 @@ impl Server {
             &url_hosts(&cfg.listen_peer_urls),
         )
         .map_err(StartError::Config)?;
+        if let Some(tracing) = &cfg.distributed_tracing {
+            crate::metrics::traces::install(tracing).map_err(StartError::Config)?;
+        }
         let dialer = keel_raft::Dialer::new(peer_tls.as_ref().map(|t| t.client.clone()));
         let store = Arc::new(Store::open(&member_dir.join("kv")).map_err(|e| storage(&e))?);
         defragment_at_start(&store, cfg.bootstrap_defrag_threshold_bytes);
         if Identity::load(&store).map_err(|e| storage(&e))?.is_none() {
-            discover_initial_cluster(&mut cfg).await?;
+            if let Some(cluster) = crate::startup::discovery::initial_cluster(&cfg)
+                .await
+                .map_err(StartError::Config)?
+            {
+                cfg.initial_cluster = cluster;
+            }
         }
         let (identity, seeds) = establish_identity(&cfg, &store, &dialer).await?;
         let membership = Arc::new(Membership::load(&store).map_err(|e| storage(&e))?);
@@ -840,6 +848,7 @@ impl Server {
         if let Some(t) = self.apply_thread.take() {
             let _ = t.join();
         }
+        crate::metrics::traces::flush();
     }
 }
 
@@ -1087,6 +1096,35 @@ fn bootstrap_identity(cfg: &ServerConfig) -> Result<(Identity, Vec<Member>), Sta
     Ok((identity, members))
 }
 
+/// Whether two lists of URLs are the same, as etcd's URLStringsEqual decides: equal as strings,
+/// or naming the same schemes and addresses once their host names are resolved (SRV discovery
+/// names members by host name; they advertise IPs). Resolves with the system's resolver, once
+/// at start-up.
+fn same_urls(a: &[String], b: &[String]) -> bool {
+    use std::net::ToSocketAddrs;
+    let resolved = |urls: &[String]| -> Option<Vec<(bool, String)>> {
+        let mut out = urls
+            .iter()
+            .map(|u| {
+                let t = keel_raft::Target::parse(u).ok()?;
+                let at = match &t.address {
+                    keel_raft::dial::Address::Tcp(hp) => {
+                        hp.to_socket_addrs().ok()?.next()?.to_string()
+                    }
+                    keel_raft::dial::Address::Unix(path) => path.display().to_string(),
+                };
+                Some((t.secure, at))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        out.sort();
+        Some(out)
+    };
+    let (mut x, mut y) = (a.to_vec(), b.to_vec());
+    x.sort();
+    y.sort();
+    x == y || matches!((resolved(a), resolved(b)), (Some(p), Some(q)) if p == q)
+}
+
 /// This member's peer URLs in --initial-cluster, checked against --initial-advertise-peer-urls.
 fn find_self(cfg: &ServerConfig) -> Result<Vec<String>, StartError> {
     let (_, urls) = cfg
@@ -1100,10 +1138,10 @@ fn find_self(cfg: &ServerConfig) -> Result<Vec<String>, StartError> {
             ))
         })?;
     let mut mine = urls.clone();
-    let mut advertised = cfg.initial_advertise_peer_urls.clone();
     mine.sort();
-    advertised.sort();
-    if mine != advertised {
+    if !same_urls(&mine, &cfg.initial_advertise_peer_urls) {
+        let mut advertised = cfg.initial_advertise_peer_urls.clone();
+        advertised.sort();
         return Err(StartError::Config(format!(
             "--initial-cluster has {}={} but --initial-advertise-peer-urls is {}",
             cfg.name,
@@ -1161,44 +1199,6 @@ async fn join_identity(
     Err(StartError::Config(format!(
         "--initial-cluster-state=existing: could not get the member list from the cluster ({last_error})"
     )))
-}
-
-/// etcd's --discovery: a new member learns the initial cluster from the discovery service.
-async fn discover_initial_cluster(cfg: &mut ServerConfig) -> Result<(), StartError> {
-    let Some(durl) = cfg.discovery.clone() else {
-        return Ok(());
-    };
-    let tls = if durl.starts_with("https://") {
-        let base = tls::client_only(None, None, false, &cfg.tls).map_err(StartError::Config)?;
-        let mut http1 = (*base).clone();
-        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Some(Arc::new(http1))
-    } else {
-        None
-    };
-    let dialer = keel_raft::Dialer::new(tls);
-    let me: Vec<String> = cfg
-        .initial_advertise_peer_urls
-        .iter()
-        .map(|u| format!("{}={u}", cfg.name))
-        .collect();
-    let id = member_id(&cfg.initial_advertise_peer_urls, &cfg.initial_cluster_token);
-    let cluster = crate::startup::discovery::join(&durl, &dialer, id, &me.join(","))
-        .await
-        .map_err(StartError::Config)?;
-    tracing::info!(%cluster, discovery_url = %durl, "discovered the initial cluster");
-    let mut members: Vec<(String, Vec<String>)> = Vec::new();
-    for part in cluster.split(',') {
-        let Some((name, url)) = part.split_once('=') else {
-            continue;
-        };
-        match members.iter_mut().find(|(n, _)| n == name) {
-            Some((_, urls)) => urls.push(url.to_string()),
-            None => members.push((name.to_string(), vec![url.to_string()])),
-        }
-    }
-    cfg.initial_cluster = members;
-    Ok(())
 }
 
 /// etcd's --experimental-bootstrap-defrag-threshold-megabytes: defragment before serving when

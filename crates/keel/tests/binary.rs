@@ -49,10 +49,13 @@ fn flags_keel_does_not_serve_are_refused_with_etcds_words_or_a_reason() {
         err.contains("experimental-enable-lease-checkpoint-persist requires experimental-enable-lease-checkpoint"),
         "{err}"
     );
-    let (code, err) = refused(&["--discovery-srv=example.com"]);
+    let (code, err) = refused(&[
+        "--experimental-enable-distributed-tracing",
+        "--experimental-distributed-tracing-sampling-rate=1000001",
+    ]);
     assert_eq!(code, Some(1));
     assert!(
-        err.contains("not supported by this build of keel yet: --discovery-srv"),
+        err.contains("tracing sampling rate must be less than 1000000"),
         "{err}"
     );
     let (code, err) = refused(&["--no-such-flag"]);

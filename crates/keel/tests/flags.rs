@@ -9,23 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::certs::{make_certs, revoke_client};
-use common::proc::{is_rocksdb, Proc};
+use common::proc::{is_rocksdb, member_flags, Proc};
 use common::{free_port, http_get, stderr, stdout, Cluster};
-
-/// The flags of a one-member cluster at fresh ports: (flags, client endpoint host:port).
-fn member_flags(name: &str) -> (Vec<String>, String) {
-    let (client, peer) = (free_port(), free_port());
-    let endpoint = format!("127.0.0.1:{client}");
-    let flags = vec![
-        format!("--name={name}"),
-        format!("--listen-client-urls=http://{endpoint}"),
-        format!("--advertise-client-urls=http://{endpoint}"),
-        format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
-        format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
-        format!("--initial-cluster={name}=http://127.0.0.1:{peer}"),
-    ];
-    (flags, endpoint)
-}
 
 fn etcdctl(endpoint: &str, args: &[&str]) -> std::process::Output {
     common::etcdctl_at(endpoint, args, None)
@@ -530,64 +515,4 @@ async fn a_member_of_a_cluster_that_lost_its_quorum_restarts_alone_with_its_data
     survivor.restart().await;
     let out = etcdctl(&survivor.endpoint(), &["get", "after"]);
     assert_eq!(stdout(&out), "after\n1\n");
-}
-
-/// --discovery: three members that know only a discovery URL (real etcd's v2 keys API, as a
-/// self-hosted discovery service) find each other and bootstrap one cluster; a fourth is refused.
-#[tokio::test]
-async fn members_find_each_other_through_a_discovery_service() {
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let etcd_url = format!("http://127.0.0.1:{client}");
-    let mut etcd = std::process::Command::new("etcd")
-        .arg("--enable-v2")
-        .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
-        .arg(format!("--listen-client-urls={etcd_url}"))
-        .arg(format!("--advertise-client-urls={etcd_url}"))
-        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!(
-            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-        ))
-        .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("etcd (Debian package etcd-server)");
-    let durl = format!("{etcd_url}/v2/keys/discovery/keel-test");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let set = std::process::Command::new("curl")
-            .args(["-sf", "-X", "PUT", "-d", "value=3"])
-            .arg(format!("{durl}/_config/size"))
-            .output()
-            .unwrap();
-        if set.status.success() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "etcd did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let start = |name: &str| {
-        let (mut flags, endpoint) = member_flags(name);
-        flags.retain(|f| !f.starts_with("--initial-cluster="));
-        flags.push(format!("--discovery={durl}"));
-        (Proc::start(&flags, &[]), endpoint)
-    };
-    let mut members: Vec<(Proc, String)> = ["d1", "d2", "d3"].iter().map(|n| start(n)).collect();
-    for (p, _) in &mut members {
-        p.wait_ready();
-    }
-    let list = member_names(&members[0].1);
-    assert_eq!(list.lines().count(), 3, "{list}");
-    assert!(etcdctl(&members[2].1, &["put", "k", "v"]).status.success());
-    let (mut late, _) = start("d4");
-    let code = late.wait_exit(Duration::from_secs(20));
-    assert_eq!(code, Some(1), "{}", late.log());
-    assert!(
-        late.log().contains("discovery: cluster is full"),
-        "{}",
-        late.log()
-    );
-    let _ = etcd.kill();
-    let _ = etcd.wait();
 }

@@ -15,6 +15,8 @@ use std::task::{Context, Poll};
 use axum::http;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::RwLock;
+
+use super::traces::RequestSpan;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
 };
@@ -283,9 +285,19 @@ where
                 None => Pending::New(path.to_string()),
             }
         });
+        let span = if grpc && super::traces::enabled() {
+            let peer = req
+                .extensions()
+                .get::<crate::startup::ConnInfo>()
+                .and_then(|c| c.remote);
+            super::traces::start(req.headers(), req.uri().path(), peer)
+        } else {
+            None
+        };
         ObservedCall {
             inner: self.inner.call(req),
             series,
+            span,
             started: Instant::now(),
             warn_after: self.warn_after,
         }
@@ -298,6 +310,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         series: Option<Pending>,
+        span: Option<RequestSpan>,
         started: Instant,
         warn_after: std::time::Duration,
     }
@@ -313,28 +326,38 @@ where
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
         let mut end = None;
-        if let (Some(pending), Ok(resp)) = (this.series.take(), &out) {
-            // A status in the headers ends the call at once (an error, or a trailers-only
-            // answer); otherwise a stream's status comes in its trailers.
-            let code = resp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-            let series = match pending {
-                Pending::Known(s) => Some(s),
-                Pending::New(_) if code == Some(UNIMPLEMENTED) => None,
-                Pending::New(path) => request_metrics().add(&path).inspect(|s| s.started.inc()),
-            };
+        let Ok(resp) = &out else {
+            if let Some(span) = this.span.take() {
+                span.end(UNKNOWN);
+            }
+            return Poll::Ready(out.map(|resp| resp.map(|inner| ObservedBody { inner, end })));
+        };
+        // A status in the headers ends the call at once (an error, or a trailers-only answer);
+        // otherwise a stream's status comes in its trailers.
+        let code = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let series = match this.series.take() {
+            None => None,
+            Some(Pending::Known(s)) => Some(s),
+            Some(Pending::New(_)) if code == Some(UNIMPLEMENTED) => None,
+            Some(Pending::New(path)) => request_metrics().add(&path).inspect(|s| s.started.inc()),
+        };
+        let streaming = series.as_ref().is_some_and(|s| s.streaming);
+        if streaming && code.is_none() {
+            end = Some(StreamEnd {
+                series,
+                span: this.span.take(),
+                started: *this.started,
+            });
+        } else {
             if let Some(s) = series {
-                if s.streaming && code.is_none() {
-                    end = Some(StreamEnd {
-                        series: s,
-                        started: *this.started,
-                    });
-                } else {
-                    s.record(*this.started, code.unwrap_or(0));
-                    s.warn_if_slow(*this.started, *this.warn_after);
-                }
+                s.record(*this.started, code.unwrap_or(0));
+                s.warn_if_slow(*this.started, *this.warn_after);
+            }
+            if let Some(span) = this.span.take() {
+                span.end(code.unwrap_or(0));
             }
         }
         Poll::Ready(out.map(|resp| resp.map(|inner| ObservedBody { inner, end })))
@@ -343,8 +366,20 @@ where
 
 /// A stream waiting for its final status.
 struct StreamEnd {
-    series: Arc<MethodSeries>,
+    series: Option<Arc<MethodSeries>>,
+    span: Option<RequestSpan>,
     started: Instant,
+}
+
+impl StreamEnd {
+    fn record(self, code: usize) {
+        if let Some(series) = self.series {
+            series.record(self.started, code);
+        }
+        if let Some(span) = self.span {
+            span.end(code);
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -359,7 +394,7 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             // Dropped before its trailers: the client went away (gRPC's Canceled).
             if let Some(end) = this.project().end.take() {
-                end.series.record(end.started, CANCELED);
+                end.record(CANCELED);
             }
         }
     }
@@ -386,7 +421,7 @@ impl<B: Body> Body for ObservedBody<B> {
         };
         if let Some(code) = code {
             if let Some(end) = this.end.take() {
-                end.series.record(end.started, code);
+                end.record(code);
             }
         }
         Poll::Ready(frame)

@@ -1,9 +1,11 @@
 //! `/metrics` (Prometheus text format) on the client URLs and --listen-metrics-urls. Gauges are
 //! read from the member's state when scraped, so the request paths pay nothing for them; the
-//! request paths only count and time (`grpc.rs`). Names follow etcd's (and go-grpc-prometheus's)
+//! request paths only count and time (`grpc.rs`), and open spans when distributed tracing is on
+//! (`traces.rs`). Names follow etcd's (and go-grpc-prometheus's)
 //! where etcd has the metric; replication per member is Keel's own (`keel_raft_member_*`).
 
 mod grpc;
+pub mod traces;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use keel_server::{
-    AutoCompaction, ClusterState, GrpcKeepalive, ServerConfig, TlsCommon, TlsConfig,
+    AutoCompaction, ClusterState, Discovery, GrpcKeepalive, ServerConfig, TlsCommon, TlsConfig,
+    TracingExport, MAX_SAMPLING_PER_MILLION,
 };
 
 use super::EtcdFlags;
@@ -74,7 +75,8 @@ impl EtcdFlags {
                 ClusterState::New
             },
             initial_cluster_token: self.initial_cluster_token.clone(),
-            discovery: self.discovery.clone().filter(|d| !d.is_empty()),
+            discovery: self.discovery_source(),
+            distributed_tracing: self.distributed_tracing()?,
             force_new_cluster: self.force_new_cluster,
             strict_reconfig_check: self.strict_reconfig_check,
             heartbeat_interval: heartbeat,
@@ -269,25 +271,41 @@ impl EtcdFlags {
                     .into(),
             );
         }
-        let not_yet: Vec<&str> = [
-            ("--discovery-srv", self.discovery_srv.is_some()),
-            ("--discovery-proxy", self.discovery_proxy.is_some()),
-            (
-                "--experimental-enable-distributed-tracing",
-                self.experimental_enable_distributed_tracing,
-            ),
-        ]
-        .into_iter()
-        .filter(|(_, on)| *on)
-        .map(|(flag, _)| flag)
-        .collect();
-        if !not_yet.is_empty() {
+        Ok(())
+    }
+
+    /// etcd 3.5's distributed tracing settings, when it is enabled.
+    fn distributed_tracing(&self) -> Result<Option<TracingExport>, String> {
+        if !self.experimental_enable_distributed_tracing {
+            return Ok(None);
+        }
+        let rate = self.experimental_distributed_tracing_sampling_rate;
+        if rate > u64::from(MAX_SAMPLING_PER_MILLION) {
             return Err(format!(
-                "etcd flags not supported by this build of keel yet: {}",
-                not_yet.join(", ")
+                "tracing sampling rate must be less than {MAX_SAMPLING_PER_MILLION}"
             ));
         }
-        Ok(())
+        Ok(Some(TracingExport {
+            address: self.experimental_distributed_tracing_address.clone(),
+            service_name: self.experimental_distributed_tracing_service_name.clone(),
+            instance_id: self.experimental_distributed_tracing_instance_id.clone(),
+            sampling_per_million: rate as u32,
+        }))
+    }
+
+    /// Where a new member learns its initial cluster, when not from --initial-cluster.
+    fn discovery_source(&self) -> Option<Discovery> {
+        let set = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        if let Some(url) = set(&self.discovery) {
+            return Some(Discovery::Service {
+                url,
+                proxy: set(&self.discovery_proxy),
+            });
+        }
+        set(&self.discovery_srv).map(|domain| Discovery::Srv {
+            domain,
+            service_name: set(&self.discovery_srv_name),
+        })
     }
 
     /// Knobs of etcd's bbolt backend that Keel's RocksDB store has no use for: accepted, and

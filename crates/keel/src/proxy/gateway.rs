@@ -127,11 +127,16 @@ impl TcpProxy {
 }
 
 /// Runs `keel gateway start`.
-pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
-    if args.discovery_srv.is_some() {
-        anyhow::bail!(
-            "--discovery-srv is not supported by this build of keel yet; give --endpoints"
-        );
+pub async fn run(mut args: GatewayArgs) -> anyhow::Result<()> {
+    let found = super::discover_endpoints(
+        args.discovery_srv.as_deref(),
+        args.discovery_srv_name.as_deref(),
+        args.insecure_discovery,
+    )
+    .await?;
+    // No endpoint discovered: etcd falls back to --endpoints.
+    if !found.is_empty() {
+        args.endpoints = found;
     }
     if args.endpoints.is_empty() {
         anyhow::bail!("no endpoints found");

@@ -142,7 +142,6 @@ fn check_args(a: &GrpcProxyArgs) -> anyhow::Result<()> {
         anyhow::bail!("invalid resolver-prefix {:?}", a.resolver_prefix);
     }
     let not_yet: Vec<&str> = [
-        ("--discovery-srv", a.discovery_srv.is_some()),
         ("--resolver-prefix", !a.resolver_prefix.is_empty()),
         ("--namespace", !a.namespace.is_empty()),
         (
@@ -204,8 +203,18 @@ fn common_name(der: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
 }
 
 /// Runs `keel grpc-proxy start`.
-pub async fn run(a: GrpcProxyArgs) -> anyhow::Result<()> {
+pub async fn run(mut a: GrpcProxyArgs) -> anyhow::Result<()> {
     check_args(&a)?;
+    let found = super::discover_endpoints(
+        a.discovery_srv.as_deref(),
+        a.discovery_srv_name.as_deref(),
+        a.insecure_discovery,
+    )
+    .await?;
+    // No endpoint discovered: etcd falls back to --endpoints.
+    if !found.is_empty() {
+        a.endpoints = found;
+    }
     let dialer = keel_raft::Dialer::new(upstream_tls(&a)?);
     let upstream = Upstream::new(&a.endpoints, &dialer)?;
     let listen_tls = TlsConfig {

@@ -11,6 +11,53 @@ use std::sync::Arc;
 
 use tonic::transport::Channel;
 
+/// The client endpoints that the SRV records of `domain` name (etcd's discoverEndpoints);
+/// empty when no domain is given or none survives the check. Unless `insecure`, only https
+/// endpoints that accept a connection are kept, as etcd keeps them. A domain without any
+/// client records is an error.
+pub async fn discover_endpoints(
+    domain: Option<&str>,
+    service_name: Option<&str>,
+    insecure: bool,
+) -> anyhow::Result<Vec<String>> {
+    use keel_server::startup::srv;
+    let Some(domain) = domain.filter(|d| !d.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let resolver = srv::system_resolver().map_err(anyhow::Error::msg)?;
+    let found = srv::client_endpoints(&resolver, domain, service_name)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(srv_server = domain, endpoints = ?found, "discovered cluster from SRV");
+    if insecure {
+        return Ok(found);
+    }
+    let mut endpoints = Vec::new();
+    let mut errors = Vec::new();
+    for e in found {
+        let Some(addr) = e.strip_prefix("https://") else {
+            errors.push(format!("{e:?} is insecure"));
+            continue;
+        };
+        let dial = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await;
+        match dial {
+            Ok(Ok(_)) => endpoints.push(e),
+            Ok(Err(err)) => errors.push(format!("{e:?} failed to dial ({err})")),
+            Err(_) => errors.push(format!("{e:?} failed to dial (timeout)")),
+        }
+    }
+    if errors.is_empty() {
+        tracing::info!(srv_server = domain, endpoints = ?endpoints, "using validated discovered SRV endpoints");
+    } else {
+        tracing::warn!(srv_server = domain, endpoints = ?endpoints, error = %errors.join(","), "failed to validate discovered endpoints");
+    }
+    Ok(endpoints)
+}
+
 /// The upstream members: one lazily connected channel per endpoint, picked round robin.
 #[derive(Clone)]
 pub struct Upstream {

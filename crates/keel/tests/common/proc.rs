@@ -28,8 +28,27 @@ impl Proc {
 
     /// As `start`, in `dir`.
     pub fn start_in(dir: tempfile::TempDir, args: &[String], env: &[(&str, &str)]) -> Proc {
+        Self::start_under(&[], dir, args, env)
+    }
+
+    /// As `start_in`, with `keel args` run by `wrapper` (`wrapper... keel args...`), which must
+    /// exec it (so the child is keel itself).
+    pub fn start_under(
+        wrapper: &[String],
+        dir: tempfile::TempDir,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let log = std::fs::File::create(dir.path().join("keel.log")).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+        let keel = env!("CARGO_BIN_EXE_keel");
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(keel),
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(keel);
+                cmd
+            }
+        };
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -105,6 +124,21 @@ impl Proc {
             let _ = c.wait_with_output();
         }
     }
+}
+
+/// The flags of a one-member cluster at fresh ports: (flags, client endpoint host:port).
+pub fn member_flags(name: &str) -> (Vec<String>, String) {
+    let (client, peer) = (super::free_port(), super::free_port());
+    let endpoint = format!("127.0.0.1:{client}");
+    let flags = vec![
+        format!("--name={name}"),
+        format!("--listen-client-urls=http://{endpoint}"),
+        format!("--advertise-client-urls=http://{endpoint}"),
+        format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+        format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+        format!("--initial-cluster={name}=http://127.0.0.1:{peer}"),
+    ];
+    (flags, endpoint)
 }
 
 /// Whether `dir` holds a RocksDB database.
