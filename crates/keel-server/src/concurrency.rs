@@ -123,6 +123,58 @@ pub async fn delete_if_held(
     Ok(r.header.map_or(0, |h| h.revision))
 }
 
+/// A contender key that is deleted unless its campaign (or lock) comes to hold it: a call
+/// cancelled while it waits (its client went away or gave up) must leave no key behind that
+/// would later win for nobody, as etcd's server deletes it. Dropped without `won`, it deletes
+/// the key (while it still has its create revision) in a task of its own.
+pub struct Contending {
+    core: std::sync::Arc<Core>,
+    who: RequestAuth,
+    key: Vec<u8>,
+    rev: i64,
+    won: bool,
+}
+
+impl Contending {
+    /// Watches over `key`, created at `rev`.
+    pub fn new(core: std::sync::Arc<Core>, who: RequestAuth, key: Vec<u8>, rev: i64) -> Self {
+        Contending {
+            core,
+            who,
+            key,
+            rev,
+            won: false,
+        }
+    }
+
+    /// The contender leads (or holds the lock): its key stays.
+    pub fn won(mut self) {
+        self.won = true;
+    }
+}
+
+impl Drop for Contending {
+    fn drop(&mut self) {
+        if self.won {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (core, who, key, rev) = (
+            self.core.clone(),
+            std::mem::take(&mut self.who),
+            std::mem::take(&mut self.key),
+            self.rev,
+        );
+        runtime.spawn(async move {
+            if let Err(e) = delete_if_held(&core, &who, &key, Some(rev)).await {
+                tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e, "could not delete the key of a cancelled campaign");
+            }
+        });
+    }
+}
+
 /// Creates `key` with `value` and `lease` unless it exists; returns its key-value as it is now.
 pub async fn create_or_get(
     core: &Core,

@@ -26,6 +26,6 @@ pub use keel_server::{
 };
 pub use member::Member;
 pub use store::{
-    Compare, EmbeddedStore, EventKind, Keys, Kv, Leadership, Op, RemoteStore, StateStore,
-    StoreError, Value, ValueError, ValueWatcher, WatchEvent,
+    Compare, CompareOp, CompareTarget, EmbeddedStore, EventKind, Keys, Kv, Leadership, Op,
+    RemoteStore, StateStore, StoreError, Value, ValueError, ValueWatcher, WatchEvent,
 };

@@ -234,3 +234,52 @@ fn a_bad_configuration_is_refused_naming_the_field() {
         assert!(err.contains(field), "{field}: {err}");
     }
 }
+
+/// Three agents, each joining as soon as the one before it observes the leader (a join that
+/// comes while the previous member is still starting is retried, not refused); SIGTERM, as a
+/// service manager stops a node, makes the leader resign, so another leads at once instead of
+/// after the lease's TTL; and three voters fail over (two could not: a quorum of two is both).
+#[test]
+fn three_agents_join_back_to_back_and_sigterm_hands_leadership_over() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Node::new(root.path(), "node-a");
+    let mut b = Node::new(root.path(), "node-b");
+    let mut c = Node::new(root.path(), "node-c");
+    a.run(&["init"]);
+    a.wait_for("became leader: node-a", Duration::from_secs(30));
+    b.run(&["join", "--join", &a.client]);
+    b.wait_for("observing leader node-a", Duration::from_secs(30));
+    c.run(&["join", "--join", &a.client]);
+    c.wait_for("observing leader node-a", Duration::from_secs(60));
+
+    let pid = a.child.as_ref().unwrap().id();
+    let signalled = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let took = loop {
+        let led = [&b, &c]
+            .iter()
+            .any(|n| n.output().contains(&format!("became leader: {}", n.name)));
+        if led {
+            break signalled.elapsed();
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(20),
+            "nobody took over:\nnode-b:\n{}\nnode-c:\n{}",
+            b.output(),
+            c.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("takeover after SIGTERM took {took:?}");
+    // Well before the lease could run out (TTL + an election + the expiry check).
+    assert!(
+        took < Duration::from_secs(LEASE_TTL),
+        "took {took:?}: the leader did not resign\nnode-a:\n{}",
+        a.output()
+    );
+    let status = a.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "{status}\n{}", a.output());
+}

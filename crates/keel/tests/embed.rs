@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use common::{etcdctl_at, free_port, start_etcd, stdout, Member as Process};
 use futures::StreamExt;
 use keel::{
-    ClusterState, Compare, EventKind, Keys, Member, Op, RemoteStore, ServerConfig, StateStore,
-    StoreError,
+    ClusterState, Compare, CompareOp, CompareTarget, EventKind, Keys, Member, Op, RemoteStore,
+    ServerConfig, StateStore, StoreError,
 };
 
 fn config(dir: &std::path::Path, port: u16, peer: u16) -> ServerConfig {
@@ -70,6 +70,7 @@ async fn conformance(store: &impl StateStore, ns: &str, endpoint: &str) {
         store.delete(&k("b")).await,
         Err(StoreError::NotFound)
     ));
+    transaction_compares(store, &format!("{ns}-txn")).await;
 
     // A watch from a past revision replays, with previous values, then follows.
     let mut events = store
@@ -107,6 +108,78 @@ async fn conformance(store: &impl StateStore, ns: &str, endpoint: &str) {
         Some(Err(StoreError::Compacted(at))) => assert!(at >= now, "{at}"),
         other => panic!("expected Compacted, got {other:?}"),
     }
+}
+
+/// Every compare of etcd's (writes, create and mod revision, value, lease; =, !=, <, >), each
+/// taking the success branch when it holds and the failure branch when not.
+async fn transaction_compares(store: &impl StateStore, ns: &str) {
+    use CompareTarget::*;
+    let t = format!("{ns}/t").into_bytes();
+    let first = store.put(&t, b"m").await.unwrap();
+    let last = store.put(&t, b"m").await.unwrap();
+    let kv = store.get(&t).await.unwrap().unwrap();
+    assert_eq!(
+        (kv.create_revision, kv.version, kv.writes, kv.lease),
+        (first, last, 2, 0)
+    );
+    let cases: Vec<(CompareOp, CompareTarget, bool)> = vec![
+        (CompareOp::Equal, Writes(2), true),
+        (CompareOp::Equal, Writes(1), false),
+        (CompareOp::NotEqual, Writes(1), true),
+        (CompareOp::Greater, Writes(1), true),
+        (CompareOp::Less, Writes(2), false),
+        (CompareOp::Equal, CreateRevision(first), true),
+        (CompareOp::Less, CreateRevision(first), false),
+        (CompareOp::Greater, CreateRevision(first - 1), true),
+        (CompareOp::Equal, ModRevision(last), true),
+        (CompareOp::NotEqual, ModRevision(last), false),
+        (CompareOp::Less, ModRevision(last + 1), true),
+        (CompareOp::Equal, Value(b"m".to_vec()), true),
+        (CompareOp::Less, Value(b"n".to_vec()), true),
+        (CompareOp::Greater, Value(b"n".to_vec()), false),
+        (CompareOp::NotEqual, Value(b"m".to_vec()), false),
+        (CompareOp::Equal, Lease(0), true),
+        (CompareOp::Greater, Lease(0), false),
+    ];
+    let branch = |name: &str| vec![Op::Put(format!("{ns}/branch").into_bytes(), name.into())];
+    for (op, target, holds) in cases {
+        let check = Compare::check(t.clone(), op, target.clone());
+        let took = store
+            .transaction(vec![check], branch("success"), branch("failure"))
+            .await
+            .unwrap();
+        let written = store
+            .get(format!("{ns}/branch").as_bytes())
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
+        let want: &[u8] = if holds { b"success" } else { b"failure" };
+        assert_eq!(
+            (took, written.as_slice()),
+            (holds, want),
+            "{op:?} {target:?}"
+        );
+    }
+    // A missing key: writes and revisions 0; no value compares true.
+    let missing = format!("{ns}/missing").into_bytes();
+    for (target, holds) in [
+        (Writes(0), true),
+        (ModRevision(0), true),
+        (Value(vec![]), false),
+    ] {
+        let check = Compare::check(missing.clone(), CompareOp::Equal, target.clone());
+        let took = store
+            .transaction(vec![check], vec![], vec![])
+            .await
+            .unwrap();
+        assert_eq!(took, holds, "missing key, {target:?}");
+    }
+    store.delete(&t).await.unwrap();
+    store
+        .delete(format!("{ns}/branch").as_bytes())
+        .await
+        .unwrap();
 }
 
 /// Elections: one leader at a time, the next takes over when it resigns, observers see both.
@@ -151,6 +224,124 @@ async fn elections(a: &impl StateStore, b: &(impl StateStore + Clone + 'static))
     }
 }
 
+/// A campaign given up while it waits (a timeout around it) never leads: its lease is no longer
+/// kept alive but revoked, so the next candidate leads as soon as the leader resigns.
+async fn cancelled_campaigns(a: &impl StateStore, b: &impl StateStore, endpoint: &str) {
+    let holder = a.campaign("holder", Duration::from_secs(5)).await.unwrap();
+    let gave_up = tokio::time::timeout(
+        Duration::from_secs(1),
+        b.campaign("quitter", Duration::from_secs(5)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the campaign won while another led");
+    holder.resign().await.unwrap();
+    // Sooner than the quitter's lease could expire by itself.
+    let next = tokio::time::timeout(
+        Duration::from_secs(3),
+        b.campaign("next", Duration::from_secs(5)),
+    )
+    .await
+    .expect("an abandoned campaign holds the election")
+    .unwrap();
+    assert_eq!(b.leader().await.unwrap().as_deref(), Some("next"));
+    assert!(!next.is_lost());
+    // No lease is left kept alive for the abandoned campaign: only the leader's remains.
+    let mut c = etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let leases = c.leases().await.unwrap().leases().len();
+        if leases == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{leases} leases: the abandoned campaign's is still kept alive"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    next.resign().await.unwrap();
+}
+
+/// etcd's Election and Lock services delete the key of a call that is cancelled while it waits
+/// (its lease still alive): no ghost contender leads or holds the lock later.
+async fn cancelled_calls_leave_no_contender(endpoint: &str) {
+    let mut c = etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap();
+    let holder = c.lease_grant(60, None).await.unwrap().id();
+    let quitter = c.lease_grant(60, None).await.unwrap().id();
+    let lead = c.campaign("cancelled", "holder", holder).await.unwrap();
+    let leader = lead.leader().unwrap().clone();
+    let gave_up = tokio::time::timeout(
+        Duration::from_secs(1),
+        c.clone().campaign("cancelled", "quitter", quitter),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the campaign won while another led");
+    let lock = etcd_client::LockOptions::new().with_lease(holder);
+    let locked = c.lock("cancelled-lock", Some(lock)).await.unwrap();
+    let gave_up = tokio::time::timeout(
+        Duration::from_secs(1),
+        c.clone().lock(
+            "cancelled-lock",
+            Some(etcd_client::LockOptions::new().with_lease(quitter)),
+        ),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the lock was taken twice");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for prefix in ["cancelled/", "cancelled-lock/"] {
+        loop {
+            let keys = c
+                .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+                .await
+                .unwrap();
+            if keys.kvs().len() == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cancelled contender's key stayed: {:?}",
+                keys.kvs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    c.resign(Some(etcd_client::ResignOptions::new().with_leader(leader)))
+        .await
+        .unwrap();
+    c.unlock(locked.key()).await.unwrap();
+    assert!(c.leader("cancelled").await.is_err(), "a ghost leads");
+    c.lease_revoke(holder).await.unwrap();
+    c.lease_revoke(quitter).await.unwrap();
+}
+
+/// `close` ends a store's background work: its leadership is resigned (another store sees no
+/// leader at once), its watches end, and its calls are refused.
+async fn closing(store: &impl StateStore, other: &impl StateStore) {
+    let lead = store
+        .campaign("closer", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut watch = store
+        .watch(Keys::Prefix(b"/closing".to_vec()), 0)
+        .await
+        .unwrap();
+    store.close().await;
+    assert!(lead.is_lost());
+    assert_eq!(other.leader().await.unwrap(), None);
+    match tokio::time::timeout(Duration::from_secs(2), watch.next()).await {
+        Ok(Some(Err(StoreError::Unavailable(_)))) => {}
+        other => panic!("the watch outlived close: {other:?}"),
+    }
+    assert!(matches!(
+        store.put(b"/closing/x", b"1").await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
 // Multi-threaded: the member serves on the test's runtime while etcdctl blocks a thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_member_serves_the_store_in_process_and_keeps_its_data() {
@@ -164,6 +355,9 @@ async fn embedded_member_serves_the_store_in_process_and_keeps_its_data() {
     let endpoint = format!("127.0.0.1:{port}");
     conformance(&store, "/embedded", &endpoint).await;
     elections(&store, &store.clone().with_election("keel/leader")).await;
+    cancelled_campaigns(&store, &store.clone(), &endpoint).await;
+    cancelled_calls_leave_no_contender(&endpoint).await;
+    closing(&member.client(), &store).await;
     // It also serves its client URL, to etcdctl.
     store.put(b"kept", b"across restarts").await.unwrap();
     let out = etcdctl_at(&endpoint, &["get", "kept", "--print-value-only"], None);
@@ -186,6 +380,9 @@ async fn remote_store_over_a_keel_process() {
     conformance(&store, "/remote", &m.endpoint()).await;
     let other = RemoteStore::connect(&[m.endpoint()]).await.unwrap();
     elections(&store, &other).await;
+    cancelled_campaigns(&store, &other, &m.endpoint()).await;
+    cancelled_calls_leave_no_contender(&m.endpoint()).await;
+    closing(&store, &other).await;
 }
 
 #[tokio::test]
@@ -221,4 +418,7 @@ async fn remote_store_over_real_etcd() {
         .await
         .unwrap();
     elections(&store, &other).await;
+    cancelled_campaigns(&store, &other, &etcd.endpoint).await;
+    cancelled_calls_leave_no_contender(&etcd.endpoint).await;
+    closing(&store, &other).await;
 }

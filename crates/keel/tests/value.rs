@@ -1,6 +1,7 @@
 //! Watched values over a `keel` process: the current value first, then every newer one in order,
 //! through restarts of the member (resuming where it left off), compaction (reading again),
-//! values that do not decode (skipped), a second concurrent `get` (refused) and cancellation.
+//! values that do not decode (that `get`'s error), an absent key (waited for, or `None` at once
+//! when asked), a second concurrent `get` (refused) and cancellation.
 
 mod common;
 
@@ -31,16 +32,28 @@ async fn next(w: &ValueWatcher<u64>) -> Option<u64> {
 }
 
 #[tokio::test]
-async fn current_value_then_each_change_skipping_what_does_not_decode() {
+async fn current_value_then_each_change_and_each_decoding_error() {
     let m = Member::start().await;
     let (store, value) = value_of(&m).await;
     let w = value.watch();
-    assert_eq!(next(&w).await, None, "absent at first");
+    // Absent: the first get waits for the key to be created (or answers None at once, asked to).
+    assert!(tokio::time::timeout(Duration::from_millis(300), w.get())
+        .await
+        .is_err());
+    let eager = Value::new(store.clone(), "/cfg/n", number).absent_as_none();
+    assert_eq!(next(&eager.watch()).await, None);
     store.put(b"/cfg/n", b"1").await.unwrap();
     assert_eq!(next(&w).await, Some(1));
-    store.put(b"/cfg/n", b"not a number").await.unwrap();
+    let bad = store.put(b"/cfg/n", b"not a number").await.unwrap();
     store.put(b"/cfg/n", b"2").await.unwrap();
-    assert_eq!(next(&w).await, Some(2), "the undecodable value is skipped");
+    match tokio::time::timeout(Duration::from_secs(15), w.get()).await {
+        Ok(Err(ValueError::Decode { revision, message })) => {
+            assert_eq!(revision, bad);
+            assert!(message.contains("invalid digit"), "{message}");
+        }
+        other => panic!("expected the decoding error, got {other:?}"),
+    }
+    assert_eq!(next(&w).await, Some(2), "the next get goes on after it");
     store.delete(b"/cfg/n").await.unwrap();
     assert_eq!(next(&w).await, None, "a deletion");
 

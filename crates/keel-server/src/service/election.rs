@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::Credentials;
 use crate::concurrency::{
     check_contenders_readable, contender, contender_key, create_or_get, delete_if_held,
-    put_if_held, wait_turn,
+    put_if_held, wait_turn, Contending,
 };
 use crate::server::Core;
 use crate::ServerError;
@@ -70,6 +70,12 @@ impl Election for ElectionService {
         let (prefix, key) = contender_key(&r.name, r.lease);
         check_contenders_readable(&self.core, &who, &prefix)?;
         let mine = create_or_get(&self.core, &who, &key, r.value.clone(), r.lease).await?;
+        let contending = Contending::new(
+            self.core.clone(),
+            who.clone(),
+            key.clone(),
+            mine.create_revision,
+        );
         // Campaigning again with a new value proclaims it.
         if mine.value != r.value {
             put_if_held(
@@ -83,6 +89,7 @@ impl Election for ElectionService {
             .await?;
         }
         wait_turn(&self.core, &prefix, mine.create_revision).await?;
+        contending.won();
         Ok(Response::new(CampaignResponse {
             header: self.core.header(self.core.store.current_revision()),
             leader: Some(LeaderKey {

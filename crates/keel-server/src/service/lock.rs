@@ -7,7 +7,7 @@ use keel_proto::v3lock::{LockRequest, LockResponse, UnlockRequest, UnlockRespons
 use tonic::{Request, Response, Status};
 
 use crate::concurrency::{
-    check_contenders_readable, contender_key, create_or_get, delete_if_held, wait_turn,
+    check_contenders_readable, contender_key, create_or_get, delete_if_held, wait_turn, Contending,
 };
 use crate::server::Core;
 use crate::ServerError;
@@ -39,12 +39,19 @@ impl Lock for LockService {
         let (prefix, key) = contender_key(&r.name, r.lease);
         check_contenders_readable(&self.core, &who, &prefix)?;
         let mine = create_or_get(&self.core, &who, &key, Vec::new(), r.lease).await?;
+        let contending = Contending::new(
+            self.core.clone(),
+            who.clone(),
+            key.clone(),
+            mine.create_revision,
+        );
         wait_turn(&self.core, &prefix, mine.create_revision).await?;
         // The lease may have expired while waiting: then the lock is not ours.
         let (first, rev) = crate::concurrency::contender(&self.core, &prefix, None)?;
         if first.map(|kv| kv.key) != Some(key.clone()) {
             return Err(ServerError::LeaseNotFound.into());
         }
+        contending.won();
         Ok(Response::new(LockResponse {
             header: self.core.header(rev),
             key,

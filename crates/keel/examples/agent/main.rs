@@ -91,21 +91,53 @@ async fn run(cli: Cli) -> Result<(), String> {
         initialize(&*store, &cfg).await?;
     }
     tokio::select! {
-        r = lead_or_follow(store, &cfg) => r?,
-        _ = tokio::signal::ctrl_c() => {}
+        r = lead_or_follow(store.clone(), &cfg) => r?,
+        () = stop_signal() => {}
     }
+    // Resign before stopping, so another node leads at once rather than after the lease's TTL.
+    store.close().await;
     member.shutdown().await.map_err(|e| e.to_string())
 }
 
-/// Adds this node to the cluster at `join`; the initial cluster to start with.
+/// SIGINT (Ctrl-C) or SIGTERM (what service managers and `kill` send).
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// How long a join keeps asking the cluster to add this node.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Adds this node to the cluster at `join`; the initial cluster to start with. A refusal that
+/// passes (the node added before this one has not started yet, so another member would cost the
+/// quorum; no leader; the member unreachable) is retried until `JOIN_TIMEOUT`.
 async fn add_self(join: &str, cfg: &config::Config) -> Result<Vec<(String, Vec<String>)>, String> {
-    let mut client = etcd_client::Client::connect([join], None)
-        .await
-        .map_err(|e| format!("reaching {join}: {e}"))?;
-    let added = client
-        .member_add([cfg.peer_url()], None)
-        .await
-        .map_err(|e| format!("adding this node through {join}: {e}"))?;
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    let mut wait = Duration::from_millis(200);
+    let added = loop {
+        let attempt = async {
+            let mut client = etcd_client::Client::connect([join], None)
+                .await
+                .map_err(|e| format!("reaching {join}: {e}"))?;
+            client
+                .member_add([cfg.peer_url()], None)
+                .await
+                .map_err(|e| format!("adding this node through {join}: {e}"))
+        };
+        match attempt.await {
+            Ok(added) => break added,
+            Err(e) if passing(&e) && tokio::time::Instant::now() < deadline => {
+                eprintln!("{e}; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     Ok(added
         .member_list()
         .iter()
@@ -119,6 +151,19 @@ async fn add_self(join: &str, cfg: &config::Config) -> Result<Vec<(String, Vec<S
             (name.to_string(), m.peer_urls().to_vec())
         })
         .collect())
+}
+
+/// Whether a join's refusal may pass by itself.
+fn passing(error: &str) -> bool {
+    [
+        "not enough started members",
+        "no leader",
+        "reaching ",
+        "Unavailable",
+        "timed out",
+    ]
+    .iter()
+    .any(|m| error.contains(m))
 }
 
 /// Records the cluster's UID and configuration, once: an initialized cluster keeps its own.

@@ -21,7 +21,8 @@ use keel_server::prefix_end;
 
 use super::leadership::Leadership;
 use super::{
-    Compare, EventKind, Keys, Kv, LeaderStream, Op, StateStore, StoreError, WatchEvent, WatchStream,
+    Compare, CompareOp, CompareTarget, EventKind, Keys, Kv, LeaderStream, Op, StateStore,
+    StoreError, WatchEvent, WatchStream,
 };
 
 /// The election a store campaigns in unless told otherwise.
@@ -33,11 +34,26 @@ pub type RemoteStore = GrpcStore<Channel>;
 /// A store over an embedded member's services, in-process.
 pub type EmbeddedStore = GrpcStore<tonic::service::Routes>;
 
-/// `StateStore` over any gRPC transport to an etcd-compatible member.
+/// `StateStore` over any gRPC transport to an etcd-compatible member. Clones share the
+/// transport and its life: `close` on any of them ends them all.
 #[derive(Clone)]
 pub struct GrpcStore<T> {
-    grpc: Grpc<T>,
+    life: Arc<Life<T>>,
     election: Arc<Vec<u8>>,
+}
+
+/// What the clones of a store share: the transport (gone once closed) and the signal that
+/// ends its background work.
+struct Life<T> {
+    grpc: parking_lot::RwLock<Option<Grpc<T>>>,
+    closed: tokio::sync::watch::Sender<bool>,
+    /// The tasks holding leaderships, awaited by `close` (each resigns when closed).
+    holders: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// The error of a call on a closed store.
+fn closed_error() -> StoreError {
+    StoreError::Unavailable("the store is closed".into())
 }
 
 impl RemoteStore {
@@ -114,15 +130,22 @@ fn kv(k: PbKeyValue) -> Kv {
         key: k.key,
         value: k.value,
         version: k.mod_revision,
+        create_revision: k.create_revision,
+        writes: k.version,
+        lease: k.lease,
     }
 }
 
 // etcd's Compare.CompareResult, CompareTarget and Event.EventType.
 const EQUAL: i32 = 0;
 const GREATER: i32 = 1;
+const LESS: i32 = 2;
+const NOT_EQUAL: i32 = 3;
+const TARGET_VERSION: i32 = 0;
 const TARGET_CREATE: i32 = 1;
 const TARGET_MOD: i32 = 2;
 const TARGET_VALUE: i32 = 3;
+const TARGET_LEASE: i32 = 4;
 const EVENT_DELETE: i32 = 1;
 
 fn compare(c: Compare) -> PbCompare {
@@ -131,6 +154,24 @@ fn compare(c: Compare) -> PbCompare {
         Compare::Value(k, v) => (k, EQUAL, TARGET_VALUE, PbTargetUnion::Value(v)),
         Compare::Exists(k) => (k, GREATER, TARGET_CREATE, PbTargetUnion::CreateRevision(0)),
         Compare::Absent(k) => (k, EQUAL, TARGET_CREATE, PbTargetUnion::CreateRevision(0)),
+        Compare::Check { key, op, target } => {
+            let result = match op {
+                CompareOp::Equal => EQUAL,
+                CompareOp::NotEqual => NOT_EQUAL,
+                CompareOp::Less => LESS,
+                CompareOp::Greater => GREATER,
+            };
+            let (target, union) = match target {
+                CompareTarget::Writes(v) => (TARGET_VERSION, PbTargetUnion::Version(v)),
+                CompareTarget::CreateRevision(v) => {
+                    (TARGET_CREATE, PbTargetUnion::CreateRevision(v))
+                }
+                CompareTarget::ModRevision(v) => (TARGET_MOD, PbTargetUnion::ModRevision(v)),
+                CompareTarget::Value(v) => (TARGET_VALUE, PbTargetUnion::Value(v)),
+                CompareTarget::Lease(v) => (TARGET_LEASE, PbTargetUnion::Lease(v)),
+            };
+            (key, result, target, union)
+        }
     };
     PbCompare {
         result,
@@ -182,9 +223,28 @@ impl<T: Transport> GrpcStore<T> {
     /// A store over `transport`, campaigning in the default election.
     pub fn new(transport: T) -> GrpcStore<T> {
         GrpcStore {
-            grpc: Grpc::new(transport),
+            life: Arc::new(Life {
+                grpc: parking_lot::RwLock::new(Some(Grpc::new(transport))),
+                closed: tokio::sync::watch::channel(false).0,
+                holders: parking_lot::Mutex::new(Vec::new()),
+            }),
             election: Arc::new(DEFAULT_ELECTION.as_bytes().to_vec()),
         }
+    }
+
+    /// Resolves once the store is closed.
+    pub(crate) fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closed = self.life.closed.subscribe();
+        async move {
+            let _ = closed.wait_for(|&c| c).await;
+        }
+    }
+
+    /// Hands a leadership's holding task to the store, so `close` waits for its resignation.
+    pub(crate) fn adopt(&self, holder: tokio::task::JoinHandle<()>) {
+        let mut holders = self.life.holders.lock();
+        holders.retain(|h| !h.is_finished());
+        holders.push(holder);
     }
 
     /// The same store, campaigning and observing in election `name`.
@@ -199,7 +259,7 @@ impl<T: Transport> GrpcStore<T> {
 
     /// A client ready to send on the transport.
     async fn ready(&self) -> Result<Grpc<T>, StoreError> {
-        let mut grpc = self.grpc.clone();
+        let mut grpc = self.life.grpc.read().clone().ok_or_else(closed_error)?;
         grpc.ready()
             .await
             .map_err(|e| StoreError::Unavailable(e.into().to_string()))?;
@@ -327,11 +387,17 @@ impl<T: Transport> StateStore for GrpcStore<T> {
         let mut responses = self
             .stream::<_, PbWatchResponse>("/etcdserverpb.Watch/Watch", opened)
             .await?;
+        let closed = self.closed();
         let events = async_stream(move |tx| async move {
             let _open = requests;
+            tokio::pin!(closed);
             loop {
                 let next = tokio::select! {
                     _ = tx.closed() => return,
+                    () = &mut closed => {
+                        let _ = tx.send(Err(closed_error())).await;
+                        return;
+                    }
                     next = responses.message() => next,
                 };
                 let r = match next {
@@ -426,10 +492,16 @@ impl<T: Transport> StateStore for GrpcStore<T> {
                 futures::stream::iter([req]),
             )
             .await?;
+        let closed = self.closed();
         Ok(async_stream(move |tx| async move {
+            tokio::pin!(closed);
             loop {
                 let next = tokio::select! {
                     _ = tx.closed() => return,
+                    () = &mut closed => {
+                        let _ = tx.send(Err(closed_error())).await;
+                        return;
+                    }
                     next = responses.message() => next,
                 };
                 let item = match next {
@@ -448,7 +520,15 @@ impl<T: Transport> StateStore for GrpcStore<T> {
         }))
     }
 
-    async fn close(&self) {}
+    async fn close(&self) {
+        self.life.closed.send_replace(true);
+        let holders = std::mem::take(&mut *self.life.holders.lock());
+        for h in holders {
+            let _ = h.await;
+        }
+        // Calls in flight keep their clone; the transport goes with the last of them.
+        self.life.grpc.write().take();
+    }
 }
 
 /// Items buffered between a stream's task and its reader.

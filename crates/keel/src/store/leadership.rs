@@ -45,6 +45,11 @@ impl Leadership {
         // Kept alive from before the campaign: waiting for the current leader may take long.
         let ttl = Duration::from_secs(granted.ttl.max(1) as u64);
         let keeper = tokio::spawn(keep_alive(store.clone(), lease, ttl, lost_tx.clone()));
+        let pending = Pending {
+            store: store.clone(),
+            lease,
+            keeper: Some(keeper),
+        };
         let req = CampaignRequest {
             name: store.election_name(),
             lease,
@@ -55,15 +60,16 @@ impl Leadership {
             () = wait_lost(lost_rx.clone()) => {
                 Err(StoreError::Unavailable("the campaign's lease was lost".into()))
             }
+            () = store.closed() => Err(StoreError::Unavailable("the store is closed".into())),
         };
         let leader = match campaigned.and_then(|r| r.leader.ok_or(StoreError::NotFound)) {
             Ok(leader) => leader,
             Err(e) => {
-                keeper.abort();
-                let _ = revoke(&store, lease).await;
+                pending.abandon().await;
                 return Err(e);
             }
         };
+        let keeper = pending.keep();
         let watcher = tokio::spawn(watch_leader_key(
             store.clone(),
             leader.key.clone(),
@@ -71,14 +77,15 @@ impl Leadership {
             lost_tx.clone(),
         ));
         let (resign_tx, resign_rx) = mpsc::channel(1);
-        tokio::spawn(hold(
-            store,
+        let holder = tokio::spawn(hold(
+            store.clone(),
             leader,
             [keeper, watcher],
             lost_tx,
             lost_rx.clone(),
             resign_rx,
         ));
+        store.adopt(holder);
         Ok(Leadership {
             candidate: candidate.to_string(),
             lost: lost_rx,
@@ -111,12 +118,51 @@ impl Leadership {
     }
 }
 
+/// A campaign's lease while the campaign waits. A campaign dropped before it ends (a timeout
+/// around it, an aborted task) must not lead later for nobody: its lease stops being kept alive
+/// and is revoked, which deletes its contender key.
+struct Pending<T: Transport> {
+    store: GrpcStore<T>,
+    lease: i64,
+    keeper: Option<JoinHandle<()>>,
+}
+
+impl<T: Transport> Pending<T> {
+    /// The campaign won: the keep-alive goes on.
+    fn keep(mut self) -> JoinHandle<()> {
+        self.keeper.take().expect("kept once")
+    }
+
+    /// The campaign failed: the lease is revoked before the error is returned.
+    async fn abandon(mut self) {
+        if let Some(k) = self.keeper.take() {
+            k.abort();
+        }
+        let _ = revoke(&self.store, self.lease).await;
+    }
+}
+
+impl<T: Transport> Drop for Pending<T> {
+    fn drop(&mut self) {
+        let Some(keeper) = self.keeper.take() else {
+            return;
+        };
+        keeper.abort();
+        let (store, lease) = (self.store.clone(), self.lease);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = revoke(&store, lease).await;
+            });
+        }
+    }
+}
+
 async fn wait_lost(mut lost: watch::Receiver<bool>) {
     let _ = lost.wait_for(|&l| l).await;
 }
 
-/// Holds the leadership until it is resigned (or the `Leadership` dropped) or lost, then stops
-/// its background work.
+/// Holds the leadership until it is resigned (or the `Leadership` dropped, or the store closed)
+/// or lost, then stops its background work.
 async fn hold<T: Transport>(
     store: GrpcStore<T>,
     leader: LeaderKey,
@@ -128,6 +174,7 @@ async fn hold<T: Transport>(
     let reply = tokio::select! {
         r = resign_rx.recv() => r,
         () = wait_lost(lost_rx) => None,
+        () = store.closed() => None,
     };
     tasks.iter().for_each(JoinHandle::abort);
     let lease = leader.lease;

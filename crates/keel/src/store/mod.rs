@@ -24,8 +24,16 @@ pub struct Kv {
     pub key: Vec<u8>,
     /// The value.
     pub value: Vec<u8>,
-    /// The revision of its last change (compare with `Compare::Version`).
+    /// The revision of its last change (etcd's mod revision; compare with `Compare::Version`
+    /// or `CompareTarget::ModRevision`).
     pub version: i64,
+    /// The revision that created it (since it last did not exist).
+    pub create_revision: i64,
+    /// How many times it was written since it was created (etcd's version: 1 after the
+    /// first put).
+    pub writes: i64,
+    /// The lease it is attached to (0: none).
+    pub lease: i64,
 }
 
 /// What a watch saw happen to a key.
@@ -68,6 +76,50 @@ pub enum Compare {
     Exists(Vec<u8>),
     /// The key does not exist.
     Absent(Vec<u8>),
+    /// Any of etcd's comparisons: the key's `target` compared by `op` with the target's value.
+    /// A missing key has writes, create revision, mod revision and lease 0; a comparison of
+    /// a missing key's value is false whatever the operator.
+    Check {
+        key: Vec<u8>,
+        op: CompareOp,
+        target: CompareTarget,
+    },
+}
+
+impl Compare {
+    /// `Compare::Check` of `key`.
+    pub fn check(key: impl Into<Vec<u8>>, op: CompareOp, target: CompareTarget) -> Compare {
+        Compare::Check {
+            key: key.into(),
+            op,
+            target,
+        }
+    }
+}
+
+/// How a transaction's check compares (the key's side first: `Less` holds when the key's
+/// target is below the given value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+/// What of a key a transaction's check compares, and the value compared with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompareTarget {
+    /// How many times it was written since created (etcd's version; `Kv::writes`).
+    Writes(i64),
+    /// The revision that created it (`Kv::create_revision`).
+    CreateRevision(i64),
+    /// The revision of its last change (`Kv::version`).
+    ModRevision(i64),
+    /// Its value, compared byte by byte.
+    Value(Vec<u8>),
+    /// Its lease (`Kv::lease`).
+    Lease(i64),
 }
 
 /// A write of a transaction.
@@ -152,6 +204,8 @@ pub trait StateStore: Send + Sync {
     /// The leader now (once there is one) and each new leader.
     async fn observe(&self) -> Result<LeaderStream, StoreError>;
 
-    /// Ends the store's background work (leaderships it holds are resigned when dropped).
+    /// Ends the store and every clone of it: the leaderships it holds are resigned (awaited),
+    /// its watches and observations end with `Unavailable`, its calls are refused from then on,
+    /// and its connection is released once the calls in flight finish.
     async fn close(&self);
 }

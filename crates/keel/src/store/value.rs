@@ -1,8 +1,13 @@
-//! A watched value: one key, decoded, followed from its current value on. A watcher's `get`
-//! yields the value read when it starts, then every newer value in order (a deletion as `None`);
-//! it resumes from the revision after the last one it yielded when the watch breaks, waits with
-//! exponential backoff while the cluster is unavailable, and reads the key again when the history
-//! it needs was compacted. Values that do not decode are skipped.
+//! A watched value: one key, decoded, followed from its current value on, after the model of
+//! Monogon's etcd-backed event value. A watcher's `get` yields the value read when it starts
+//! (waiting for the key to be created if it does not exist), then every newer value in order (a
+//! deletion as `None`); it resumes from the revision after the last one it yielded when the
+//! watch breaks, waits with exponential backoff while the cluster is unavailable, and reads the
+//! key again when the history it needs was compacted. A value that does not decode is that
+//! `get`'s error (`ValueError::Decode`); the next `get` goes on after it.
+//!
+//! Keel's one addition: `Value::absent_as_none` makes the first `get` on an absent key answer
+//! `None` at once instead of waiting (a caller that must act on "not configured yet").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +30,9 @@ pub enum ValueError {
     /// The store refused (not a passing unavailability: those are retried).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The value written at `revision` does not decode; the next `get` yields what follows it.
+    #[error("the value at revision {revision} does not decode: {message}")]
+    Decode { revision: i64, message: String },
 }
 
 /// A key whose values are decoded by `D`.
@@ -32,12 +40,13 @@ pub struct Value<T> {
     store: Arc<dyn StateStore>,
     key: Vec<u8>,
     decode: Decoder<T>,
+    absent_as_none: bool,
 }
 
 type Decoder<T> = Arc<dyn Fn(&[u8]) -> Result<T, String> + Send + Sync>;
 
 impl<T: Send + 'static> Value<T> {
-    /// The value at `key` of `store`, decoded by `decode` (its errors skip that value).
+    /// The value at `key` of `store`, decoded by `decode` (its errors are `get`'s errors).
     pub fn new<E: std::fmt::Display>(
         store: Arc<dyn StateStore>,
         key: impl Into<Vec<u8>>,
@@ -47,7 +56,15 @@ impl<T: Send + 'static> Value<T> {
             store,
             key: key.into(),
             decode: Arc::new(move |b| decode(b).map_err(|e| e.to_string())),
+            absent_as_none: false,
         }
+    }
+
+    /// The same value, whose watchers' first `get` answers `None` at once when the key does not
+    /// exist (instead of waiting for it to be created).
+    pub fn absent_as_none(mut self) -> Value<T> {
+        self.absent_as_none = true;
+        self
     }
 
     /// A watcher starting from the current value.
@@ -56,6 +73,7 @@ impl<T: Send + 'static> Value<T> {
             store: self.store.clone(),
             key: self.key.clone(),
             decode: self.decode.clone(),
+            absent_as_none: self.absent_as_none,
             state: Mutex::new(State::default()),
         }
     }
@@ -66,6 +84,7 @@ pub struct ValueWatcher<T> {
     store: Arc<dyn StateStore>,
     key: Vec<u8>,
     decode: Decoder<T>,
+    absent_as_none: bool,
     state: Mutex<State>,
 }
 
@@ -92,15 +111,17 @@ impl<T> ValueWatcher<T> {
             match self.next(&mut state).await {
                 Ok(Some(v)) => {
                     state.backoff = None;
-                    match v {
-                        Some(bytes) => match (self.decode)(&bytes) {
-                            Ok(v) => return Ok(Some(v)),
-                            Err(e) => {
-                                tracing::warn!(key = %String::from_utf8_lossy(&self.key), error = %e, "skipping a value that does not decode");
-                            }
-                        },
-                        None => return Ok(None),
-                    }
+                    return match v {
+                        Some(bytes) => {
+                            (self.decode)(&bytes)
+                                .map(Some)
+                                .map_err(|message| ValueError::Decode {
+                                    revision: state.yielded,
+                                    message,
+                                })
+                        }
+                        None => Ok(None),
+                    };
                 }
                 Ok(None) => {}
                 Err(StoreError::Compacted(_)) => {
@@ -129,10 +150,14 @@ impl<T> ValueWatcher<T> {
             let (kv, revision) = self.store.read(&self.key).await?;
             state.read_at = revision;
             state.watching = None;
-            if kv.as_ref().is_some_and(|kv| kv.version <= state.yielded) {
-                return Ok(None);
+            // Already yielded (a re-read after compaction), or absent at first: nothing yet.
+            let first = state.yielded == 0;
+            match &kv {
+                Some(kv) if kv.version <= state.yielded => return Ok(None),
+                None if first && !self.absent_as_none => return Ok(None),
+                Some(kv) => state.yielded = kv.version,
+                None => state.yielded = revision,
             }
-            state.yielded = revision;
             return Ok(Some(kv.map(|kv| kv.value)));
         }
         let Some(watching) = state.watching.as_mut() else {
