@@ -138,13 +138,15 @@ pub struct PeerProgress {
     pub state: Replication,
     /// The snapshot index being sent to it (0 when none).
     pub pending_snapshot: u64,
-    /// Whether it responded within the last election timeout.
+    /// Whether it answered the leader within the last election timeout (by the time of its
+    /// last message, not raft's check-quorum flag, which each check resets).
     pub active: bool,
     /// Whether it is a learner.
     pub learner: bool,
     /// When it last responded to the leader, if since this member led.
     pub last_contact: Option<Instant>,
-    /// Since when it lacks entries the leader has (None while caught up).
+    /// When the oldest entry it lacks was appended to the leader's log (None while caught up):
+    /// its lag as a time, within one tick.
     pub behind_since: Option<Instant>,
 }
 
@@ -316,7 +318,7 @@ impl Node {
             rx,
             reporter: Stepper { tx: tx.clone() },
             last_contact: HashMap::new(),
-            caught_up_at: HashMap::new(),
+            appended: std::collections::VecDeque::new(),
             committed,
             outbox,
             status: status.clone(),
@@ -438,8 +440,10 @@ pub struct Driver {
     reporter: Stepper,
     /// When each member last answered, while this member leads.
     last_contact: HashMap<u64, Instant>,
-    /// When each member last had every entry of the leader's log, while this member leads.
-    caught_up_at: HashMap<u64, Instant>,
+    /// While this member leads, its log's last index at each tick it grew: entries up to the
+    /// index existed at the time. The first record past a member's matched index dates the
+    /// oldest entry it lacks. Records no member needs are dropped.
+    appended: std::collections::VecDeque<(u64, Instant)>,
     committed: mpsc::Sender<Committed>,
     outbox: Arc<dyn Outbox>,
     status: Arc<RwLock<RaftStatus>>,
@@ -844,20 +848,37 @@ impl Driver {
         }
     }
 
+    /// Most records kept of when the leader's log grew: an hour of ticks at etcd's default
+    /// heartbeat; a member further behind shows at least that.
+    const APPENDED_RECORDS: usize = 36_000;
+
+    /// Notes the leader's last index at this tick, and forgets what every member has.
+    fn record_appended(&mut self, now: Instant) {
+        let r = &self.raw.raft;
+        let last = r.raft_log.last_index();
+        if self.appended.back().is_none_or(|(index, _)| *index < last) {
+            self.appended.push_back((last, now));
+        }
+        let everyone_has = r.prs().iter().map(|(_, p)| p.matched).min().unwrap_or(0);
+        while self
+            .appended
+            .front()
+            .is_some_and(|(index, _)| *index <= everyone_has)
+            || self.appended.len() > Self::APPENDED_RECORDS
+        {
+            self.appended.pop_front();
+        }
+    }
+
     fn publish_status(&mut self, ticked: bool) {
         let now = self.now;
         if self.raw.raft.state != StateRole::Leader {
             self.last_contact.clear();
-            self.caught_up_at.clear();
+            self.appended.clear();
         } else if ticked {
-            let last = self.raw.raft.raft_log.last_index();
-            for (&id, p) in self.raw.raft.prs().iter() {
-                let since = self.caught_up_at.entry(id).or_insert(now);
-                if p.matched >= last {
-                    *since = now;
-                }
-            }
+            self.record_appended(now);
         }
+        let contact_window = self.tick * self.election_ticks as u32;
         let r = &self.raw.raft;
         let role = Role::of(r.state);
         let mut s = self.status.write();
@@ -876,12 +897,19 @@ impl Driver {
                         ProgressState::Snapshot => Replication::Snapshot,
                     },
                     pending_snapshot: p.pending_snapshot,
-                    active: p.recent_active,
+                    active: id == r.id
+                        || self
+                            .last_contact
+                            .get(&id)
+                            .is_some_and(|t| now.saturating_duration_since(*t) <= contact_window),
                     learner: learners.contains(&id),
                     last_contact: self.last_contact.get(&id).copied(),
-                    behind_since: (p.matched < r.raft_log.last_index())
-                        .then(|| self.caught_up_at.get(&id).copied())
-                        .flatten(),
+                    behind_since: (p.matched < r.raft_log.last_index()).then(|| {
+                        self.appended
+                            .iter()
+                            .find(|(index, _)| *index > p.matched)
+                            .map_or(now, |(_, at)| *at)
+                    }),
                 })
                 .collect()
         } else {

@@ -560,6 +560,49 @@ fn members_json(endpoint: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Under a steady write load, healthy followers are a few entries behind at any moment: their lag
+/// as a time is the age of the oldest entry they lack (well under a second), not the time since
+/// they last had every entry, and they read active in every sample.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_followers_under_load_show_a_small_lag_and_stay_active() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let mut c = cluster.members[leader].client().await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.put(format!("load/{w}/{i}"), "v", None).await.unwrap();
+                i += 1;
+            }
+            i
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let endpoint = cluster.members[leader].endpoint();
+    for _ in 0..15 {
+        let v = members_json(&endpoint);
+        for m in v["members"].as_array().unwrap() {
+            if m["role"] == "leader" {
+                continue;
+            }
+            assert_eq!(m["active"], true, "{v}");
+            let lag = m["lag_ms"].as_u64().unwrap();
+            assert!(lag < 1000, "a healthy follower shows {lag} ms of lag: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut written = 0;
+    for w in writers {
+        written += w.await.unwrap();
+    }
+    assert!(written > 100, "only {written} writes: no load");
+}
+
 #[tokio::test]
 async fn keel_members_shows_roles_progress_and_lag() {
     let mut cluster = Cluster::start(3).await;
