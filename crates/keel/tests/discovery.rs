@@ -23,38 +23,16 @@ fn member_names(endpoint: &str) -> String {
 }
 
 /// Real etcd serving its v2 keys API (a self-hosted discovery service), with a token directory
-/// for a cluster of `size`: the process and the token's URL.
-fn discovery_service(dir: &std::path::Path, size: usize) -> (std::process::Child, String) {
-    let (client, peer) = (free_port(), free_port());
-    let etcd_url = format!("http://127.0.0.1:{client}");
-    let etcd = std::process::Command::new("etcd")
-        .arg("--enable-v2")
-        .arg(format!("--data-dir={}", dir.join("etcd").display()))
-        .arg(format!("--listen-client-urls={etcd_url}"))
-        .arg(format!("--advertise-client-urls={etcd_url}"))
-        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!(
-            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-        ))
-        .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("etcd (Debian package etcd-server)");
-    let durl = format!("{etcd_url}/v2/keys/discovery/keel-test");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let set = std::process::Command::new("curl")
-            .args(["-sf", "-X", "PUT", "-d", &format!("value={size}")])
-            .arg(format!("{durl}/_config/size"))
-            .output()
-            .unwrap();
-        if set.status.success() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "etcd did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// for a cluster of `size`: etcd and the token's URL.
+fn discovery_service(size: usize) -> (common::Etcd, String) {
+    let etcd = common::start_etcd_with(&["--enable-v2"]);
+    let durl = format!("http://{}/v2/keys/discovery/keel-test", etcd.endpoint);
+    let set = std::process::Command::new("curl")
+        .args(["-sf", "-X", "PUT", "-d", &format!("value={size}")])
+        .arg(format!("{durl}/_config/size"))
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{}", common::stderr(&set));
     (etcd, durl)
 }
 
@@ -62,8 +40,7 @@ fn discovery_service(dir: &std::path::Path, size: usize) -> (std::process::Child
 /// cluster; a fourth is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn members_find_each_other_through_a_discovery_service() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut etcd, durl) = discovery_service(dir.path(), 3);
+    let (_etcd, durl) = discovery_service(3);
     let start = |name: &str| {
         let (mut flags, endpoint) = member_flags(name);
         flags.retain(|f| !f.starts_with("--initial-cluster="));
@@ -85,8 +62,6 @@ async fn members_find_each_other_through_a_discovery_service() {
         "{}",
         late.log()
     );
-    let _ = etcd.kill();
-    let _ = etcd.wait();
 }
 
 /// An HTTP forward proxy for absolute-form requests (one per connection, as the discovery
@@ -130,8 +105,7 @@ async fn forward_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 /// --discovery-proxy: the discovery service is asked through the given HTTP proxy.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_discovery_service_is_asked_through_the_discovery_proxy() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut etcd, durl) = discovery_service(dir.path(), 1);
+    let (_etcd, durl) = discovery_service(1);
     let (proxy, seen) = forward_proxy().await;
     let (mut flags, endpoint) = member_flags("p1");
     flags.retain(|f| !f.starts_with("--initial-cluster="));
@@ -148,8 +122,6 @@ async fn the_discovery_service_is_asked_through_the_discovery_proxy() {
         "{seen:?}"
     );
     assert!(member.log().contains("running proxy with discovery"));
-    let _ = etcd.kill();
-    let _ = etcd.wait();
 }
 
 /// The initial cluster SRV records make, as etcd names it: https records first, the member

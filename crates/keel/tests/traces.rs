@@ -93,6 +93,21 @@ impl Collector {
     }
 }
 
+/// A ready member that traces to a collector of its own, with `flags` besides; the collector,
+/// the member and its client endpoint.
+async fn traced_member(name: &str, flags: &[&str]) -> (Collector, Proc, String) {
+    let (collector, address) = Collector::start().await;
+    let (mut all, endpoint) = member_flags(name);
+    all.push("--experimental-enable-distributed-tracing".into());
+    all.push(format!(
+        "--experimental-distributed-tracing-address={address}"
+    ));
+    all.extend(flags.iter().map(|f| f.to_string()));
+    let mut member = Proc::start(&all, &[]);
+    member.wait_ready();
+    (collector, member, endpoint)
+}
+
 fn attribute<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
     attrs
         .iter()
@@ -108,16 +123,14 @@ fn string(s: &str) -> Value {
 /// status of failed calls, and the configured service name and instance id.
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_are_traced_to_the_collector() {
-    let (collector, address) = Collector::start().await;
-    let (mut flags, endpoint) = member_flags("t1");
-    flags.extend([
-        "--experimental-enable-distributed-tracing".to_string(),
-        format!("--experimental-distributed-tracing-address={address}"),
-        "--experimental-distributed-tracing-sampling-rate=1000000".to_string(),
-        "--experimental-distributed-tracing-instance-id=t1-instance".to_string(),
-    ]);
-    let mut member = Proc::start(&flags, &[]);
-    member.wait_ready();
+    let (collector, _member, endpoint) = traced_member(
+        "t1",
+        &[
+            "--experimental-distributed-tracing-sampling-rate=1000000",
+            "--experimental-distributed-tracing-instance-id=t1-instance",
+        ],
+    )
+    .await;
     assert!(common::etcdctl_at(&endpoint, &["put", "k", "v"], None)
         .status
         .success());
@@ -162,15 +175,11 @@ async fn requests_are_traced_to_the_collector() {
 /// `traceparent` with the sampled flag) are traced, in the caller's trace.
 #[tokio::test(flavor = "multi_thread")]
 async fn only_sampled_callers_are_traced_at_the_default_rate() {
-    let (collector, address) = Collector::start().await;
-    let (mut flags, endpoint) = member_flags("t2");
-    flags.extend([
-        "--experimental-enable-distributed-tracing".to_string(),
-        format!("--experimental-distributed-tracing-address={address}"),
-        "--experimental-distributed-tracing-service-name=keel-under-test".to_string(),
-    ]);
-    let mut member = Proc::start(&flags, &[]);
-    member.wait_ready();
+    let (collector, _member, endpoint) = traced_member(
+        "t2",
+        &["--experimental-distributed-tracing-service-name=keel-under-test"],
+    )
+    .await;
     let mut grpc = common::raw_grpc(&endpoint).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     for parent in [None, Some(format!("00-{trace_id}-00f067aa0ba902b7-01"))] {

@@ -128,16 +128,13 @@ impl TcpProxy {
 
 /// Runs `keel gateway start`.
 pub async fn run(mut args: GatewayArgs) -> anyhow::Result<()> {
-    let found = super::discover_endpoints(
+    args.endpoints = super::endpoints(
         args.discovery_srv.as_deref(),
         args.discovery_srv_name.as_deref(),
         args.insecure_discovery,
+        std::mem::take(&mut args.endpoints),
     )
     .await?;
-    // No endpoint discovered: etcd falls back to --endpoints.
-    if !found.is_empty() {
-        args.endpoints = found;
-    }
     if args.endpoints.is_empty() {
         anyhow::bail!("no endpoints found");
     }

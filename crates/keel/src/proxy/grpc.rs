@@ -205,16 +205,13 @@ fn common_name(der: &rustls::pki_types::CertificateDer<'_>) -> Option<String> {
 /// Runs `keel grpc-proxy start`.
 pub async fn run(mut a: GrpcProxyArgs) -> anyhow::Result<()> {
     check_args(&a)?;
-    let found = super::discover_endpoints(
+    a.endpoints = super::endpoints(
         a.discovery_srv.as_deref(),
         a.discovery_srv_name.as_deref(),
         a.insecure_discovery,
+        std::mem::take(&mut a.endpoints),
     )
     .await?;
-    // No endpoint discovered: etcd falls back to --endpoints.
-    if !found.is_empty() {
-        a.endpoints = found;
-    }
     let dialer = keel_raft::Dialer::new(upstream_tls(&a)?);
     let upstream = Upstream::new(&a.endpoints, &dialer)?;
     let listen_tls = TlsConfig {

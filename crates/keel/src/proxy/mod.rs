@@ -11,11 +11,21 @@ use std::sync::Arc;
 
 use tonic::transport::Channel;
 
-/// The client endpoints that the SRV records of `domain` name (etcd's discoverEndpoints);
-/// empty when no domain is given or none survives the check. Unless `insecure`, only https
-/// endpoints that accept a connection are kept, as etcd keeps them. A domain without any
-/// client records is an error.
-pub async fn discover_endpoints(
+/// The endpoints a proxy forwards to: those the SRV records of `domain` name (etcd's
+/// discoverEndpoints), or `given` (--endpoints) when no domain is given or no discovered endpoint
+/// survives the check. Unless `insecure`, only https endpoints that accept a connection are
+/// kept, as etcd keeps them. A domain without any client records is an error.
+pub async fn endpoints(
+    domain: Option<&str>,
+    service_name: Option<&str>,
+    insecure: bool,
+    given: Vec<String>,
+) -> anyhow::Result<Vec<String>> {
+    let found = discover_endpoints(domain, service_name, insecure).await?;
+    Ok(if found.is_empty() { given } else { found })
+}
+
+async fn discover_endpoints(
     domain: Option<&str>,
     service_name: Option<&str>,
     insecure: bool,

@@ -514,10 +514,16 @@ impl Drop for Etcd {
 }
 
 pub fn start_etcd() -> Etcd {
+    start_etcd_with(&[])
+}
+
+/// Real etcd with `extra` flags too.
+pub fn start_etcd_with(extra: &[&str]) -> Etcd {
     let dir = tempfile::tempdir().unwrap();
     let (port, peer) = (free_port(), free_port());
     let endpoint = format!("127.0.0.1:{port}");
     let child = Command::new("etcd")
+        .args(extra)
         .arg("--name=e")
         .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
         .arg(format!("--listen-client-urls=http://{endpoint}"))
