@@ -64,8 +64,8 @@ async fn members_find_each_other_through_a_discovery_service() {
     );
 }
 
-/// An HTTP forward proxy for absolute-form requests (one per connection, as the discovery
-/// client sends them); the request lines it forwarded.
+/// An HTTP forward proxy: absolute-form requests (one per connection, as the discovery client
+/// sends them) and CONNECT tunnels; the request lines it was sent.
 async fn forward_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -87,6 +87,15 @@ async fn forward_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
                 let mut parts = line.split(' ');
                 let (method, uri) = (parts.next().unwrap(), parts.next().unwrap());
                 log.lock().unwrap().push(line.to_string());
+                if method == "CONNECT" {
+                    let mut outbound = tokio::net::TcpStream::connect(uri).await.unwrap();
+                    inbound
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    return;
+                }
                 let Some(after) = uri.strip_prefix("http://") else {
                     let _ = inbound.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
                     return;
@@ -122,6 +131,71 @@ async fn the_discovery_service_is_asked_through_the_discovery_proxy() {
         "{seen:?}"
     );
     assert!(member.log().contains("running proxy with discovery"));
+}
+
+/// An https discovery service through --discovery-proxy: the member asks for a CONNECT tunnel
+/// and speaks TLS inside it, trusting the service's CA through SSL_CERT_FILE (as Go does).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_discovery_service_is_reached_through_a_proxy_tunnel() {
+    let certs = tempfile::tempdir().unwrap();
+    common::certs::make_certs(certs.path());
+    let pem = |f: &str| certs.path().join(f).display().to_string();
+    let (port, peer) = (free_port(), free_port());
+    let data = tempfile::tempdir().unwrap();
+    let mut etcd = std::process::Command::new("etcd")
+        .arg("--enable-v2")
+        .arg(format!("--data-dir={}", data.path().display()))
+        .arg(format!("--cert-file={}", pem("server.pem")))
+        .arg(format!("--key-file={}", pem("server.key")))
+        .arg(format!("--listen-client-urls=https://127.0.0.1:{port}"))
+        .arg(format!("--advertise-client-urls=https://127.0.0.1:{port}"))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
+        .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("etcd (Debian package etcd-server)");
+    let base = format!("https://127.0.0.1:{port}/v2/keys/discovery/tls-test");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let set = std::process::Command::new("curl")
+            .args([
+                "-sf",
+                "--cacert",
+                &pem("ca.pem"),
+                "-X",
+                "PUT",
+                "-d",
+                "value=1",
+            ])
+            .arg(format!("{base}/_config/size"))
+            .output()
+            .unwrap();
+        if set.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "etcd did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (proxy, seen) = forward_proxy().await;
+    let (mut flags, endpoint) = member_flags("t1");
+    flags.retain(|f| !f.starts_with("--initial-cluster="));
+    flags.push(format!("--discovery={base}"));
+    flags.push(format!("--discovery-proxy=http://{proxy}"));
+    let mut member = Proc::start(&flags, &[("SSL_CERT_FILE", pem("ca.pem").as_str())]);
+    member.wait_ready();
+    assert_eq!(member_names(&endpoint).lines().count(), 1);
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|l| *l == format!("CONNECT 127.0.0.1:{port} HTTP/1.1")),
+        "{seen:?}"
+    );
+    let _ = etcd.kill();
+    let _ = etcd.wait();
 }
 
 /// The initial cluster SRV records make, as etcd names it: https records first, the member

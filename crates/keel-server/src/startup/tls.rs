@@ -379,7 +379,12 @@ impl TrustedLeaves {
 
 /// The system's CA bundle, for peers whose certificates no --peer-trusted-ca-file names (Go
 /// uses the system pool then).
+/// The system's CA bundle: `SSL_CERT_FILE` when set (as Go's crypto/x509 reads it), else the
+/// first of the distributions' bundle files that exists.
 fn system_roots() -> Result<RootCertStore, String> {
+    if let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty()) {
+        return roots(Path::new(&file));
+    }
     const BUNDLES: [&str; 3] = [
         "/etc/ssl/certs/ca-certificates.crt",
         "/etc/pki/tls/certs/ca-bundle.crt",
