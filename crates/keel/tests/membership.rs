@@ -116,10 +116,23 @@ async fn a_learner_joins_catches_up_by_snapshot_is_promoted_and_a_member_is_remo
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Promote it (through any member: a follower forwards to the leader).
+    // Promote it (through any member: a follower forwards to the leader). Until its log has 90%
+    // of the leader's, etcd refuses, and so does Keel: a user asks again.
     let id = format!("{:x}", m.id());
-    let out = cluster.members[1].etcdctl(&["member", "promote", &id]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = cluster.members[1].etcdctl(&["member", "promote", &id]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            stderr(&out).contains("can only promote a learner member which is in sync with leader")
+                && Instant::now() < deadline,
+            "{}",
+            stderr(&out)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(!id_of(&mut c, &peer_url).await.is_learner());
     let out = cluster.members[1].etcdctl(&["member", "promote", &id]);
     assert!(!out.status.success());
