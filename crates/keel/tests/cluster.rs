@@ -627,9 +627,16 @@ async fn keel_members_shows_roles_progress_and_lag() {
             .collect();
         assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1);
         let lagging = members.iter().find(|m| m["id"] == down_id).unwrap();
+        // The status is a snapshot of a running cluster: the live follower is caught up in most
+        // samples, not necessarily in each (the leader's own entries, e.g. lease syncs, pass by).
+        let up = members
+            .iter()
+            .find(|m| m["role"] == "follower" && m["id"] != down_id)
+            .unwrap();
         if lagging["lag_entries"].as_u64().unwrap() >= 100
             && !lagging["active"].as_bool().unwrap()
             && lagging["progress"] == "probing"
+            && up["lag_entries"] == 0
             && lagging["lag_ms"].as_u64().unwrap() > 0
         {
             // The leader's /metrics says the same.
@@ -646,12 +653,8 @@ async fn keel_members_shows_roles_progress_and_lag() {
             let lag: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
             assert!(lag >= 100, "{line}");
             assert!(metrics.contains("etcd_server_is_leader 1"), "{metrics}");
-            let up = members
-                .iter()
-                .find(|m| m["role"] == "follower" && m["id"] != down_id)
-                .unwrap();
             assert_eq!(up["progress"], "replicating");
-            assert_eq!(up["lag_entries"], 0);
+            assert_eq!(up["active"], true);
             break;
         }
         assert!(Instant::now() < deadline, "lag never showed: {v}");
