@@ -1139,7 +1139,7 @@ fn find_self(cfg: &ServerConfig) -> Result<Vec<String>, StartError> {
         })?;
     let mut mine = urls.clone();
     mine.sort();
-    if !same_urls(&mine, &cfg.initial_advertise_peer_urls) {
+    if !same_urls(urls, &cfg.initial_advertise_peer_urls) {
         let mut advertised = cfg.initial_advertise_peer_urls.clone();
         advertised.sort();
         return Err(StartError::Config(format!(

@@ -15,11 +15,11 @@ use std::task::{Context, Poll};
 use axum::http;
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::RwLock;
-
-use super::traces::RequestSpan;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
 };
+
+use super::traces::RequestSpan;
 
 /// gRPC status codes by number, as Go names them (go-grpc-prometheus's `grpc_code` label).
 const GRPC_CODES: [&str; 17] = [
