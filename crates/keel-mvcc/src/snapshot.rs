@@ -18,8 +18,15 @@ pub const LOCAL_META_PREFIX: &[u8] = b"local/";
 /// Set while an installation is under way (its value: the checkpoint directory); an installation
 /// interrupted by a crash is redone at the next open.
 const META_INSTALLING: &[u8] = b"local/installing";
-/// Records copied per RocksDB write while installing.
+/// Records copied per RocksDB write while installing, and the bytes that end a write sooner (a
+/// batch of large values must not hold the image in memory).
 const INSTALL_BATCH: usize = 10_000;
+const INSTALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Told how an installation goes: records written (deleted or copied) so far, of an estimate of
+/// the whole (RocksDB's key-count estimates; `done` can pass it, and the last call has
+/// `done == total`).
+pub type InstallProgress<'a> = &'a mut dyn FnMut(u64, u64);
 
 /// A checkpoint opened for reading its metadata.
 pub struct CheckpointReader {
@@ -72,8 +79,15 @@ impl Store {
 
     /// Replaces the replicated state with the checkpoint in `dir`, then rebuilds the in-memory
     /// index. `note` is recorded under `note_key` (a local meta key) before anything changes, so a
-    /// restart after a crash mid-way finds it, and finishes the installation.
-    pub fn install(&self, dir: &Path, note_key: &[u8], note: &[u8]) -> Result<()> {
+    /// restart after a crash mid-way finds it, and finishes the installation. `progress` is told
+    /// how the copy goes.
+    pub fn install(
+        &self,
+        dir: &Path,
+        note_key: &[u8],
+        note: &[u8],
+        progress: InstallProgress<'_>,
+    ) -> Result<()> {
         let mut start = rocksdb::WriteBatch::default();
         start.put_cf(
             self.cf(CF_META),
@@ -82,7 +96,7 @@ impl Store {
         );
         start.put_cf(self.cf(CF_META), note_key, note);
         self.db.write_opt(start, &synced())?;
-        self.copy_checkpoint(dir)
+        self.copy_checkpoint(dir, progress)
     }
 
     /// Finishes an installation a crash interrupted (called by `open`).
@@ -97,17 +111,33 @@ impl Store {
                 "a snapshot installation was interrupted and its checkpoint {dir} is gone"
             )));
         }
-        self.copy_checkpoint(Path::new(&dir))
+        self.copy_checkpoint(Path::new(&dir), &mut |_, _| {})
     }
 
-    fn copy_checkpoint(&self, dir: &Path) -> Result<()> {
+    fn copy_checkpoint(&self, dir: &Path, progress: InstallProgress<'_>) -> Result<()> {
         let src = CheckpointReader::open(dir)?;
+        let estimate = |db: &DB| -> u64 {
+            FAMILIES
+                .iter()
+                .filter_map(|f| db.cf_handle(f))
+                .filter_map(|cf| {
+                    db.property_int_value_cf(cf, "rocksdb.estimate-num-keys")
+                        .ok()
+                })
+                .flatten()
+                .sum()
+        };
+        let total = estimate(&self.db) + estimate(&src.db);
+        let mut done = 0u64;
+        progress(0, total);
         // Readers must not see a half-copied store: the index is held until it is rebuilt.
         let mut index = self.index.write();
         let mut batch = rocksdb::WriteBatch::default();
-        let flush = |batch: &mut rocksdb::WriteBatch| -> Result<()> {
-            if batch.len() >= INSTALL_BATCH {
+        let mut flush = |batch: &mut rocksdb::WriteBatch| -> Result<()> {
+            if batch.len() >= INSTALL_BATCH || batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+                done += batch.len() as u64;
                 self.db.write(std::mem::take(batch))?;
+                progress(done, total.max(done + 1));
             }
             Ok(())
         };
@@ -129,10 +159,13 @@ impl Store {
                 }
             }
         }
+        done += batch.len() as u64;
         batch.delete_cf(self.cf(CF_META), META_INSTALLING);
         self.db.write(batch)?;
         self.db.flush_wal(true)?;
-        self.rebuild(&mut index)
+        self.rebuild(&mut index)?;
+        progress(done, done);
+        Ok(())
     }
 }
 
@@ -170,8 +203,13 @@ mod tests {
         wb.end();
         wb.put_meta(b"local/who", b"b");
         wb.commit(3).unwrap();
-        b.install(&dir.path().join("snap"), b"local/note", b"n")
-            .unwrap();
+        b.install(
+            &dir.path().join("snap"),
+            b"local/note",
+            b"n",
+            &mut |_, _| {},
+        )
+        .unwrap();
 
         assert_eq!(b.applied_index(), 7);
         assert_eq!(b.current_revision(), 3);
@@ -193,5 +231,38 @@ mod tests {
         let b = Store::open(&dir.path().join("b")).unwrap();
         assert_eq!(b.current_revision(), 3);
         assert_eq!(b.get_meta(META_INSTALLING).unwrap(), None);
+    }
+
+    #[test]
+    fn install_reports_its_progress_in_bounded_writes_up_to_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(&dir.path().join("a")).unwrap();
+        let value = vec![7u8; 1024 * 1024];
+        for i in 0..24u64 {
+            let mut wb = a.write_batch();
+            wb.begin();
+            wb.put(format!("k{i:02}").as_bytes(), value.clone(), 0);
+            wb.end();
+            wb.commit(i + 1).unwrap();
+        }
+        a.checkpoint(&dir.path().join("snap")).unwrap();
+
+        let b = Store::open(&dir.path().join("b")).unwrap();
+        let mut seen = Vec::new();
+        b.install(
+            &dir.path().join("snap"),
+            b"local/note",
+            b"n",
+            &mut |done, total| seen.push((done, total)),
+        )
+        .unwrap();
+        // 24 MiB of values in writes of at most 4 MiB: several reports before the last.
+        assert!(seen.len() >= 6, "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+        assert!(seen.iter().all(|(done, total)| done <= total), "{seen:?}");
+        let (done, total) = *seen.last().unwrap();
+        assert_eq!(done, total);
+        assert!(done >= 24, "{seen:?}");
+        assert_eq!(b.current_revision(), 25);
     }
 }

@@ -1,6 +1,7 @@
 //! Keel's consensus layer: the raft-rs driver, its RocksDB log store and the peer transport. It orders opaque entries;
 //! what they mean (etcd's API) is the state machine's business above it.
 
+mod bootstrap;
 pub mod dial;
 mod fault;
 pub mod handoff;
@@ -29,6 +30,7 @@ pub fn conf_change(e: &Entry) -> Option<ConfChange> {
         _ => None,
     }
 }
+pub use bootstrap::{Bootstrap, BootstrapPhase, BootstrapReport};
 pub use dial::{Dialer, Target};
 pub use transport::{PeerService, SnapshotTransfer, Transport};
 

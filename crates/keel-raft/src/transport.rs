@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::bootstrap::Bootstrap;
 use crate::dial::{describe_error, Dialer};
 use crate::fault::Partition;
 use crate::node::Stepper;
@@ -55,8 +56,13 @@ pub struct Transport {
     member_id: u64,
     peers: Mutex<HashMap<u64, PeerQueue>>,
     partition: Arc<Partition>,
-    /// Snapshot transfers under way, by destination.
+    /// The last snapshot transfer to each member: under way, or finished (kept so that the
+    /// member's own, older, report of receiving it is not taken for less progress).
     transfers: Arc<Mutex<HashMap<u64, SnapshotTransfer>>>,
+    /// Why the last snapshot sent to a member failed, until one succeeds.
+    snapshot_failures: Arc<Mutex<HashMap<u64, String>>>,
+    /// The snapshot this member is receiving (the state machine reports its installation here).
+    bootstrap: Arc<Bootstrap>,
     /// Where senders report a peer they cannot reach (the local raft node, once it runs).
     reporter: Arc<std::sync::OnceLock<Stepper>>,
     /// Dials peer URLs, with TLS for https ones: the CA peers' certificates are checked
@@ -64,8 +70,8 @@ pub struct Transport {
     dialer: Dialer,
 }
 
-/// A snapshot being sent to a member.
-#[derive(Clone, Copy, Debug, Default)]
+/// A snapshot sent to a member.
+#[derive(Clone, Copy, Debug)]
 pub struct SnapshotTransfer {
     /// The snapshot's raft index.
     pub index: u64,
@@ -73,6 +79,10 @@ pub struct SnapshotTransfer {
     pub sent: u64,
     /// Bytes of the whole image.
     pub total: u64,
+    /// When the transfer started.
+    pub started: Instant,
+    /// Whether the member acknowledged the whole image.
+    pub finished: bool,
 }
 
 impl Transport {
@@ -91,6 +101,8 @@ impl Transport {
             cluster_id,
             peers: Mutex::default(),
             transfers: Arc::default(),
+            snapshot_failures: Arc::default(),
+            bootstrap: Arc::default(),
             reporter: Arc::default(),
         })
     }
@@ -158,6 +170,7 @@ impl Transport {
         };
         let cluster_id = self.cluster_id;
         let transfers = self.transfers.clone();
+        let failures = self.snapshot_failures.clone();
         let dialer = self.dialer.clone();
         self.runtime.spawn(async move {
             let index = msg.get_snapshot().get_metadata().index;
@@ -170,25 +183,51 @@ impl Transport {
                 }
             }
             match &result {
-                Ok(bytes) => tracing::info!(
-                    to = format!("{to:x}"),
-                    index,
-                    bytes,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "snapshot sent"
-                ),
+                Ok(bytes) => {
+                    failures.lock().remove(&to);
+                    tracing::info!(
+                        to = format!("{to:x}"),
+                        index,
+                        bytes,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "snapshot sent"
+                    )
+                }
                 Err(e) => {
-                    tracing::warn!(to = format!("{to:x}"), index, error = %describe_error(e.as_ref()), "sending a snapshot failed")
+                    let error = describe_error(e.as_ref());
+                    tracing::warn!(to = format!("{to:x}"), index, %error, "sending a snapshot failed");
+                    failures.lock().insert(to, format!("sending a snapshot failed: {error}"));
                 }
             }
-            transfers.lock().remove(&to);
+            match result {
+                Ok(_) => {
+                    if let Some(t) = transfers.lock().get_mut(&to) {
+                        t.finished = true;
+                    }
+                }
+                Err(_) => {
+                    transfers.lock().remove(&to);
+                }
+            }
             reporter.report_snapshot(to, result.is_ok());
         });
     }
 
-    /// The snapshot transfers under way, by destination.
+    /// The last snapshot transfer to each member, under way or finished (failed ones are in
+    /// `snapshot_failures` instead).
     pub fn snapshot_transfers(&self) -> HashMap<u64, SnapshotTransfer> {
         self.transfers.lock().clone()
+    }
+
+    /// Why the last snapshot sent to each member failed (members whose last one succeeded, or
+    /// that were never sent one, are absent).
+    pub fn snapshot_failures(&self) -> HashMap<u64, String> {
+        self.snapshot_failures.lock().clone()
+    }
+
+    /// The snapshot this member is receiving or installing.
+    pub fn bootstrap(&self) -> &Arc<Bootstrap> {
+        &self.bootstrap
     }
 
     /// Stops sending to member `id`.
@@ -196,6 +235,8 @@ impl Transport {
         if let Some(old) = self.peers.lock().remove(&id) {
             old.task.abort();
         }
+        self.transfers.lock().remove(&id);
+        self.snapshot_failures.lock().remove(&id);
     }
 
     /// Queues messages for their destinations; never blocks.
@@ -365,6 +406,8 @@ async fn stream_snapshot(
             index,
             sent: 0,
             total,
+            started: Instant::now(),
+            finished: false,
         },
     );
     let transfers = transfers.clone();
@@ -372,6 +415,7 @@ async fn stream_snapshot(
     let header = SnapshotChunk {
         cluster_id,
         message: msg.write_to_bytes()?,
+        total_bytes: total,
         ..Default::default()
     };
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
@@ -421,9 +465,11 @@ async fn stream_snapshot(
         .max_encoding_message_size(usize::MAX)
         .snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
-    let sent = reader.await??;
+    let sent = reader.await?;
+    // The receiver's answer says why first: a receiver that gave up closes the stream, and the
+    // reader's own error is then only "channel closed".
     ack?;
-    Ok(sent)
+    sent
 }
 
 /// The receiving side: every message goes to the local raft node.
@@ -433,6 +479,7 @@ pub struct PeerService {
     snap_dir: PathBuf,
     partition: Arc<Partition>,
     transport: Arc<Transport>,
+    bootstrap: Arc<Bootstrap>,
 }
 
 impl Transport {
@@ -445,6 +492,7 @@ impl Transport {
             snap_dir,
             partition: self.partition.clone(),
             transport: self.clone(),
+            bootstrap: self.bootstrap.clone(),
         })
         .max_decoding_message_size(usize::MAX)
     }
@@ -467,6 +515,7 @@ impl PeerService {
     }
 
     /// Writes the streamed image into a fresh directory; returns the message and where it is.
+    /// The bootstrap tracker follows its progress, and keeps why it failed.
     async fn receive_snapshot(
         &self,
         inbound: &mut Streaming<SnapshotChunk>,
@@ -478,6 +527,28 @@ impl PeerService {
         self.check_cluster(first.cluster_id)?;
         let msg = Message::parse_from_bytes(&first.message)
             .map_err(|e| Status::invalid_argument(format!("snapshot message: {e}")))?;
+        self.bootstrap
+            .receiving(msg.get_snapshot().get_metadata().index, first.total_bytes);
+        let received = self.receive_files(&msg, first.total_bytes, inbound).await;
+        if let Err(e) = &received {
+            let why = e.message();
+            self.bootstrap
+                .failed(if why.starts_with("receiving a snapshot") {
+                    why.to_string()
+                } else {
+                    format!("receiving a snapshot: {why}")
+                });
+        }
+        let (dir, bytes) = received?;
+        Ok((msg, dir, bytes))
+    }
+
+    async fn receive_files(
+        &self,
+        msg: &Message,
+        total: u64,
+        inbound: &mut Streaming<SnapshotChunk>,
+    ) -> Result<(PathBuf, u64), Status> {
         let meta = msg.get_snapshot().get_metadata();
         let name = format!("recv-{:016x}-{:016x}", meta.index, meta.term);
         let partial = self.snap_dir.join(format!("{name}.partial"));
@@ -512,6 +583,7 @@ impl PeerService {
                 tracing::info!(bytes = received, "receiving a snapshot");
             }
             received += chunk.data.len() as u64;
+            self.bootstrap.advanced(received, total);
         }
         if let Some((_, f)) = current.take() {
             f.sync_all().await.map_err(io)?;
@@ -520,7 +592,7 @@ impl PeerService {
         let _ = tokio::fs::remove_dir_all(&done).await;
         tokio::fs::rename(&partial, &done).await.map_err(io)?;
         sync_dir(&self.snap_dir).map_err(io)?;
-        Ok((msg, done, received))
+        Ok((done, received))
     }
 }
 
@@ -560,6 +632,7 @@ impl Peer for PeerService {
     ) -> Result<Response<SnapshotAck>, Status> {
         let (mut msg, dir, bytes) = self.receive_snapshot(&mut req.into_inner()).await?;
         if self.partition.blocks(msg.from) {
+            self.bootstrap.finished();
             return Err(Status::unavailable("partitioned"));
         }
         tracing::info!(

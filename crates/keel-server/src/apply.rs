@@ -221,6 +221,8 @@ pub struct ApplyLoop {
     pub machine: Machine,
     /// Log compaction every this many applied entries.
     pub snapshot_count: u64,
+    /// Where a snapshot's installation reports its progress and failure.
+    pub bootstrap: Arc<keel_raft::Bootstrap>,
     /// Called with an index up to which the raft log may be dropped.
     pub compact_log: Box<dyn Fn(u64) + Send>,
     /// The applied index at the last log compaction.
@@ -317,15 +319,24 @@ impl ApplyLoop {
     /// Replaces the state with a received snapshot, then everything derived from it: leases,
     /// alarms, members, watchers (they catch up from the new history).
     fn install(&self, s: InstallSnapshot) {
+        self.bootstrap.installing(s.index);
+        let position = encode_position(s.index, s.term);
+        let mut progress = |done, total| self.bootstrap.advanced(done, total);
         let res = self
             .store
-            .install(&s.dir, META_INSTALLED, &encode_position(s.index, s.term))
+            .install(&s.dir, META_INSTALLED, &position, &mut progress)
             .map_err(|e| e.to_string())
             .and_then(|()| self.reload_derived().map_err(|e| e.to_string()));
-        if res.is_ok() {
-            self.hub.resync();
-            self.applied.send_replace(self.store.applied_index());
-            let _ = std::fs::remove_dir_all(&s.dir);
+        match &res {
+            Ok(()) => {
+                self.bootstrap.finished();
+                self.hub.resync();
+                self.applied.send_replace(self.store.applied_index());
+                let _ = std::fs::remove_dir_all(&s.dir);
+            }
+            Err(e) => self
+                .bootstrap
+                .failed(format!("installing a snapshot failed: {e}")),
         }
         let _ = s.done.send(res);
     }

@@ -20,6 +20,7 @@ mod membership;
 mod metrics;
 mod pprof;
 mod range;
+mod replication;
 mod server;
 pub mod service;
 #[cfg(feature = "sim")]
@@ -38,6 +39,10 @@ pub use config::{
     TlsCommon, TlsConfig,
 };
 pub use error::ServerError;
+pub use keel_raft::Replication;
 pub use membership::{cluster_id, member_id};
 pub use metrics::traces::{TracingExport, MAX_SAMPLING_PER_MILLION};
+pub use replication::{
+    ClusterReplication, ReplicaRole, ReplicaState, ReplicaStatus, SnapshotBootstrap,
+};
 pub use server::{local_routes, restore, Core, ServeError, Server, StartError};

@@ -116,6 +116,10 @@ pub struct Core {
     db_size: AtomicU64,
     /// Membership and request limits from the configuration.
     pub(crate) limits: Limits,
+    /// A member that has not answered the leader for this long is disconnected.
+    pub(crate) election_timeout: Duration,
+    /// What the other members last told this one (while it leads) of themselves.
+    pub(crate) reports: crate::replication::Reports,
 }
 
 /// Limits the configuration sets on requests and membership changes.
@@ -156,11 +160,14 @@ impl Core {
         self.transport.dialer()
     }
 
-    /// Snapshot transfers under way from this member, by destination.
-    pub fn transport_snapshot_transfers(
-        &self,
-    ) -> std::collections::HashMap<u64, keel_raft::SnapshotTransfer> {
-        self.transport.snapshot_transfers()
+    /// The peer transport (snapshot transfers and their failures).
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// The snapshot this member is receiving or installing.
+    pub(crate) fn bootstrap(&self) -> &keel_raft::Bootstrap {
+        self.transport.bootstrap()
     }
 
     /// Whether this member is a learner (it replicates but serves only serializable reads).
@@ -592,6 +599,8 @@ impl Server {
                 max_learners: cfg.max_learners,
                 lease_checkpoint: cfg.lease_checkpoint,
             },
+            election_timeout: cfg.election_timeout,
+            reports: Default::default(),
         });
         core.refresh_db_size();
         let weak = Arc::downgrade(&core);
@@ -618,6 +627,7 @@ impl Server {
                 auth,
             },
             snapshot_count: cfg.snapshot_count,
+            bootstrap: transport.bootstrap().clone(),
             compact_log: Box::new(move |index| {
                 if let Some(core) = weak.upgrade() {
                     core.node.compact_log(index);
@@ -740,6 +750,7 @@ impl Server {
         let expiry = tokio::spawn(crate::expiry::run(self.core.clone()));
         let publish = tokio::spawn(publish_attributes(self.core.clone()));
         let sizes = tokio::spawn(refresh_db_size(self.core.clone()));
+        let replicas = tokio::spawn(crate::replication::poll(Arc::downgrade(&self.core)));
         let compactor = tokio::spawn(crate::compactor::run(
             self.core.clone(),
             self.cfg.auto_compaction,
@@ -809,7 +820,7 @@ impl Server {
             let _ = http.await;
         }
         // Awaited once aborted, so that nothing they hold (the store) outlives `serve`.
-        for task in [expiry, publish, peers, sizes, compactor]
+        for task in [expiry, publish, peers, sizes, compactor, replicas]
             .into_iter()
             .chain(corrupt_checks)
         {
@@ -996,7 +1007,7 @@ pub fn restore(file: &std::path::Path, cfg: &ServerConfig) -> Result<(), StartEr
     // start moves the empty log there, as after any snapshot installation.
     let position = crate::snapshot::encode_position(keel_raft::BOOTSTRAP_INDEX, 1);
     store
-        .install(&unpacked, META_INSTALLED, &position)
+        .install(&unpacked, META_INSTALLED, &position, &mut |_, _| {})
         .map_err(|e| io(&e))?;
     let mut wb = store.write_batch();
     identity.record(&mut wb);

@@ -113,6 +113,7 @@ impl SimMember {
             machine,
             // The log is never compacted: no member needs a snapshot to catch up.
             snapshot_count: u64::MAX,
+            bootstrap: Arc::default(),
             compact_log: Box::new(|_| {}),
         };
         Ok(SimMember {

@@ -22,7 +22,8 @@ pub mod proxy;
 pub mod store;
 
 pub use keel_server::{
-    restore, ClusterState, ServeError, Server, ServerConfig, ServerError, StartError,
+    restore, ClusterReplication, ClusterState, ReplicaRole, ReplicaState, ReplicaStatus,
+    Replication, ServeError, Server, ServerConfig, ServerError, SnapshotBootstrap, StartError,
 };
 pub use member::Member;
 pub use store::{

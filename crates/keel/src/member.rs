@@ -50,6 +50,12 @@ impl Member {
         self.core.is_leader()
     }
 
+    /// Every member's replication (role, state, matched and applied index, lag, last contact,
+    /// bootstrap progress) as the leader sees it: asked of the leader when this member follows.
+    pub async fn replication(&self) -> Result<keel_server::ClusterReplication, ServerError> {
+        self.core.cluster_replication().await
+    }
+
     /// Waits (at most `within`) until the member serves linearizable reads: it has a leader and
     /// has applied everything committed.
     pub async fn ready(&self, within: Duration) -> Result<(), ServerError> {

@@ -1,5 +1,5 @@
-//! `keel members`: every member's replication state (role, progress, lag), from the leader, as a
-//! table or JSON.
+//! `keel members`: every member's replication state (role, state, indexes, lag, bootstrap
+//! progress), from the leader, as a table or JSON.
 
 use std::time::Duration;
 
@@ -76,14 +76,38 @@ fn last_contact(m: &MemberReplication) -> String {
     }
 }
 
+/// The state, with the bootstrap's progress or the reason where there is one.
+fn state(m: &MemberReplication) -> String {
+    match m.state.as_str() {
+        "bootstrapping" => format!("bootstrapping {:.0}%", m.bootstrap_progress * 100.0),
+        "error" | "disconnected" if !m.reason.is_empty() => format!("{}: {}", m.state, m.reason),
+        _ => m.state.clone(),
+    }
+}
+
 fn snapshot(m: &MemberReplication) -> String {
-    if m.snapshot_bytes_total == 0 {
+    if m.state != "bootstrapping" || m.snapshot_index == 0 {
         return "-".into();
     }
-    format!(
-        "index {} {}/{} bytes",
+    let mut out = format!(
+        "index {}, {}/{} bytes",
         m.snapshot_index, m.snapshot_bytes_sent, m.snapshot_bytes_total
-    )
+    );
+    if m.snapshot_records_total > 0 {
+        out += &format!(
+            ", {}/{} records",
+            m.snapshot_records_installed, m.snapshot_records_total
+        );
+    }
+    out
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.into()
+    }
 }
 
 fn table(r: &MembersResponse) -> String {
@@ -91,13 +115,14 @@ fn table(r: &MembersResponse) -> String {
         "ID",
         "NAME",
         "ROLE",
-        "PROGRESS",
+        "STATE",
+        "RAFT",
         "MATCHED",
+        "APPLIED",
         "LAG",
         "LAG TIME",
         "LAST CONTACT",
         "SNAPSHOT",
-        "PEER URLS",
     ];
     let rows: Vec<Vec<String>> = r
         .members
@@ -107,17 +132,14 @@ fn table(r: &MembersResponse) -> String {
                 format!("{:x}", m.id),
                 m.name.clone(),
                 m.role.clone(),
-                if m.progress.is_empty() {
-                    "-".into()
-                } else {
-                    m.progress.clone()
-                },
+                state(m),
+                or_dash(&m.progress),
                 m.matched_index.to_string(),
+                m.applied_index.to_string(),
                 m.lag_entries.to_string(),
                 lag_time(m),
                 last_contact(m),
                 snapshot(m),
-                m.peer_urls.join(","),
             ]
         })
         .collect();
@@ -163,8 +185,12 @@ fn json(r: &MembersResponse) -> serde_json::Value {
                 "peer_urls": m.peer_urls,
                 "client_urls": m.client_urls,
                 "role": m.role,
+                "state": m.state,
+                "reason": m.reason,
+                "bootstrap_progress": m.bootstrap_progress,
                 "progress": m.progress,
                 "matched_index": m.matched_index,
+                "applied_index": m.applied_index,
                 "lag_entries": m.lag_entries,
                 "lag_ms": m.lag_ms,
                 "last_contact_ms": m.last_contact_ms,
@@ -172,6 +198,8 @@ fn json(r: &MembersResponse) -> serde_json::Value {
                 "snapshot_index": m.snapshot_index,
                 "snapshot_bytes_sent": m.snapshot_bytes_sent,
                 "snapshot_bytes_total": m.snapshot_bytes_total,
+                "snapshot_records_installed": m.snapshot_records_installed,
+                "snapshot_records_total": m.snapshot_records_total,
             })
         })
         .collect();

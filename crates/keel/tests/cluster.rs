@@ -592,6 +592,8 @@ async fn healthy_followers_under_load_show_a_small_lag_and_stay_active() {
             assert_eq!(m["active"], true, "{v}");
             let lag = m["lag_ms"].as_u64().unwrap();
             assert!(lag < 1000, "a healthy follower shows {lag} ms of lag: {v}");
+            assert_eq!(m["state"], "ready", "{v}");
+            assert!(m["applied_index"].as_u64().unwrap() > 0, "{v}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -601,6 +603,214 @@ async fn healthy_followers_under_load_show_a_small_lag_and_stay_active() {
         written += w.await.unwrap();
     }
     assert!(written > 100, "only {written} writes: no load");
+}
+
+/// The leader's view of member `id` through the admin API (fast enough to sample a bootstrap).
+async fn replica(endpoint: &str, id: u64) -> keel_proto::admin::MemberReplication {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let r = keel_proto::admin::admin_client::AdminClient::new(ch)
+        .members(keel_proto::admin::MembersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    r.members.into_iter().find(|m| m.id == id).unwrap()
+}
+
+/// Samples member `id` until `done` holds for a sample (at most `within`); every sample.
+async fn sample_until(
+    endpoint: &str,
+    id: u64,
+    within: Duration,
+    done: impl Fn(&keel_proto::admin::MemberReplication) -> bool,
+) -> Vec<keel_proto::admin::MemberReplication> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let m = replica(endpoint, id).await;
+        let finished = done(&m);
+        seen.push(m);
+        if finished {
+            return seen;
+        }
+        let last = seen.last().unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "still {} ({}) after {within:?}: {last:?}",
+            last.state,
+            last.reason
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A learner bootstrapping a 256 MiB snapshot, seen from the leader: connecting until it
+/// answers, in error with the reason while it cannot store the snapshot, bootstrapping with a
+/// progress that rises through the transfer (first half) and the installation (second half),
+/// ready with its applied index once it keeps up, in error while an alarm is raised for it, and
+/// disconnected once it is killed. `keel members` and `/metrics` show the same states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_bootstrapping_a_large_snapshot_shows_each_state_and_its_progress() {
+    use rand::RngCore;
+    const VALUES: usize = 256;
+    let cluster = Cluster::start(1).await;
+    let leader = &cluster.members[0];
+    let endpoint = leader.endpoint();
+    // Incompressible values, so the image is as large on disk as in the store.
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let mut c = leader.client().await;
+        writers.push(tokio::spawn(async move {
+            let mut value = vec![0u8; 1024 * 1024];
+            for i in (w..VALUES).step_by(4) {
+                rand::thread_rng().fill_bytes(&mut value);
+                c.put(format!("big/{i:04}"), value.clone(), None)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    let mut learner = cluster.joiner("m1", &[]);
+    let mut c = leader.client().await;
+    let id = common::add_learner(&mut c, &learner.peer_url()).await;
+    let leader_id = leader.id().await;
+    let m = replica(&endpoint, id).await;
+    assert_eq!(
+        (m.role.as_str(), m.state.as_str()),
+        ("learner", "connecting"),
+        "{m:?}"
+    );
+
+    // Started cut off from the leader, it is still connecting; meanwhile its snapshot directory
+    // becomes a file, as a broken disk would leave it.
+    learner.cut_off_from(&[leader_id]);
+    learner.start_process();
+    learner.wait_serving().await;
+    assert_eq!(replica(&endpoint, id).await.state, "connecting");
+    let snap = learner.data_dir().join("member").join("snap");
+    std::fs::remove_dir_all(&snap).unwrap();
+    std::fs::write(&snap, b"").unwrap();
+    learner.cut_off_from(&[]);
+    let seen = sample_until(&endpoint, id, Duration::from_secs(20), |m| {
+        m.state == "error"
+    })
+    .await;
+    let failed = seen.last().unwrap();
+    assert!(failed.reason.contains("Not a directory"), "{failed:?}");
+    let v = members_json(&endpoint);
+    let shown = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "learner")
+        .unwrap();
+    if shown["state"] == "error" {
+        assert!(
+            shown["reason"].as_str().unwrap().contains("snapshot"),
+            "{v}"
+        );
+    }
+
+    // Repaired, it bootstraps; sampled until it is ready.
+    std::fs::remove_file(&snap).unwrap();
+    std::fs::create_dir(&snap).unwrap();
+    let seen = sample_until(&endpoint, id, Duration::from_secs(120), |m| {
+        m.state == "ready"
+    })
+    .await;
+    let boot: Vec<_> = seen.iter().filter(|m| m.state == "bootstrapping").collect();
+    let progress: Vec<f64> = boot.iter().map(|m| m.bootstrap_progress).collect();
+    let mut distinct = progress.clone();
+    distinct.dedup();
+    eprintln!(
+        "bootstrap progress, {} samples: {distinct:.3?}",
+        progress.len()
+    );
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "progress went back: {progress:?}"
+    );
+    let rising =
+        |range: std::ops::Range<f64>| distinct.iter().filter(|p| range.contains(p)).count();
+    assert!(
+        rising(0.000001..0.5) >= 3,
+        "transfer progress not seen rising: {distinct:?}"
+    );
+    assert!(
+        rising(0.500001..1.0) >= 2,
+        "install progress not seen rising: {distinct:?}"
+    );
+    let sent = boot.iter().map(|m| m.snapshot_bytes_total).max().unwrap();
+    assert!(sent >= (VALUES as u64) << 20, "a {sent}-byte snapshot");
+    assert!(
+        boot.iter()
+            .any(|m| m.snapshot_records_total >= VALUES as u64),
+        "no install record count: {boot:?}"
+    );
+    let ready = seen.last().unwrap();
+    assert!(ready.active && ready.lag_entries < 10, "{ready:?}");
+    // It reports the index it applied: everything the leader had when it was added.
+    let ready = sample_until(&endpoint, id, Duration::from_secs(5), |m| {
+        m.applied_index >= m.matched_index && m.matched_index > 0
+    })
+    .await;
+    assert!(ready.last().unwrap().applied_index > VALUES as u64);
+    let (code, metrics) = common::http_get(&endpoint, "/metrics").await;
+    assert_eq!(code, 200);
+    let state_line =
+        format!("keel_raft_member_state{{member=\"{id:x}\",name=\"m1\",state=\"ready\"}} 1");
+    assert!(metrics.contains(&state_line), "{metrics}");
+    assert!(
+        metrics.contains("keel_raft_member_applied_index{"),
+        "{metrics}"
+    );
+
+    // An alarm raised for it is an error with the alarm as the reason, until disarmed.
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let alarm = |action| {
+        let mut c = c.clone();
+        async move {
+            let mut options = AlarmOptions::new();
+            options.with_member(id);
+            c.alarm(action, AlarmType::Nospace, Some(options))
+                .await
+                .unwrap();
+        }
+    };
+    alarm(AlarmAction::Activate).await;
+    let m = replica(&endpoint, id).await;
+    assert_eq!(
+        (m.state.as_str(), m.reason.as_str()),
+        ("error", "alarm NOSPACE raised")
+    );
+    alarm(AlarmAction::Deactivate).await;
+    sample_until(&endpoint, id, Duration::from_secs(5), |m| {
+        m.state == "ready"
+    })
+    .await;
+
+    learner.kill9();
+    let seen = sample_until(&endpoint, id, Duration::from_secs(10), |m| {
+        m.state == "disconnected"
+    })
+    .await;
+    assert!(!seen.last().unwrap().active);
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["members", &format!("--endpoints={endpoint}")])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("disconnected: no answer within the election timeout"),
+        "{table}"
+    );
 }
 
 #[tokio::test]
@@ -638,6 +848,8 @@ async fn keel_members_shows_roles_progress_and_lag() {
             && lagging["progress"] == "probing"
             && up["lag_entries"] == 0
             && lagging["lag_ms"].as_u64().unwrap() > 0
+            && lagging["state"] == "disconnected"
+            && up["state"] == "ready"
         {
             // The leader's /metrics says the same.
             let (code, metrics) =

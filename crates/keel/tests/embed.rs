@@ -373,6 +373,69 @@ async fn embedded_member_serves_the_store_in_process_and_keeps_its_data() {
     member.shutdown().await.unwrap();
 }
 
+/// The embedding API's replication view: an embedded leader sees a `keel` process learner go
+/// from connecting to ready (with the index it applied), and to disconnected once killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_leader_reports_each_replicas_state() {
+    use keel::{ReplicaRole, ReplicaState};
+    let dir = tempfile::tempdir().unwrap();
+    let (port, peer) = (free_port(), free_port());
+    let member = Member::start(config(dir.path(), port, peer)).await.unwrap();
+    member.ready(Duration::from_secs(20)).await.unwrap();
+    let store = member.client();
+    for i in 0..50 {
+        store.put(format!("r/{i}").as_bytes(), b"v").await.unwrap();
+    }
+    let mut learner = Process::joining(
+        "learner",
+        &[format!("embedded=http://127.0.0.1:{peer}")],
+        &[],
+    );
+    let endpoint = format!("127.0.0.1:{port}");
+    let mut c = etcd_client::Client::connect([endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let id = common::add_learner(&mut c, &learner.peer_url()).await;
+    let state_of = |r: &keel::ClusterReplication| r.members.iter().find(|m| m.id == id).cloned();
+    let r = member.replication().await.unwrap();
+    let me = r
+        .members
+        .iter()
+        .find(|m| m.role == ReplicaRole::Leader)
+        .unwrap();
+    assert_eq!(me.state, ReplicaState::Ready);
+    assert!(me.applied_index.unwrap() >= 50);
+    let joining = state_of(&r).unwrap();
+    assert_eq!(
+        (joining.role, joining.state),
+        (ReplicaRole::Learner, ReplicaState::Connecting)
+    );
+
+    learner.start_process();
+    let wait_for = |want: ReplicaState| {
+        let member = &member;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let r = member.replication().await.unwrap();
+                let m = state_of(&r).unwrap();
+                if m.state == want && (want != ReplicaState::Ready || m.applied_index.is_some()) {
+                    return m;
+                }
+                assert!(Instant::now() < deadline, "never {want:?}: {m:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let ready = wait_for(ReplicaState::Ready).await;
+    assert!(ready.active && ready.matched_index >= 50, "{ready:?}");
+    learner.kill9();
+    let gone = wait_for(ReplicaState::Disconnected).await;
+    assert!(gone.reason.contains("election timeout"), "{gone:?}");
+    drop(store);
+    member.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn remote_store_over_a_keel_process() {
     let m = Process::start().await;

@@ -8,7 +8,6 @@ mod grpc;
 pub mod traces;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -18,6 +17,7 @@ pub use grpc::{
     proposals_failed, ObserveGrpc,
 };
 
+use crate::replication::ReplicaState;
 use crate::server::Core;
 
 /// The metrics of one member.
@@ -45,6 +45,9 @@ pub struct Metrics {
     last_contact: GaugeVec,
     snapshot_sent: IntGaugeVec,
     snapshot_total: IntGaugeVec,
+    state: IntGaugeVec,
+    applied: IntGaugeVec,
+    bootstrap_progress: GaugeVec,
 }
 
 /// A gauge that is 1 for its one label value (etcd's version gauges).
@@ -182,7 +185,7 @@ impl Metrics {
             lag_seconds: member_seconds(
                 &r,
                 "keel_raft_member_lag_seconds",
-                "How long the member has been behind the leader's last index.",
+                "How long ago the oldest entry the member lacks was appended to the leader's log.",
             ),
             active: member_gauge(
                 &r,
@@ -203,6 +206,29 @@ impl Metrics {
                 &r,
                 "keel_raft_member_snapshot_bytes_total",
                 "Size of the snapshot being sent to the member.",
+            ),
+            state: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "keel_raft_member_state",
+                        "1 for the member's replication state (connecting, replicating, \
+                         bootstrapping, ready, disconnected, error), 0 for the others.",
+                    ),
+                    &["member", "name", "state"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            applied: member_gauge(
+                &r,
+                "keel_raft_member_applied_index",
+                "The highest raft index the member has applied, as it last told the leader.",
+            ),
+            bootstrap_progress: member_seconds(
+                &r,
+                "keel_raft_member_bootstrap_progress",
+                "0..1 while the member bootstraps from a snapshot: the transfer, then the install.",
             ),
             registry: {
                 let m = request_metrics();
@@ -263,7 +289,7 @@ impl Metrics {
             .set(core.store.applied_index() as i64);
         self.proposals_pending.set(core.proposals_pending() as i64);
 
-        let per_member: [&dyn Reset; 7] = [
+        let per_member: [&dyn Reset; 10] = [
             &self.matched,
             &self.lag_entries,
             &self.lag_seconds,
@@ -271,37 +297,50 @@ impl Metrics {
             &self.last_contact,
             &self.snapshot_sent,
             &self.snapshot_total,
+            &self.state,
+            &self.applied,
+            &self.bootstrap_progress,
         ];
         per_member.iter().for_each(|g| g.reset_all());
-        let transfers = core.transport_snapshot_transfers();
-        let now = Instant::now();
-        for m in core.members() {
+        if status.role != keel_raft::Role::Leader {
+            return;
+        }
+        for m in core.replication().members {
             let id = format!("{:x}", m.id);
             let labels = [id.as_str(), m.name.as_str()];
-            if let Some(p) = status.progress.iter().find(|p| p.id == m.id) {
-                self.matched
+            self.matched
+                .with_label_values(&labels)
+                .set(m.matched_index as i64);
+            self.lag_entries
+                .with_label_values(&labels)
+                .set(m.lag_entries as i64);
+            self.lag_seconds
+                .with_label_values(&labels)
+                .set(m.lag.as_secs_f64());
+            self.active.with_label_values(&labels).set(m.active as i64);
+            if let Some(d) = m.last_contact {
+                self.last_contact
                     .with_label_values(&labels)
-                    .set(p.matched as i64);
-                self.lag_entries
-                    .with_label_values(&labels)
-                    .set(status.last_index.saturating_sub(p.matched) as i64);
-                self.lag_seconds
-                    .with_label_values(&labels)
-                    .set(p.behind_since.map_or(0.0, |t| (now - t).as_secs_f64()));
-                self.active.with_label_values(&labels).set(p.active as i64);
-                if let Some(t) = p.last_contact {
-                    self.last_contact
-                        .with_label_values(&labels)
-                        .set((now - t).as_secs_f64());
-                }
+                    .set(d.as_secs_f64());
             }
-            if let Some(t) = transfers.get(&m.id) {
+            if let Some(applied) = m.applied_index {
+                self.applied.with_label_values(&labels).set(applied as i64);
+            }
+            for state in ReplicaState::ALL {
+                self.state
+                    .with_label_values(&[id.as_str(), m.name.as_str(), state.as_str()])
+                    .set((state == m.state) as i64);
+            }
+            if let Some(b) = m.bootstrap {
                 self.snapshot_sent
                     .with_label_values(&labels)
-                    .set(t.sent as i64);
+                    .set(b.bytes_sent as i64);
                 self.snapshot_total
                     .with_label_values(&labels)
-                    .set(t.total as i64);
+                    .set(b.bytes_total as i64);
+                self.bootstrap_progress
+                    .with_label_values(&labels)
+                    .set(b.progress);
             }
         }
     }

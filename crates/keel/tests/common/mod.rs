@@ -70,6 +70,21 @@ impl Member {
         }
     }
 
+    /// A member that will join the cluster of `others` (`name=peer-url` each) with
+    /// --initial-cluster-state=existing (not started; add it with MemberAdd first).
+    pub fn joining(name: &str, others: &[String], extra: &[&str]) -> Member {
+        let mut m = Member::new(name, extra);
+        let initial = others
+            .iter()
+            .cloned()
+            .chain([format!("{}={}", m.name, m.peer_url())])
+            .collect::<Vec<_>>()
+            .join(",");
+        m.initial_cluster = Some(initial);
+        m.extra.push("--initial-cluster-state=existing".into());
+        m
+    }
+
     /// https when the member was given peer TLS flags.
     pub fn peer_url(&self) -> String {
         let tls = self.extra.iter().any(|f| f.starts_with("--peer-cert-file"));
@@ -328,17 +343,12 @@ impl Cluster {
     /// A member that will join this cluster with --initial-cluster-state=existing (not started;
     /// add it with MemberAdd first, then `start_process`).
     pub fn joiner(&self, name: &str, extra: &[&str]) -> Member {
-        let mut m = Member::new(name, extra);
-        let initial = self
+        let others: Vec<String> = self
             .members
             .iter()
             .map(|m| format!("{}={}", m.name, m.peer_url()))
-            .chain([format!("{}={}", m.name, m.peer_url())])
-            .collect::<Vec<_>>()
-            .join(",");
-        m.initial_cluster = Some(initial);
-        m.extra.push("--initial-cluster-state=existing".into());
-        m
+            .collect();
+        Member::joining(name, &others, extra)
     }
 
     /// Every running member's endpoint.
@@ -379,6 +389,18 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Adds a learner at `peer_url` (MemberAdd); its id.
+pub async fn add_learner(c: &mut etcd_client::Client, peer_url: &str) -> u64 {
+    let added = c
+        .member_add(
+            [peer_url],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap();
+    added.member().unwrap().id()
 }
 
 /// Puts `key` = `value` and returns the revision the write got.
