@@ -12,10 +12,11 @@
 #                 (curl against the HTTP gateway, 26), other (flags, config file, peers, proxies,
 #                 metrics: the 11 tests that do not need the v2 API), all (v3 + gateway + other)
 #
-# The snapshot tests (TestCtlV3Snapshot*, TestCtlV3AuthSnapshot*, TestIssue6361) and
-# TestEtcdCorruptHash read and write etcd's bbolt files, which Keel does not write yet (the issue
-# on etcd's data formats): they run, and are reported as expected failures rather than hidden;
-# one that passes counts as passed.
+# TestIssue6361 (etcd started on a data dir `etcdctl snapshot restore` wrote: WAL and snap files)
+# and TestEtcdCorruptHash (it damages the member's bbolt member/snap/db) need Keel to boot from
+# etcd's data dirs, which it does not yet (the issue on etcd's data formats): they run, and are
+# reported as expected failures rather than hidden; one that passes counts as passed. The other
+# snapshot tests pass: Keel's snapshots are etcd's.
 #
 # Environment: E2E_BUILD_DIR (default ${TMPDIR:-/tmp}/keel-etcd-e2e), E2E_TEST_TIMEOUT (seconds per
 # test, default 120), E2E_VERBOSE=1 (the suite's full output).
@@ -35,7 +36,7 @@ done
 [ -x "$KEEL" ] || { echo "not executable: $KEEL" >&2; exit 2; }
 
 # Tests needing etcd's bbolt data formats (not served yet; see the header).
-DATA_FORMATS='^(TestCtlV3Snapshot|TestCtlV3SnapshotCorrupt|TestCtlV3SnapshotStatusBeforeRestore|TestCtlV3AuthSnapshot|TestCtlV3AuthSnapshotJWT|TestIssue6361|TestEtcdCorruptHash)$'
+DATA_FORMATS='^(TestIssue6361|TestEtcdCorruptHash)$'
 # The v2 API (etcd 3.6 removed it; Keel refuses --enable-v2) and etcd's own upgrade tests.
 V2='^(TestCtlV2|TestV2|TestCtlV3Migrate|TestV3Migrate|TestReleaseUpgrade|TestReleaseUpgradeWithRestart|TestUpgradeFromV2|TestCtlV3AuthWithV2)'
 

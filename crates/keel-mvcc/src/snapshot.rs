@@ -30,7 +30,7 @@ pub type InstallProgress<'a> = &'a mut dyn FnMut(u64, u64);
 
 /// A checkpoint opened for reading its metadata.
 pub struct CheckpointReader {
-    db: DB,
+    pub(crate) db: DB,
 }
 
 impl CheckpointReader {

@@ -21,8 +21,8 @@ const CF_LEASE: &str = "lease";
 const CF_AUTH: &str = "auth";
 pub(crate) const FAMILIES: [&str; 4] = [CF_KV, CF_META, CF_LEASE, CF_AUTH];
 pub(crate) const META_APPLIED_INDEX: &[u8] = b"applied_index";
-const META_CURRENT_REV: &[u8] = b"current_rev";
-const META_COMPACT_REV: &[u8] = b"compact_rev";
+pub(crate) const META_CURRENT_REV: &[u8] = b"current_rev";
+pub(crate) const META_COMPACT_REV: &[u8] = b"compact_rev";
 
 /// How a range read is done.
 #[derive(Clone, Debug, Default)]
@@ -66,7 +66,7 @@ pub enum Table {
 }
 
 impl Table {
-    fn family(self) -> &'static str {
+    pub(crate) fn family(self) -> &'static str {
         match self {
             Table::Lease => CF_LEASE,
             Table::Auth => CF_AUTH,

@@ -23,7 +23,7 @@ const NAMES: [&str; 3] = ["NONE", "NOSPACE", "CORRUPT"];
 /// etcdserverpb.AlarmRequest.AlarmAction.
 const ACTIVATE: i32 = 1;
 const DEACTIVATE: i32 = 2;
-const META_ALARMS: &[u8] = b"alarms";
+pub(crate) const META_ALARMS: &[u8] = b"alarms";
 
 /// The raised alarms: (member id, alarm type).
 #[derive(Default)]

@@ -20,7 +20,7 @@ const META_MEMBER_ID: &[u8] = b"local/member_id";
 const META_TOKEN: &[u8] = b"local/cluster_token";
 /// Replicated records: the members (an encoded `MemberListResponse`) and the removed ids.
 pub const META_MEMBERS_KEY: &[u8] = b"members";
-const META_REMOVED: &[u8] = b"removed_members";
+pub(crate) const META_REMOVED: &[u8] = b"removed_members";
 
 /// A member's id: the first 8 bytes (big-endian) of sha1(sorted peer URLs ++ cluster token).
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {

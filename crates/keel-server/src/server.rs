@@ -991,7 +991,6 @@ fn first_request_id(member_id: u64) -> u64 {
 /// revision and lease of the snapshot, and the membership of the new cluster `cfg` describes (as
 /// etcd's restore, each member of the new cluster is restored from the same file).
 pub fn restore(file: &std::path::Path, cfg: &ServerConfig) -> Result<(), StartError> {
-    let io = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
     let member_dir = cfg.data_dir.join("member");
     if member_dir.exists() {
         return Err(StartError::Config(format!(
@@ -999,6 +998,25 @@ pub fn restore(file: &std::path::Path, cfg: &ServerConfig) -> Result<(), StartEr
             cfg.data_dir.display()
         )));
     }
+    let new_data_dir = !cfg.data_dir.exists();
+    let restored = restore_into(file, cfg, &member_dir);
+    if restored.is_err() {
+        // Nothing half-made is left behind: the same restore can be run again.
+        let _ = std::fs::remove_dir_all(if new_data_dir {
+            &cfg.data_dir
+        } else {
+            &member_dir
+        });
+    }
+    restored
+}
+
+fn restore_into(
+    file: &std::path::Path,
+    cfg: &ServerConfig,
+    member_dir: &std::path::Path,
+) -> Result<(), StartError> {
+    let io = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
     let (identity, members) = bootstrap_identity(cfg)?;
     let unpacked = member_dir.join("snap").join("restore");
     crate::backup::decode(file, &unpacked).map_err(|e| io(&e))?;

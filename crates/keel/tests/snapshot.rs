@@ -113,3 +113,269 @@ async fn etcdctl_snapshot_save_then_keel_restore_keeps_every_key_and_revision() 
     let out = restore(&file, &fresh);
     assert!(!out.status.success());
 }
+
+/// The same history written to Keel and to real etcd: puts, an overwrite, a deletion, a
+/// compaction, a lease with a key, users and roles, auth enabled last. Returns the lease.
+async fn fill(c: &mut etcd_client::Client) -> i64 {
+    for i in 0..50 {
+        c.put(format!("k{i:03}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    c.put("k000", "again", None).await.unwrap();
+    c.delete("k001", None).await.unwrap();
+    c.compact(10, None).await.unwrap();
+    let lease = c.lease_grant(600, None).await.unwrap().id();
+    c.put("leased", "x", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    c.user_add("root", "rootpw", None).await.unwrap();
+    c.user_grant_role("root", "root").await.unwrap();
+    c.role_add("reader").await.unwrap();
+    c.role_grant_permission(
+        "reader",
+        etcd_client::Permission::read("k").with_range_end("l"),
+    )
+    .await
+    .unwrap();
+    c.user_add("bob", "bobpw", None).await.unwrap();
+    c.user_grant_role("bob", "reader").await.unwrap();
+    c.auth_enable().await.unwrap();
+    lease
+}
+
+async fn as_root(endpoint: &str) -> etcd_client::Client {
+    let options = etcd_client::ConnectOptions::new().with_user("root", "rootpw");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let attempt = async {
+            let mut c = etcd_client::Client::connect([endpoint], Some(options.clone())).await?;
+            c.get("probe", None).await?;
+            Ok::<_, etcd_client::Error>(c)
+        };
+        match attempt.await {
+            Ok(c) => return c,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{endpoint}: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// What both sides must agree on after a migration.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    kvs: Vec<common::FullKv>,
+    revision: i64,
+    compacted: bool,
+    lease_ttl: bool,
+    bob_roles: Vec<String>,
+    reader_perms: usize,
+    auth: bool,
+}
+
+async fn seen(c: &mut etcd_client::Client, endpoint: &str, lease: i64) -> Seen {
+    // Auth is on when a caller without a user is refused.
+    let anonymous = etcd_client::Client::connect([endpoint], None)
+        .await
+        .unwrap()
+        .get("k000", None)
+        .await;
+    let all = c
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .unwrap();
+    let old = c
+        .get("k000", Some(GetOptions::new().with_revision(5)))
+        .await;
+    Seen {
+        kvs: common::full_kvs(&all),
+        revision: all.header().unwrap().revision(),
+        compacted: old
+            .err()
+            .is_some_and(|e| e.to_string().contains("compacted")),
+        lease_ttl: c.lease_time_to_live(lease, None).await.unwrap().ttl() > 0,
+        bob_roles: c.user_get("bob").await.unwrap().roles().to_vec(),
+        reader_perms: c.role_get("reader").await.unwrap().permissions().len(),
+        auth: anonymous.is_err(),
+    }
+}
+
+fn etcdctl_status(file: &std::path::Path) -> serde_json::Value {
+    let out = Command::new("etcdctl")
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn keel_status(file: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Real etcd on an existing data dir; killed when dropped.
+struct EtcdOn(std::process::Child);
+
+impl Drop for EtcdOn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn etcd_on(data_dir: &std::path::Path, name: &str, port: u16, peer: u16) -> EtcdOn {
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let client = format!("http://127.0.0.1:{port}");
+    EtcdOn(
+        Command::new("etcd")
+            .arg(format!("--name={name}"))
+            .arg(format!("--data-dir={}", data_dir.display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster={name}={peer_url}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd (Debian's etcd-server)"),
+    )
+}
+
+/// Migration out: a Keel snapshot is an etcd snapshot. etcdctl reports Keel's revision and the
+/// hash `keel snapshot status` reports; `etcdctl snapshot restore` makes a data dir real etcd
+/// boots, serving every key, revision, lease, user and role Keel had.
+#[tokio::test]
+async fn a_keel_snapshot_restores_into_real_etcd() {
+    let src = Member::start().await;
+    let lease = fill(&mut src.client().await).await;
+    let mut c = as_root(&src.endpoint()).await;
+    let before = seen(&mut c, &src.endpoint(), lease).await;
+
+    let file = src.dir.path().join("keel.db");
+    let out = src.etcdctl(&[
+        "--user=root:rootpw",
+        "snapshot",
+        "save",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = etcdctl_status(&file);
+    assert_eq!(status["revision"], before.revision, "{status}");
+    assert_eq!(status, keel_status(&file));
+
+    let target = tempfile::tempdir().unwrap();
+    let data = target.path().join("etcd");
+    let (port, peer) = (common::free_port(), common::free_port());
+    let out = Command::new("etcdctl")
+        .args(["snapshot", "restore"])
+        .arg(&file)
+        .arg(format!("--data-dir={}", data.display()))
+        .arg("--name=e")
+        .arg(format!("--initial-cluster=e=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _etcd = etcd_on(&data, "e", port, peer);
+    let mut e = as_root(&format!("127.0.0.1:{port}")).await;
+    let after = seen(&mut e, &format!("127.0.0.1:{port}"), lease).await;
+    assert_eq!(after, before);
+    assert!(
+        before.compacted && before.lease_ttl && before.auth,
+        "{before:?}"
+    );
+    let put = e.put("written-in-etcd", "1", None).await.unwrap();
+    assert_eq!(put.header().unwrap().revision(), before.revision + 1);
+}
+
+/// Migration in: real etcd's snapshot, checked by `keel snapshot status` as etcdctl checks it and
+/// restored by `keel snapshot restore`; Keel serves the same keys, revisions, leases, users and
+/// roles, and takes writes. A damaged page (with a digest that matches it) and a bad digest are
+/// refused, leaving no data dir behind.
+#[tokio::test]
+async fn a_real_etcd_snapshot_restores_into_keel() {
+    let etcd = common::start_etcd();
+    let lease = fill(
+        &mut etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+            .await
+            .unwrap(),
+    )
+    .await;
+    let mut c = as_root(&etcd.endpoint).await;
+    let before = seen(&mut c, &etcd.endpoint, lease).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("etcd.db");
+    let out = common::etcdctl_at(
+        &etcd.endpoint,
+        &[
+            "--user=root:rootpw",
+            "snapshot",
+            "save",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(keel_status(&file), etcdctl_status(&file));
+
+    let mut fresh = Member::new("restored", &["--initial-cluster-token=restored"]);
+    let out = restore(&file, &fresh);
+    assert!(out.status.success(), "{}", stderr(&out));
+    fresh.start_process();
+    let mut k = as_root(&fresh.endpoint()).await;
+    assert_eq!(seen(&mut k, &fresh.endpoint(), lease).await, before);
+    let put = k.put("written-in-keel", "1", None).await.unwrap();
+    assert_eq!(put.header().unwrap().revision(), before.revision + 1);
+
+    // A page overwritten, the digest made to match: the database itself is refused.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let body = bytes.len() - 32;
+    for b in &mut bytes[2 * 4096..3 * 4096] {
+        *b = 0x5a;
+    }
+    let digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes[..body])
+    };
+    bytes[body..].copy_from_slice(&digest);
+    let damaged = dir.path().join("damaged.db");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let other = Member::new("other", &[]);
+    let out = restore(&damaged, &other);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("invalid database"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !other.data_dir().exists(),
+        "a failed restore left its data dir"
+    );
+    // A bad digest.
+    bytes[body] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let out = restore(&damaged, &other);
+    assert!(
+        stderr(&out).contains("checksum mismatch"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!other.data_dir().exists());
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["snapshot", "status"])
+        .arg(&damaged)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

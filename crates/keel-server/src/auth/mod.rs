@@ -9,6 +9,7 @@ mod store;
 mod token;
 
 pub use store::AuthStore;
+pub(crate) use store::{KEY_ENABLED, KEY_REVISION, ROLE_PREFIX, USER_PREFIX};
 
 /// What a request says about its user: a token, or the common name of a verified client
 /// certificate (used, as etcd does, when there is no token).

@@ -20,10 +20,10 @@ use super::ROOT;
 use crate::lease::Lessor;
 use crate::ServerError;
 
-const KEY_ENABLED: &[u8] = b"enabled";
-const KEY_REVISION: &[u8] = b"revision";
-const USER_PREFIX: &str = "user/";
-const ROLE_PREFIX: &str = "role/";
+pub(crate) const KEY_ENABLED: &[u8] = b"enabled";
+pub(crate) const KEY_REVISION: &[u8] = b"revision";
+pub(crate) const USER_PREFIX: &str = "user/";
+pub(crate) const ROLE_PREFIX: &str = "role/";
 
 #[derive(Default)]
 struct State {

@@ -1,6 +1,6 @@
-//! Snapshot files, as `etcdctl snapshot save` writes them and `keel snapshot restore` reads them:
-//! a checkpoint of the whole store (every RocksDB file, one consistent point) followed, as etcd's
-//! snapshots are, by the SHA-256 of everything before it.
+//! Keel's first snapshot format, which `keel snapshot restore` still reads (snapshots are now
+//! written in etcd's format): a checkpoint of the whole store (every RocksDB file, one consistent
+//! point) followed, as etcd's snapshots are, by the SHA-256 of everything before it.
 //!
 //! Layout: `KEELSNAP1\n`, then per file: name length (u16 BE), name, size (u64 BE), bytes; then a
 //! zero name length and zero padding to a multiple of 512 bytes (etcdctl checks that a snapshot is
@@ -12,25 +12,19 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::BackupError;
+
 /// The first bytes of a snapshot file.
-const MAGIC: &[u8] = b"KEELSNAP1\n";
+pub const MAGIC: &[u8] = b"KEELSNAP1\n";
 const DIGEST_LEN: u64 = 32;
 /// The body (all before the digest) is a whole number of these.
+#[cfg(test)]
 const PAGE: u64 = 512;
 /// Bytes per piece handed to the writer.
+#[cfg(test)]
 const PIECE: usize = 1024 * 1024;
 
-/// Errors reading or writing snapshot files.
-#[derive(Debug, thiserror::Error)]
-pub enum BackupError {
-    /// Reading or writing failed.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// The file is not a Keel snapshot, or is damaged.
-    #[error("not a valid snapshot file: {0}")]
-    Invalid(String),
-}
-
+#[cfg(test)]
 /// The files of a checkpoint directory, sorted, with their sizes.
 fn files(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
     let mut out = Vec::new();
@@ -45,12 +39,14 @@ fn files(dir: &Path) -> std::io::Result<Vec<(String, u64)>> {
     Ok(out)
 }
 
+#[cfg(test)]
 /// The size of the snapshot file `dir` makes, digest included.
 pub fn encoded_len(dir: &Path) -> std::io::Result<u64> {
     let body = MAGIC.len() as u64 + entries_len(&files(dir)?) + 2;
     Ok(body.div_ceil(PAGE) * PAGE + DIGEST_LEN)
 }
 
+#[cfg(test)]
 /// Bytes the file entries take.
 fn entries_len(files: &[(String, u64)]) -> u64 {
     files
@@ -59,12 +55,14 @@ fn entries_len(files: &[(String, u64)]) -> u64 {
         .sum()
 }
 
+#[cfg(test)]
 /// The end marker and padding after `body` bytes of files.
 fn trailer(body: u64) -> Vec<u8> {
     let end = body + 2;
     vec![0u8; (2 + end.div_ceil(PAGE) * PAGE - end) as usize]
 }
 
+#[cfg(test)]
 /// Writes the snapshot of checkpoint `dir` to `out` in pieces (blocking); `out` returns false to
 /// stop early (the receiver went away).
 pub fn encode(dir: &Path, mut out: impl FnMut(Vec<u8>) -> bool) -> Result<(), BackupError> {

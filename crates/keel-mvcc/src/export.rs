@@ -1,0 +1,125 @@
+//! The store's state read whole from a checkpoint (to write it in another format, etcd's), and
+//! built whole from another store's records (an etcd backend) into an empty store, which is then
+//! installed like any checkpoint.
+
+use rocksdb::{IteratorMode, WriteBatch};
+
+use crate::snapshot::CheckpointReader;
+use crate::store::{Table, CF_KV, CF_META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV};
+use crate::{MvccError, Result, Revision, Store};
+
+/// Records per write while importing, and the bytes that end a write sooner.
+const IMPORT_BATCH: usize = 10_000;
+const IMPORT_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// A part of the store's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// Every revision of every key, by revision: etcd's revision keys (with a tombstone's
+    /// marker) to `mvccpb.KeyValue`.
+    Revisions,
+    /// The store's bookkeeping and the state machine's meta records.
+    Meta,
+    /// A state-machine table.
+    Table(Table),
+}
+
+impl Part {
+    fn family(self) -> &'static str {
+        match self {
+            Part::Revisions => CF_KV,
+            Part::Meta => CF_META,
+            Part::Table(t) => t.family(),
+        }
+    }
+}
+
+impl CheckpointReader {
+    /// Calls `f` with each record of `part` in key order.
+    pub fn for_each(
+        &self,
+        part: Part,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let cf = self
+            .db
+            .cf_handle(part.family())
+            .ok_or_else(|| MvccError::Corrupt(format!("checkpoint without {}", part.family())))?;
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item?;
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    /// The revision through which the checkpoint's history is compacted (0: never).
+    pub fn compacted_revision(&self) -> Result<i64> {
+        Ok(self
+            .get_meta(META_COMPACT_REV)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, i64::from_be_bytes))
+    }
+}
+
+/// Builds an empty store's state from records given part by part (revisions in order).
+pub struct Import<'s> {
+    store: &'s Store,
+    batch: WriteBatch,
+    last_revision: i64,
+}
+
+impl Store {
+    /// Starts importing into this store, which must be empty; see [`Import::finish`].
+    pub fn import(&self) -> Import<'_> {
+        Import {
+            store: self,
+            batch: WriteBatch::default(),
+            last_revision: 0,
+        }
+    }
+}
+
+impl Import<'_> {
+    /// Adds one revision of a key: `key` is etcd's revision key, `value` its `mvccpb.KeyValue`.
+    pub fn revision(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let (rev, _) = Revision::from_key(key)
+            .ok_or_else(|| MvccError::Corrupt(format!("revision key {key:?}")))?;
+        self.last_revision = self.last_revision.max(rev.main);
+        self.put(CF_KV, key, value)
+    }
+
+    /// Adds a record of a state-machine table, or a meta record.
+    pub fn record(&mut self, part: Part, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put(part.family(), key, value)
+    }
+
+    fn put(&mut self, family: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.batch.put_cf(self.store.cf(family), key, value);
+        if self.batch.len() >= IMPORT_BATCH || self.batch.size_in_bytes() >= IMPORT_BATCH_BYTES {
+            self.store.db.write(std::mem::take(&mut self.batch))?;
+        }
+        Ok(())
+    }
+
+    /// Records the compaction point, the applied raft index and the revision (the last one
+    /// imported, or the compaction's, if later). The store is then a checkpoint to install; its
+    /// key index is rebuilt when it is opened or installed.
+    pub fn finish(mut self, compacted: i64, applied_index: u64) -> Result<()> {
+        let meta = self.store.cf(CF_META);
+        let current = self.last_revision.max(compacted).max(1);
+        self.batch
+            .put_cf(meta, META_CURRENT_REV, current.to_be_bytes());
+        if compacted > 0 {
+            self.batch
+                .put_cf(meta, META_COMPACT_REV, compacted.to_be_bytes());
+        }
+        self.batch.put_cf(
+            meta,
+            META_APPLIED_INDEX,
+            (applied_index as i64).to_be_bytes(),
+        );
+        self.store.db.write(std::mem::take(&mut self.batch))?;
+        self.store.db.flush_wal(true)?;
+        Ok(())
+    }
+}
