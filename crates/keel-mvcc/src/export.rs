@@ -102,8 +102,8 @@ impl Import<'_> {
     }
 
     /// Records the compaction point, the applied raft index and the revision (the last one
-    /// imported, or the compaction's, if later). The store is then a checkpoint to install; its
-    /// key index is rebuilt when it is opened or installed.
+    /// imported, or the compaction's, if later), then rebuilds the store's key index from what
+    /// was imported: the store is current.
     pub fn finish(mut self, compacted: i64, applied_index: u64) -> Result<()> {
         let meta = self.store.cf(CF_META);
         let current = self.last_revision.max(compacted).max(1);
@@ -120,6 +120,6 @@ impl Import<'_> {
         );
         self.store.db.write(std::mem::take(&mut self.batch))?;
         self.store.db.flush_wal(true)?;
-        Ok(())
+        self.store.rebuild(&mut self.store.index.write())
     }
 }

@@ -1018,14 +1018,12 @@ fn restore_into(
 ) -> Result<(), StartError> {
     let io = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
     let (identity, members) = bootstrap_identity(cfg)?;
-    let unpacked = member_dir.join("snap").join("restore");
-    crate::backup::decode(file, &unpacked).map_err(|e| io(&e))?;
     let store = Store::open(&member_dir.join("kv")).map_err(|e| io(&e))?;
     // The restored state is where the new cluster's raft log starts (index 1, term 1): the first
     // start moves the empty log there, as after any snapshot installation.
     let position = crate::snapshot::encode_position(keel_raft::BOOTSTRAP_INDEX, 1);
-    store
-        .install(&unpacked, META_INSTALLED, &position, &mut |_, _| {})
+    let scratch = member_dir.join("snap").join("restore");
+    crate::backup::restore(file, &store, &scratch, (META_INSTALLED, &position))
         .map_err(|e| io(&e))?;
     let mut wb = store.write_batch();
     identity.record(&mut wb);
@@ -1036,7 +1034,6 @@ fn restore_into(
         .and_then(|_| store.sync())
         .map_err(|e| io(&e))?;
     drop(store);
-    std::fs::remove_dir_all(&unpacked).map_err(|e| io(&e))?;
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
         member_id = format!("{:x}", identity.member_id),

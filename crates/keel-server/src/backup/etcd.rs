@@ -242,14 +242,13 @@ fn export_members(src: &CheckpointReader, w: &mut Writer<File>) -> Result<(), Ba
     Ok(())
 }
 
-/// Builds a store checkpoint in `into` from etcd's database at `db`: revisions, leases, auth, the
-/// compaction and the consistent index. Members and alarms are left out: a restore starts a new
-/// cluster, with the members its flags name.
-pub fn import(db: &Path, into: &Path) -> Result<(), BackupError> {
+/// Fills the empty `store` from etcd's database at `db`: revisions, leases, auth, the compaction
+/// and the consistent index, and the meta record `note`. Members and alarms are left out: a
+/// restore starts a new cluster, with the members its flags name.
+pub fn import(db: &Path, store: &Store, note: (&[u8], &[u8])) -> Result<(), BackupError> {
     let r = Reader::open(db)?;
-    std::fs::create_dir_all(into)?;
-    let store = Store::open(into)?;
     let mut imp = store.import();
+    imp.record(Part::Meta, note.0, note.1)?;
     let (mut compacted, mut applied) = (0i64, 0u64);
     let mut failed: Option<BackupError> = None;
     for (name, bucket) in r.buckets()? {

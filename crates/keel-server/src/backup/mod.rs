@@ -8,7 +8,9 @@ mod keel_format;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use keel_mvcc::Store;
 
 use sha2::{Digest, Sha256};
 
@@ -43,17 +45,25 @@ impl From<keel_mvcc::MvccError> for BackupError {
     }
 }
 
-/// Checks the snapshot file at `path`, then unpacks its state as a store checkpoint in `into`
-/// (created; must not exist).
-pub fn decode(path: &Path, into: &Path) -> Result<PathBuf, BackupError> {
+/// Checks the snapshot file at `path`, then fills the empty `store` with its state and the meta
+/// record `note`. Keel's first format is unpacked as a checkpoint in `scratch` (created; must not
+/// exist, and is removed) and installed; etcd's is imported in place.
+pub fn restore(
+    path: &Path,
+    store: &Store,
+    scratch: &Path,
+    note: (&[u8], &[u8]),
+) -> Result<(), BackupError> {
     let mut head = vec![0u8; keel_format::MAGIC.len()];
     let n = File::open(path)?.read(&mut head)?;
     if n == head.len() && head == keel_format::MAGIC {
-        return keel_format::decode(path, into);
+        keel_format::decode(path, scratch)?;
+        store.install(scratch, note.0, note.1, &mut |_, _| {})?;
+        std::fs::remove_dir_all(scratch)?;
+        return Ok(());
     }
     check_digest(path)?;
-    etcd::import(path, into)?;
-    Ok(into.to_path_buf())
+    etcd::import(path, store, note)
 }
 
 /// The status `etcdctl snapshot status` prints, of the snapshot (or etcd database) at `path`.
@@ -93,4 +103,72 @@ fn check_digest(path: &Path) -> Result<(), BackupError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(dir: &Path, key: &[u8]) -> Store {
+        let s = Store::open(dir).unwrap();
+        let mut wb = s.write_batch();
+        wb.begin();
+        wb.put(key, b"v".to_vec(), 0);
+        wb.end();
+        wb.commit(5).unwrap();
+        s
+    }
+
+    fn keys(s: &Store) -> Vec<Vec<u8>> {
+        let all = keel_mvcc::KeySpan::Range {
+            start: b"",
+            end: None,
+        };
+        let r = s.range(all, &keel_mvcc::RangeOptions::default()).unwrap();
+        r.kvs.into_iter().map(|kv| kv.key).collect()
+    }
+
+    #[test]
+    fn both_formats_restore_into_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = store_with(&dir.path().join("src"), b"k");
+        let checkpoint = dir.path().join("checkpoint");
+        src.checkpoint(&checkpoint).unwrap();
+
+        // Keel's first format.
+        let mut bytes = Vec::new();
+        keel_format::encode(&checkpoint, |p| {
+            bytes.extend(p);
+            true
+        })
+        .unwrap();
+        let old = dir.path().join("old.snap");
+        std::fs::write(&old, &bytes).unwrap();
+        let a = Store::open(&dir.path().join("a")).unwrap();
+        restore(&old, &a, &dir.path().join("scratch"), (b"local/note", b"n")).unwrap();
+        assert_eq!(keys(&a), vec![b"k".to_vec()]);
+        assert_eq!(a.get_meta(b"local/note").unwrap().unwrap(), b"n");
+        assert!(!dir.path().join("scratch").exists());
+
+        // etcd's, with its digest.
+        let db = dir.path().join("etcd.db");
+        export(&checkpoint, &db).unwrap();
+        let mut snap = std::fs::read(&db).unwrap();
+        let digest = Sha256::digest(&snap);
+        snap.extend_from_slice(&digest);
+        let file = dir.path().join("etcd.snap");
+        std::fs::write(&file, &snap).unwrap();
+        let b = Store::open(&dir.path().join("b")).unwrap();
+        restore(
+            &file,
+            &b,
+            &dir.path().join("scratch"),
+            (b"local/note", b"n"),
+        )
+        .unwrap();
+        assert_eq!(keys(&b), vec![b"k".to_vec()]);
+        assert_eq!(b.current_revision(), src.current_revision());
+        assert_eq!(b.applied_index(), 5);
+        assert_eq!(status(&file).unwrap().revision, src.current_revision());
+    }
 }
