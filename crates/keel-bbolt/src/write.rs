@@ -212,16 +212,16 @@ impl<'w, F: Write + Seek> BucketWriter<'w, F> {
 
     fn flush_leaf(&mut self) -> Result<()> {
         let leaf = std::mem::take(&mut self.leaf);
-        let page = self
-            .w
-            .node(LEAF, leaf.items.len(), &leaf.encode(false, self.leaf_flags))?;
-        let first = leaf
-            .items
-            .into_iter()
-            .next()
-            .map(|(k, _)| k)
-            .unwrap_or_default();
+        let (first, page) = self.write(LEAF, leaf)?;
         self.point(0, first, page)
+    }
+
+    /// Writes `node` as a page of type `flags`; its first key and its page.
+    fn write(&mut self, flags: u16, node: Node) -> Result<(Vec<u8>, u64)> {
+        let body = node.encode(flags == BRANCH, self.leaf_flags);
+        let page = self.w.node(flags, node.items.len(), &body)?;
+        let first = node.items.into_iter().next().map(|(k, _)| k);
+        Ok((first.unwrap_or_default(), page))
     }
 
     /// Adds a child (its first key, its page) to the branch node at `level`, writing that node
@@ -246,15 +246,7 @@ impl<'w, F: Write + Seek> BucketWriter<'w, F> {
 
     fn flush_branch(&mut self, level: usize) -> Result<()> {
         let node = std::mem::take(&mut self.levels[level]);
-        let page = self
-            .w
-            .node(BRANCH, node.items.len(), &node.encode(true, 0))?;
-        let first = node
-            .items
-            .into_iter()
-            .next()
-            .map(|(k, _)| k)
-            .unwrap_or_default();
+        let (first, page) = self.write(BRANCH, node)?;
         self.point(level + 1, first, page)
     }
 
