@@ -16,8 +16,22 @@ pub use node::{
     Refused, Replication, Role, Stepper,
 };
 pub use raft::eraftpb::{
-    ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType, SnapshotMetadata,
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageType,
+    SnapshotMetadata,
 };
+
+/// A conf change entry at `index` of `term` carrying `cc`, encoded as raft decodes it.
+pub fn conf_change_entry(index: u64, term: u64, cc: &ConfChange) -> Entry {
+    use protobuf::Message as _;
+    let mut e = Entry {
+        index,
+        term,
+        data: cc.write_to_bytes().expect("a conf change encodes").into(),
+        ..Default::default()
+    };
+    e.set_entry_type(EntryType::EntryConfChange);
+    e
+}
 
 /// The membership change a conf change entry carries, if it is one (single changes only: Keel
 /// proposes one at a time).

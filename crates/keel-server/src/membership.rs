@@ -171,9 +171,11 @@ impl Membership {
         wb.put_meta(META_MEMBERS_KEY, &encode_members(&members));
     }
 
-    /// Forgets the removed members (a restored snapshot starts a new cluster).
-    pub fn forget_removed(wb: &mut WriteBatch<'_>) {
-        wb.put_meta(META_REMOVED, &[]);
+    /// Writes the ids of the removed members with a write batch (none for a restored snapshot:
+    /// it starts a new cluster; an imported etcd data dir's own).
+    pub fn bootstrap_removed(wb: &mut WriteBatch<'_>, ids: &[u64]) {
+        let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+        wb.put_meta(META_REMOVED, &bytes);
     }
 
     /// Every member, by id.

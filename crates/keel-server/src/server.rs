@@ -482,6 +482,7 @@ impl Server {
     pub async fn start(mut cfg: ServerConfig) -> Result<Server, StartError> {
         let storage = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
         let member_dir = cfg.data_dir.join("member");
+        import_etcd_member(&cfg)?;
         std::fs::create_dir_all(&member_dir)
             .map_err(|e| StartError::Storage(format!("{}: {e}", member_dir.display())))?;
         let client_tls = tls::build(
@@ -1028,7 +1029,7 @@ fn restore_into(
     let mut wb = store.write_batch();
     identity.record(&mut wb);
     Membership::bootstrap(&mut wb, &members);
-    Membership::forget_removed(&mut wb);
+    Membership::bootstrap_removed(&mut wb, &[]);
     crate::alarm::Alarms::clear(&mut wb);
     wb.commit(keel_raft::BOOTSTRAP_INDEX)
         .and_then(|_| store.sync())
@@ -1040,6 +1041,35 @@ fn restore_into(
         cluster_id = format!("{:x}", identity.cluster_id),
         "restored a snapshot"
     );
+    Ok(())
+}
+
+/// A data dir etcd wrote becomes Keel's before anything opens it (see `backup::data_dir`).
+fn import_etcd_member(cfg: &ServerConfig) -> Result<(), StartError> {
+    let imported = crate::backup::data_dir::import_if_etcd(
+        &cfg.data_dir,
+        cfg.wal_dir.as_deref(),
+        cfg.bcrypt_cost,
+    )
+    .map_err(|e| {
+        StartError::Storage(format!(
+            "importing etcd's data dir {}: {e}",
+            cfg.data_dir.display()
+        ))
+    })?;
+    if let Some(i) = imported {
+        tracing::info!(
+            data_dir = %cfg.data_dir.display(),
+            member_id = format!("{:x}", i.member_id),
+            cluster_id = format!("{:x}", i.cluster_id),
+            applied_index = i.applied,
+            revision = i.revision,
+            entries_to_replay = i.entries,
+            members = i.members,
+            etcd_files_kept_at = %i.kept_at.display(),
+            "imported an etcd data dir"
+        );
+    }
     Ok(())
 }
 

@@ -230,7 +230,7 @@ impl Drop for EtcdOn {
     }
 }
 
-fn etcd_on(data_dir: &std::path::Path, name: &str, port: u16, peer: u16) -> EtcdOn {
+fn etcd_on(data_dir: &std::path::Path, name: &str, port: u16, peer: u16, extra: &[&str]) -> EtcdOn {
     let peer_url = format!("http://127.0.0.1:{peer}");
     let client = format!("http://127.0.0.1:{port}");
     EtcdOn(
@@ -242,6 +242,7 @@ fn etcd_on(data_dir: &std::path::Path, name: &str, port: u16, peer: u16) -> Etcd
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster={name}={peer_url}"))
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -286,7 +287,7 @@ async fn a_keel_snapshot_restores_into_real_etcd() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let _etcd = etcd_on(&data, "e", port, peer);
+    let _etcd = etcd_on(&data, "e", port, peer, &[]);
     let mut e = as_root(&format!("127.0.0.1:{port}")).await;
     let after = seen(&mut e, &format!("127.0.0.1:{port}"), lease).await;
     assert_eq!(after, before);
@@ -380,4 +381,141 @@ async fn a_real_etcd_snapshot_restores_into_keel() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+/// Every file under `dir` with its contents, to show a tree was left untouched.
+fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(tree(&path));
+        } else {
+            files.push((
+                path.strip_prefix(dir).unwrap().to_path_buf(),
+                std::fs::read(&path).unwrap(),
+            ));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Migration in without a snapshot: Keel started on a stopped etcd member's own data dir. etcd
+/// is killed with its last writes only in its WAL (its backend commits once an hour, and at its
+/// raft snapshots every 20 entries); Keel imports the backend, replays the WAL's entries past
+/// it, keeps the member and cluster ids, serves the same keys, revisions, leases, users and
+/// roles, takes writes, and keeps etcd's files aside untouched. A damaged WAL is refused and
+/// leaves etcd's data dir as it was.
+#[tokio::test]
+async fn keel_starts_on_a_stopped_etcd_members_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (port, peer) = (common::free_port(), common::free_port());
+    let endpoint = format!("127.0.0.1:{port}");
+    let mut etcd = etcd_on(
+        &data,
+        "m",
+        port,
+        peer,
+        &[
+            "--snapshot-count=20",
+            "--backend-batch-interval=1h",
+            "--backend-batch-limit=1000000",
+        ],
+    );
+    let lease = fill(&mut as_client(&endpoint).await).await;
+    let mut c = as_root(&endpoint).await;
+    let before = seen(&mut c, &endpoint, lease).await;
+    let ids = {
+        let r = c.member_list().await.unwrap();
+        (r.header().unwrap().cluster_id(), r.members()[0].id())
+    };
+    drop(c);
+    etcd.0.kill().unwrap(); // SIGKILL: nothing flushed on the way out
+    etcd.0.wait().unwrap();
+    let etcd_files = tree(&data.join("member"));
+    let copy = dir.path().join("copy");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&data)
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+
+    let flags = |data: &std::path::Path| {
+        vec![
+            "--name=m".to_string(),
+            format!("--data-dir={}", data.display()),
+            format!("--listen-client-urls=http://{endpoint}"),
+            format!("--advertise-client-urls=http://{endpoint}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-cluster=m=http://127.0.0.1:{peer}"),
+        ]
+    };
+    let mut keel = common::proc::Proc::start(&flags(&data), &[]);
+    keel.wait_ready();
+    let log = keel.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("imported an etcd data dir"))
+        .unwrap_or_else(|| panic!("no import logged:\n{log}"));
+    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(line["entries_to_replay"].as_u64().unwrap() > 0, "{line}");
+    let mut k = as_root(&endpoint).await;
+    assert_eq!(seen(&mut k, &endpoint, lease).await, before);
+    let r = k.member_list().await.unwrap();
+    assert_eq!((r.header().unwrap().cluster_id(), r.members()[0].id()), ids);
+    let put = k.put("written-in-keel", "1", None).await.unwrap();
+    assert_eq!(put.header().unwrap().revision(), before.revision + 1);
+    assert_eq!(tree(&data.join("member.etcd")), etcd_files);
+
+    // Restarted, Keel is on its own data: nothing is imported again.
+    keel.stop();
+    let mut keel = common::proc::Proc::start(&flags(&data), &[]);
+    keel.wait_ready();
+    assert!(!keel.log().contains("imported an etcd data dir"));
+    let mut k = as_root(&endpoint).await;
+    let got = k.get("written-in-keel", None).await.unwrap();
+    assert_eq!(got.kvs().len(), 1);
+    keel.stop();
+
+    // A byte flipped inside the WAL's records: refused, etcd's files back where etcd reads them.
+    let wal = std::fs::read_dir(copy.join("member/wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "wal"))
+        .unwrap();
+    let mut bytes = std::fs::read(&wal).unwrap();
+    bytes[300] ^= 0x40;
+    std::fs::write(&wal, &bytes).unwrap();
+    let damaged = tree(&copy.join("member"));
+    let mut keel = common::proc::Proc::start(&flags(&copy), &[]);
+    assert_ne!(keel.wait_exit(std::time::Duration::from_secs(20)), Some(0));
+    assert!(
+        keel.log().contains("importing etcd's data dir"),
+        "{}",
+        keel.log()
+    );
+    assert!(keel.log().contains("CRC mismatch"), "{}", keel.log());
+    assert_eq!(tree(&copy.join("member")), damaged);
+    assert!(!copy.join("member.etcd").exists() && !copy.join("member.import").exists());
+}
+
+async fn as_client(endpoint: &str) -> etcd_client::Client {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) = etcd_client::Client::connect([endpoint], None).await {
+            if c.get("probe", None).await.is_ok() {
+                return c;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{endpoint} never answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

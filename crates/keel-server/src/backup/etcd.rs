@@ -242,10 +242,16 @@ fn export_members(src: &CheckpointReader, w: &mut Writer<File>) -> Result<(), Ba
     Ok(())
 }
 
-/// Fills the empty `store` from etcd's database at `db`: revisions, leases, auth, the compaction
-/// and the consistent index, and the meta record `note`. Members and alarms are left out: a
-/// restore starts a new cluster, with the members its flags name.
-pub fn import(db: &Path, store: &Store, note: (&[u8], &[u8])) -> Result<(), BackupError> {
+/// Fills the empty `store` from etcd's database at `db`: revisions, leases, auth, the compaction,
+/// and the meta record `note`; the store's applied index is `applied`, else the database's
+/// consistent index. Members and alarms are left out: a restore starts a new cluster, with the
+/// members its flags name, and an imported data dir takes its members from etcd's raft state.
+pub fn import(
+    db: &Path,
+    store: &Store,
+    note: (&[u8], &[u8]),
+    applied_at: Option<u64>,
+) -> Result<(), BackupError> {
     let r = Reader::open(db)?;
     let mut imp = store.import();
     imp.record(Part::Meta, note.0, note.1)?;
@@ -288,8 +294,23 @@ pub fn import(db: &Path, store: &Store, note: (&[u8], &[u8])) -> Result<(), Back
         })
         .map_err(|e| failed.take().unwrap_or_else(|| e.into()))?;
     }
-    imp.finish(compacted, applied)?;
+    imp.finish(compacted, applied_at.unwrap_or(applied))?;
     Ok(())
+}
+
+/// The consistent index etcd's database at `db` records: the last raft entry it applied.
+pub fn consistent_index(db: &Path) -> Result<u64, BackupError> {
+    let r = Reader::open(db)?;
+    let mut index = 0;
+    if let Some(meta) = r.bucket(b"meta")? {
+        r.for_each(&meta, |k, v| {
+            if k == META_CONSISTENT_INDEX {
+                index = be_u64(k, v).map_err(|e| keel_bbolt::BoltError::Invalid(e.to_string()))?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(index)
 }
 
 fn be_u64(k: &[u8], v: &[u8]) -> Result<u64, BackupError> {

@@ -3,7 +3,10 @@
 //! with etcd's buckets, `etcd.rs`) followed by the SHA-256 of everything before it. `keel
 //! snapshot restore` also reads Keel's first format (`keel_format.rs`).
 
+pub mod data_dir;
 mod etcd;
+mod etcd_entries;
+mod etcd_wal;
 mod keel_format;
 
 use std::fs::File;
@@ -63,7 +66,7 @@ pub fn restore(
         return Ok(());
     }
     check_digest(path)?;
-    etcd::import(path, store, note)
+    etcd::import(path, store, note, None)
 }
 
 /// The status `etcdctl snapshot status` prints, of the snapshot (or etcd database) at `path`.
