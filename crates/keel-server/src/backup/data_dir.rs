@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use keel_mvcc::Store;
 use keel_raft::{HardState, LogStore, SnapshotMetadata};
 
-use super::etcd_entries::{only_membership, to_keel, Members};
+use super::etcd_entries::{apply_membership, only_membership, to_keel, Members};
 use super::etcd_wal::{newest_snap, read_wal, wal_files, Wal};
 use super::{etcd, BackupError};
 use crate::membership::{conf_state, Identity, Membership};
@@ -121,7 +121,7 @@ fn import(src: &Path, dst: &Path, bcrypt_cost: u32) -> Result<Imported, BackupEr
     }
     let snap = newest_snap(&src.join("snap"), wal.hard_state.commit)?;
     let snap_at = snap.as_ref().map_or((0, 0), |s| (s.index, s.term));
-    let mut members = snap
+    let members = snap
         .as_ref()
         .map(|s| Members::from_v2_store(&s.store))
         .unwrap_or_default();
@@ -138,13 +138,6 @@ fn import(src: &Path, dst: &Path, bcrypt_cost: u32) -> Result<Imported, BackupEr
             .map_or(0, |e| e.index);
     }
     check_covers(&wal, snap_at.0, applied)?;
-    for e in wal
-        .entries
-        .iter()
-        .filter(|e| e.index > snap_at.0 && e.index <= applied)
-    {
-        members.apply(e)?;
-    }
     let term = if applied == snap_at.0 {
         snap_at.1
     } else {
@@ -155,7 +148,6 @@ fn import(src: &Path, dst: &Path, bcrypt_cost: u32) -> Result<Imported, BackupEr
     let store = Store::open(&dst.join("kv"))?;
     let position = encode_position(applied, term);
     etcd::import(&db, &store, (META_INSTALLED, &position), Some(applied))?;
-    let list: Vec<_> = members.members.values().cloned().collect();
     let removed: Vec<u64> = members.removed.iter().copied().collect();
     let mut wb = store.write_batch();
     Identity {
@@ -164,9 +156,22 @@ fn import(src: &Path, dst: &Path, bcrypt_cost: u32) -> Result<Imported, BackupEr
         token: String::new(),
     }
     .record(&mut wb);
-    Membership::bootstrap(&mut wb, &list);
+    Membership::bootstrap(&mut wb, &members.list());
     Membership::bootstrap_removed(&mut wb, &removed);
+    wb.commit(applied)?;
+    // The members at `applied`: the snapshot's, changed by the entries after it as Keel's apply
+    // loop changes them.
+    let membership = Membership::load(&store).map_err(|e| BackupError::Invalid(e.to_string()))?;
+    let mut wb = store.write_batch();
+    for e in wal
+        .entries
+        .iter()
+        .filter(|e| e.index > snap_at.0 && e.index <= applied)
+    {
+        apply_membership(e, &membership, &mut wb)?;
+    }
     wb.commit(applied).and_then(|_| store.sync())?;
+    let list = membership.list();
     let revision = store.current_revision();
     drop(store);
 

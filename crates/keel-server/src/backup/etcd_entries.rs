@@ -23,8 +23,11 @@ use keel_raft::{ConfChange, ConfChangeType, Entry};
 use prost::Message;
 use serde_json::Value;
 
+use keel_mvcc::WriteBatch;
+
 use super::etcd_wal::EtcdEntry;
 use super::BackupError;
+use crate::membership::Membership;
 
 /// etcd's `InternalRaftRequest`: the fields that change state (reads, v2 requests and
 /// authentication attempts leave Keel's state alone and are left out).
@@ -359,8 +362,8 @@ pub fn only_membership(e: &EtcdEntry) -> bool {
     )
 }
 
-/// The cluster's members as etcd's entries change them: from a v2 store's, through each conf
-/// change and published attributes.
+/// The cluster's members as an etcd raft snapshot's v2 store records them (the entries after it
+/// are applied by `apply_membership`).
 #[derive(Debug, Default)]
 pub struct Members {
     /// The members, by id.
@@ -409,30 +412,30 @@ impl Members {
         m
     }
 
-    /// Applies what etcd's entry `e` does to the membership.
-    pub fn apply(&mut self, e: &EtcdEntry) -> Result<(), BackupError> {
-        match decode(e, None).map_err(|why| invalid(e, why))? {
-            Change::Conf(ConfChangeType::RemoveNode, m) => {
-                self.members.remove(&m.id);
-                self.removed.insert(m.id);
-            }
-            Change::Conf(kind, m) => {
-                let learner = kind == ConfChangeType::AddLearnerNode;
-                self.members.entry(m.id).or_insert(m).is_learner = learner;
-            }
-            Change::Request(RequestBody::MemberUpdate(u), _) => {
-                if let Some(m) = self.members.get_mut(&u.id) {
-                    m.peer_ur_ls = u.peer_ur_ls;
-                }
-            }
-            Change::Request(RequestBody::MemberAttributes(a), _) => {
-                if let Some(m) = self.members.get_mut(&a.member_id) {
-                    m.name = a.name;
-                    m.client_ur_ls = a.client_urls;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
+    /// The members, by id.
+    pub fn list(&self) -> Vec<PbMember> {
+        self.members.values().cloned().collect()
     }
+}
+
+/// Applies what etcd's entry `e` does to the membership, as Keel's apply loop applies the entry
+/// `to_keel` makes of it (a change that does not apply, such as removing a member already gone,
+/// changes nothing, as there).
+pub fn apply_membership(
+    e: &EtcdEntry,
+    membership: &Membership,
+    wb: &mut WriteBatch<'_>,
+) -> Result<(), BackupError> {
+    let _ = match decode(e, None).map_err(|why| invalid(e, why))? {
+        Change::Conf(kind, m) => membership.apply_conf_change(wb, kind, m),
+        Change::Request(RequestBody::MemberUpdate(u), _) => {
+            membership.update_peer_urls(wb, u.id, &u.peer_ur_ls)
+        }
+        Change::Request(RequestBody::MemberAttributes(a), _) => {
+            membership.publish(wb, &a);
+            Ok(Vec::new())
+        }
+        _ => Ok(Vec::new()),
+    };
+    Ok(())
 }
