@@ -1,51 +1,40 @@
+//! Generates etcd's API messages (from etcd's own .proto files, as the etcd-client crate ships them)
+//! and Keel's peer and admin messages with prost alone, so the state machine can use them without
+//! tonic; the gRPC services over these messages are generated in `keel-rpc`. The JSON mapping of
+//! etcd's messages (for the HTTP/JSON gateway) comes from pbjson, with grpc-gateway's conventions as
+//! etcd configures them: proto field names, 64-bit integers as strings, defaults left out.
+
+use std::path::PathBuf;
+
+/// The etcd packages whose messages the gateway speaks as JSON.
+const JSON_PACKAGES: [&str; 5] = [
+    ".etcdserverpb",
+    ".mvccpb",
+    ".authpb",
+    ".v3lockpb",
+    ".v3electionpb",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tonic_prost_build::configure()
-        .compile_protos(&["proto/peer.proto", "proto/admin.proto"], &["proto"])?;
-    // etcd's lock and election APIs: etcd-client generates them but does not export the server
-    // side. Their etcd message types are etcd-client's own.
-    tonic_prost_build::configure()
-        .build_client(false)
-        .extern_path(".etcdserverpb", "crate::etcd_types")
-        .extern_path(".mvccpb", "crate::etcd_types")
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = out.join("descriptors.bin");
+    prost_build::Config::new()
+        .file_descriptor_set_path(&descriptors)
         .compile_protos(
-            &["proto/etcd/v3lock.proto", "proto/etcd/v3election.proto"],
+            &[
+                "proto/etcd/api/etcdserverpb/rpc.proto",
+                "proto/etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
+                "proto/etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",
+                "proto/peer.proto",
+                "proto/admin.proto",
+            ],
             &["proto"],
         )?;
-    // etcd's Auth service: its messages are etcd-client's but for AuthStatus (see auth.proto).
-    let mut auth = tonic_prost_build::configure()
-        .build_client(false)
-        .extern_path(
-            ".etcdserverpb.ResponseHeader",
-            "crate::etcd_types::ResponseHeader",
-        );
-    for msg in AUTH_MESSAGES {
-        for side in ["Request", "Response"] {
-            auth = auth.extern_path(
-                format!(".etcdserverpb.{msg}{side}"),
-                format!("::etcd_client::proto::Pb{msg}{side}"),
-            );
-        }
-    }
-    auth.compile_protos(&["proto/etcd/auth.proto"], &["proto"])?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptors)?)?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&JSON_PACKAGES)?;
+    println!("cargo:rerun-if-changed=proto");
     Ok(())
 }
-
-/// The Auth messages etcd-client exports (as `Pb<name>Request`/`Pb<name>Response`).
-const AUTH_MESSAGES: [&str; 16] = [
-    "AuthEnable",
-    "AuthDisable",
-    "Authenticate",
-    "AuthUserAdd",
-    "AuthUserGet",
-    "AuthUserList",
-    "AuthUserDelete",
-    "AuthUserChangePassword",
-    "AuthUserGrantRole",
-    "AuthUserRevokeRole",
-    "AuthRoleAdd",
-    "AuthRoleGet",
-    "AuthRoleList",
-    "AuthRoleDelete",
-    "AuthRoleGrantPermission",
-    "AuthRoleRevokePermission",
-];

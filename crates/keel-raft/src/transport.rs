@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_proto::peer::peer_client::PeerClient;
-use keel_proto::peer::peer_server::{Peer, PeerServer};
-use keel_proto::peer::{RaftAck, RaftBatch, SnapshotAck, SnapshotChunk};
+use keel_rpc::peer::peer_client::PeerClient;
+use keel_rpc::peer::peer_server::{Peer, PeerServer};
+use keel_rpc::peer::{RaftAck, RaftBatch, SnapshotAck, SnapshotChunk};
 use parking_lot::Mutex;
 use protobuf::Message as _;
 use raft::eraftpb::Message;

@@ -1,209 +1,26 @@
-//! The state machine and the apply loop. Committed entries are applied in log order, many entries to
-//! one RocksDB write batch that also records the applied index; then their proposers are completed.
-//! Nothing here reads the clock or local configuration: every member applies the same log to the
-//! same state.
+//! The apply loop: committed entries from the raft driver applied in log order, many entries to one
+//! RocksDB write batch that also records the applied index; then their proposers are completed and
+//! watchers see the changes. The state machine itself (what one request does) is `keel-state`.
 
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use keel_mvcc::{KeySpan, Store, WriteBatch};
-use keel_proto::etcd::PbMember as Member;
-use keel_proto::etcd::{
-    PbCompactionRequest as CompactionRequest, PbCompactionResponse as CompactionResponse,
-    PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse,
-    PbLeaseGrantRequest as LeaseGrantRequest, PbLeaseGrantResponse as LeaseGrantResponse,
-    PbLeaseRevokeResponse as LeaseRevokeResponse, PbPutRequest as PutRequest,
-    PbPutResponse as PutResponse, PbTxnResponse as TxnResponse,
-};
-use keel_proto::{InternalRequest, MemberChange, RequestAuth, RequestBody};
-use keel_raft::{Committed, Entry, EntryType, InstallSnapshot};
+use keel_mvcc::Store;
+use keel_raft::{Committed, ConfChangeType, Entry, EntryType, InstallSnapshot};
+use keel_rpc::{InternalRequest, MemberChange};
+use keel_state::apply;
+use keel_state::membership::MemberChangeKind;
+pub use keel_state::Response;
+pub use keel_state::{grows, Machine};
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::alarm::Alarms;
-use crate::auth::AuthStore;
-use crate::lease::Lessor;
-use crate::membership::Membership;
 use crate::snapshot::{encode_position, META_INSTALLED};
-use crate::txn::{self, header};
 use crate::wait::Registry;
 use crate::ServerError;
 
-/// The result of applying one request.
-#[derive(Debug)]
-pub enum Response {
-    /// KV.Put.
-    Put(PutResponse),
-    /// KV.DeleteRange.
-    DeleteRange(DeleteRangeResponse),
-    /// KV.Txn.
-    Txn(TxnResponse),
-    /// KV.Compact.
-    Compaction(CompactionResponse),
-    /// Lease.LeaseGrant.
-    LeaseGrant(LeaseGrantResponse),
-    /// Lease.LeaseRevoke.
-    LeaseRevoke(LeaseRevokeResponse),
-    /// A member's attributes were recorded.
-    MemberAttributes,
-    /// A membership change was applied: the members after it.
-    Members(Vec<Member>),
-    /// An alarm was raised or cleared: the alarm changed (none if nothing changed).
-    Alarm(Vec<keel_proto::etcd::PbAlarmMember>),
-    /// The auth state changed (or was already as asked).
-    AuthChanged,
-    /// A user authenticated: its simple token.
-    Authenticated(String),
-    /// Leases' remaining TTLs were recorded.
-    LeaseCheckpointed,
-}
-
-/// The parts of the state machine beside the key-value store.
-pub struct Machine {
-    /// The leases and their keys.
-    pub leases: Arc<Lessor>,
-    /// The cluster's members.
-    pub members: Arc<Membership>,
-    /// The raised alarms.
-    pub alarms: Arc<Alarms>,
-    /// Users, roles and permissions.
-    pub auth: Arc<AuthStore>,
-}
-
 /// What a proposer receives once its entry is applied.
 pub type Applied = Result<Response, ServerError>;
-
-/// Applies one request, proposed for `who` as entry `index`, to the write batch.
-pub fn apply(
-    wb: &mut WriteBatch<'_>,
-    machine: &Machine,
-    body: &RequestBody,
-    who: Option<&RequestAuth>,
-    index: u64,
-) -> Applied {
-    let leases = &*machine.leases;
-    // While NOSPACE is raised nothing may grow the store (etcd's capped applier).
-    if machine.alarms.nospace() && grows(body) {
-        return Err(ServerError::NoSpace);
-    }
-    machine.auth.authorize(who, body, leases)?;
-    use RequestBody::*;
-    match body {
-        RequestBody::Put(p) => apply_put(wb, leases, p).map(Response::Put),
-        RequestBody::DeleteRange(d) => apply_delete(wb, leases, d).map(Response::DeleteRange),
-        RequestBody::Txn(t) => txn::txn_write(wb, t, leases).map(Response::Txn),
-        RequestBody::Compaction(c) => apply_compaction(wb, c).map(Response::Compaction),
-        RequestBody::LeaseGrant(g) => apply_lease_grant(wb, leases, g).map(Response::LeaseGrant),
-        RequestBody::LeaseCheckpoint(cp) => {
-            leases.checkpoint(wb, cp);
-            Ok(Response::LeaseCheckpointed)
-        }
-        RequestBody::LeaseRevoke(r) => {
-            apply_lease_revoke(wb, leases, r.id).map(Response::LeaseRevoke)
-        }
-        RequestBody::MemberAttributes(a) => {
-            machine.members.publish(wb, a);
-            Ok(Response::MemberAttributes)
-        }
-        RequestBody::Alarm(a) => Ok(Response::Alarm(machine.alarms.apply(wb, a))),
-        RequestBody::MemberUpdate(u) => machine
-            .members
-            .update_peer_urls(wb, u.id, &u.peer_ur_ls)
-            .map(Response::Members),
-        AuthEnable(_)
-        | AuthDisable(_)
-        | Authenticate(_)
-        | UserAdd(_)
-        | UserDelete(_)
-        | UserChangePassword(_)
-        | UserGrantRole(_)
-        | UserRevokeRole(_)
-        | RoleAdd(_)
-        | RoleDelete(_)
-        | RoleGrantPermission(_)
-        | RoleRevokePermission(_) => Ok(match machine.auth.apply(wb, body, index)? {
-            Some(token) => Response::Authenticated(token),
-            None => Response::AuthChanged,
-        }),
-    }
-}
-
-/// Whether the request may grow the store: refused under NOSPACE, checked against the quota.
-pub fn grows(body: &RequestBody) -> bool {
-    match body {
-        RequestBody::Put(_) | RequestBody::LeaseGrant(_) => true,
-        RequestBody::Txn(t) => txn::has_put(t),
-        _ => false,
-    }
-}
-
-fn apply_put(
-    wb: &mut WriteBatch<'_>,
-    leases: &Lessor,
-    p: &PutRequest,
-) -> Result<PutResponse, ServerError> {
-    txn::check_put(wb, p, leases)?;
-    wb.begin();
-    let mut resp = txn::put(wb, leases, p)?;
-    resp.header = header(wb.end());
-    Ok(resp)
-}
-
-fn apply_delete(
-    wb: &mut WriteBatch<'_>,
-    leases: &Lessor,
-    d: &DeleteRangeRequest,
-) -> Result<DeleteRangeResponse, ServerError> {
-    wb.begin();
-    let mut resp = txn::delete(wb, leases, d)?;
-    resp.header = header(wb.end());
-    Ok(resp)
-}
-
-/// The proposer chose the id and the effective TTL, so every member grants the same lease.
-fn apply_lease_grant(
-    wb: &mut WriteBatch<'_>,
-    leases: &Lessor,
-    g: &LeaseGrantRequest,
-) -> Result<LeaseGrantResponse, ServerError> {
-    leases.grant(wb, g.id, g.ttl)?;
-    Ok(LeaseGrantResponse {
-        header: header(wb.read_revision()),
-        id: g.id,
-        ttl: g.ttl,
-        error: String::new(),
-    })
-}
-
-/// Deletes every key attached to the lease in one write transaction (one revision, none if it has
-/// no keys), in key order on every member, then forgets the lease.
-fn apply_lease_revoke(
-    wb: &mut WriteBatch<'_>,
-    leases: &Lessor,
-    id: i64,
-) -> Result<LeaseRevokeResponse, ServerError> {
-    let keys = leases.keys(id).ok_or(ServerError::LeaseNotFound)?;
-    wb.begin();
-    for key in &keys {
-        txn::delete_span(wb, leases, KeySpan::Single(key))?;
-    }
-    let revision = wb.end();
-    leases.remove(wb, id);
-    Ok(LeaseRevokeResponse {
-        header: header(revision),
-    })
-}
-
-fn apply_compaction(
-    wb: &mut WriteBatch<'_>,
-    c: &CompactionRequest,
-) -> Result<CompactionResponse, ServerError> {
-    // Physical compaction happens in this same batch, so `physical` needs no extra wait.
-    wb.compact(c.revision)?;
-    Ok(CompactionResponse {
-        header: header(wb.end()),
-    })
-}
 
 /// The apply loop: owns the write side of the store.
 pub struct ApplyLoop {
@@ -313,7 +130,7 @@ impl ApplyLoop {
         m.leases.reload(&self.store)?;
         m.alarms.reload(&self.store)?;
         m.auth.reload(&self.store)?;
-        m.members.reload(&self.store)
+        Ok(m.members.reload(&self.store)?)
     }
 
     /// Replaces the state with a received snapshot, then everything derived from it: leases,
@@ -363,8 +180,9 @@ impl ApplyLoop {
                 let res = self
                     .machine
                     .members
-                    .apply_conf_change(&mut wb, cc.get_change_type(), member)
-                    .map(Response::Members);
+                    .apply_conf_change(&mut wb, change_kind(cc.get_change_type()), member)
+                    .map(Response::Members)
+                    .map_err(ServerError::from);
                 results.push((change.id, res));
                 continue;
             }
@@ -398,10 +216,10 @@ impl ApplyLoop {
                     "apply request took too long"
                 );
             }
-            if let Err(ServerError::Internal(msg)) = &res {
+            if let Err(keel_state::StateError::Storage(msg)) = &res {
                 return Err(ServerError::Internal(msg.clone()));
             }
-            results.push((req.id, res));
+            results.push((req.id, res.map_err(ServerError::from)));
         }
         let started = std::time::Instant::now();
         let changes = wb.commit(last)?;
@@ -421,5 +239,14 @@ impl ApplyLoop {
         if applied > self.catch_up_entries {
             (self.compact_log)(applied - self.catch_up_entries);
         }
+    }
+}
+
+/// The membership change a raft conf change makes.
+pub(crate) fn change_kind(t: ConfChangeType) -> MemberChangeKind {
+    match t {
+        ConfChangeType::AddNode => MemberChangeKind::AddVoter,
+        ConfChangeType::AddLearnerNode => MemberChangeKind::AddLearner,
+        ConfChangeType::RemoveNode => MemberChangeKind::Remove,
     }
 }

@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_proto::etcd::PbCompactionRequest;
-use keel_proto::RequestBody;
+use keel_rpc::etcd::PbCompactionRequest;
+use keel_rpc::RequestBody;
 
 use crate::config::AutoCompaction;
 use crate::server::Core;
@@ -68,7 +68,7 @@ async fn compact(core: &Core, rev: i64) {
     });
     match core.propose_internal(req).await {
         Ok(_) => tracing::info!(revision = rev, "auto-compacted"),
-        Err(ServerError::Compacted) => {}
+        Err(ServerError::State(keel_state::StateError::Compacted)) => {}
         Err(e) => tracing::warn!(revision = rev, error = %e, "auto-compaction failed"),
     }
 }

@@ -3,13 +3,13 @@
 //! `<name>/<lease in hex>` created with its lease; contenders are served in the order of their
 //! keys' create revisions, each waiting until every key created before its own is deleted.
 
-use keel_proto::etcd::{
+use keel_rpc::etcd::{
     PbCompare as Compare, PbDeleteRequest as DeleteRangeRequest, PbKeyValue as KeyValue,
     PbPutRequest as PutRequest, PbRangeRequest as RangeRequest, PbTargetUnion as Target,
     PbTxnOpRequest as Op, PbTxnOpResponse as OpResponse, PbTxnRequest as TxnRequest,
     PbTxnRequestOp as RequestOp, PbTxnResponse as TxnResponse,
 };
-use keel_proto::{RequestAuth, RequestBody};
+use keel_rpc::{RequestAuth, RequestBody};
 
 use crate::apply::Response as Applied;
 use crate::server::Core;
@@ -230,7 +230,7 @@ pub fn check_contenders_readable(
     who: &RequestAuth,
     prefix: &[u8],
 ) -> Result<(), ServerError> {
-    core.auth.check_read(who, prefix, &prefix_end(prefix))
+    Ok(core.auth.check_read(who, prefix, &prefix_end(prefix))?)
 }
 
 /// Waits until every contender of `prefix` created before revision `rev` is gone.

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_proto::peer::membership_client::MembershipClient;
-use keel_proto::peer::{HashRequest, HashResponse};
-use keel_proto::RequestBody;
+use keel_rpc::peer::membership_client::MembershipClient;
+use keel_rpc::peer::{HashRequest, HashResponse};
+use keel_rpc::RequestBody;
 
 use crate::server::Core;
 
@@ -107,7 +107,7 @@ pub async fn run_periodic(core: Arc<Core>, every: Duration) {
 }
 
 async fn raise_corrupt(core: &Core, member: u64) {
-    let raise = RequestBody::Alarm(keel_proto::etcd::PbAlarmRequest {
+    let raise = RequestBody::Alarm(keel_rpc::etcd::PbAlarmRequest {
         action: 1,
         member_id: member,
         alarm: crate::alarm::CORRUPT,

@@ -3,38 +3,15 @@
 
 use keel_mvcc::MvccError;
 use keel_raft::RaftError;
+use keel_state::StateError;
 use tonic::{Code, Status};
 
 /// Errors of request handling.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// A request without a key.
-    #[error("etcdserver: key is not provided")]
-    EmptyKey,
-    /// ignore_value/ignore_lease on a key that does not exist, or an empty txn op.
-    #[error("etcdserver: key not found")]
-    KeyNotFound,
-    /// ignore_value together with a value.
-    #[error("etcdserver: value is provided")]
-    ValueProvided,
-    /// ignore_lease together with a lease.
-    #[error("etcdserver: lease is provided")]
-    LeaseProvided,
-    /// A txn with more operations than --max-txn-ops.
-    #[error("etcdserver: too many operations in txn request")]
-    TooManyOps,
-    /// A txn that writes one key twice (or puts a key it deletes).
-    #[error("etcdserver: duplicate key given in txn request")]
-    DuplicateKey,
     /// A request larger than --max-request-bytes.
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
-    /// A lease id that does not exist.
-    #[error("etcdserver: requested lease not found")]
-    LeaseNotFound,
-    /// A grant of a lease id already in use.
-    #[error("etcdserver: lease already exists")]
-    LeaseExists,
     /// A grant with a TTL above MaxLeaseTTL.
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
@@ -47,12 +24,6 @@ pub enum ServerError {
     /// MoveLeader did not see the target lead in time.
     #[error("etcdserver: request timed out, leader transfer took too long")]
     LeaderTransferTimeout,
-    /// A read or compaction below the compacted revision.
-    #[error("etcdserver: mvcc: required revision has been compacted")]
-    Compacted,
-    /// A read or compaction above the current revision.
-    #[error("etcdserver: mvcc: required revision is a future revision")]
-    FutureRevision,
     /// No raft leader to serve the request.
     #[error("etcdserver: no leader")]
     NoLeader,
@@ -65,18 +36,12 @@ pub enum ServerError {
     /// A request this server cannot serve (yet).
     #[error("etcdserver: not capable")]
     NotCapable,
-    /// The space quota is exhausted (NOSPACE alarm raised).
-    #[error("etcdserver: mvcc: database space exceeded")]
-    NoSpace,
     /// MemberAdd with peer URLs a member already has.
     #[error("etcdserver: Peer URLs already exists")]
     PeerUrlExists,
     /// MemberAdd or MemberUpdate with URLs that are not `scheme://host:port`.
     #[error("etcdserver: given member URLs are invalid")]
     MemberBadUrls,
-    /// The member named does not exist.
-    #[error("etcdserver: member not found")]
-    MemberNotFound,
     /// MemberAdd would make a member id that exists (or existed).
     #[error("etcdserver: member ID already exist")]
     MemberExists,
@@ -107,57 +72,6 @@ pub enum ServerError {
     /// Election.Proclaim or Resign without the leader key.
     #[error("\"leader\" field must be provided")]
     MissingLeaderKey,
-    /// An auth request while auth is disabled.
-    #[error("etcdserver: authentication is not enabled")]
-    AuthNotEnabled,
-    /// Authenticate with an unknown user or a wrong password.
-    #[error("etcdserver: authentication failed, invalid user ID or password")]
-    AuthFailed,
-    /// A token that is not (or no longer) valid.
-    #[error("etcdserver: invalid auth token")]
-    InvalidAuthToken,
-    /// The caller's user lacks the permission the request needs.
-    #[error("etcdserver: permission denied")]
-    PermissionDenied,
-    /// A request without a user while auth is enabled, or UserAdd without a name.
-    #[error("etcdserver: user name is empty")]
-    UserEmpty,
-    /// UserAdd of a user that exists.
-    #[error("etcdserver: user name already exists")]
-    UserExists,
-    /// A user that does not exist.
-    #[error("etcdserver: user name not found")]
-    UserNotFound,
-    /// RoleAdd of a role that exists.
-    #[error("etcdserver: role name already exists")]
-    RoleExists,
-    /// A role that does not exist.
-    #[error("etcdserver: role name not found")]
-    RoleNotFound,
-    /// RoleAdd without a name.
-    #[error("etcdserver: role name is empty")]
-    RoleEmpty,
-    /// AuthEnable without a root user.
-    #[error("etcdserver: root user does not exist")]
-    RootUserMissing,
-    /// AuthEnable while the root user lacks the root role.
-    #[error("etcdserver: root user does not have root role")]
-    RootRoleMissing,
-    /// UserRevokeRole of a role the user does not have.
-    #[error("etcdserver: role is not granted to the user")]
-    RoleNotGranted,
-    /// RoleRevokePermission of a permission the role does not have.
-    #[error("etcdserver: permission is not granted to the role")]
-    PermissionNotGranted,
-    /// RoleGrantPermission without a permission.
-    #[error("etcdserver: permission not given")]
-    PermissionNotGiven,
-    /// Deleting the root user or role, or revoking root from root, while auth is enabled.
-    #[error("etcdserver: invalid auth management")]
-    InvalidAuthMgmt,
-    /// The auth state changed since the caller's permissions were checked (or its JWT issued).
-    #[error("etcdserver: revision of auth store is old")]
-    AuthOldRevision,
     /// The leader's answer to a request forwarded to it.
     #[error("{message}")]
     Remote {
@@ -169,13 +83,16 @@ pub enum ServerError {
     /// Storage failed; the request may not have been applied.
     #[error("etcdserver: {0}")]
     Internal(String),
+    /// The state machine refused the request (or its validation did).
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 impl From<MvccError> for ServerError {
     fn from(e: MvccError) -> Self {
         match e {
-            MvccError::Compacted => ServerError::Compacted,
-            MvccError::FutureRevision => ServerError::FutureRevision,
+            MvccError::Compacted => StateError::Compacted.into(),
+            MvccError::FutureRevision => StateError::FutureRevision.into(),
             other => ServerError::Internal(other.to_string()),
         }
     }
@@ -198,14 +115,9 @@ impl ServerError {
     pub fn code(&self) -> Code {
         use ServerError::*;
         match self {
-            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge | MemberBadUrls | AuthFailed | UserEmpty | RoleEmpty
-            | PermissionNotGiven | InvalidAuthMgmt | AuthOldRevision => Code::InvalidArgument,
-            InvalidAuthToken => Code::Unauthenticated,
-            PermissionDenied => Code::PermissionDenied,
-            LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExists
-            | NotLeader
+            RequestTooLarge | MemberBadUrls => Code::InvalidArgument,
+            LeaseTtlTooLarge => Code::OutOfRange,
+            NotLeader
             | BadLeaderTransferee
             | PeerUrlExists
             | MemberExists
@@ -213,17 +125,7 @@ impl ServerError {
             | LearnerNotReady
             | TooManyLearners
             | MemberNotEnoughStarted
-            | MembershipChangeInProgress
-            | AuthNotEnabled
-            | UserExists
-            | UserNotFound
-            | RoleExists
-            | RoleNotFound
-            | RootUserMissing
-            | RootRoleMissing
-            | RoleNotGranted
-            | PermissionNotGranted => Code::FailedPrecondition,
-            Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
+            | MembershipChangeInProgress => Code::FailedPrecondition,
             NoLeader | Timeout | Stopped | NotCapable | NotSupportedForLearner => Code::Unavailable,
             Internal(_)
             | LeaderTransferTimeout
@@ -231,8 +133,28 @@ impl ServerError {
             | ElectionNotLeader
             | MissingLeaderKey => Code::Unknown,
             Remote { code, .. } => *code,
-            NoSpace => Code::ResourceExhausted,
+            State(e) => state_code(e),
         }
+    }
+}
+
+/// The gRPC code etcd uses for each error of the state machine.
+fn state_code(e: &StateError) -> Code {
+    use StateError::*;
+    match e {
+        EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+        | AuthFailed | UserEmpty | RoleEmpty | PermissionNotGiven | InvalidAuthMgmt
+        | AuthOldRevision => Code::InvalidArgument,
+        InvalidAuthToken => Code::Unauthenticated,
+        PermissionDenied => Code::PermissionDenied,
+        LeaseNotFound | MemberNotFound => Code::NotFound,
+        LeaseExists | AuthNotEnabled | UserExists | UserNotFound | RoleExists | RoleNotFound
+        | RootUserMissing | RootRoleMissing | RoleNotGranted | PermissionNotGranted => {
+            Code::FailedPrecondition
+        }
+        Compacted | FutureRevision => Code::OutOfRange,
+        NoSpace => Code::ResourceExhausted,
+        Storage(_) => Code::Unknown,
     }
 }
 
@@ -248,7 +170,7 @@ mod tests {
 
     #[test]
     fn statuses_match_etcd() {
-        let s = Status::from(ServerError::Compacted);
+        let s = Status::from(ServerError::State(keel_state::StateError::Compacted));
         assert_eq!(
             (s.code(), s.message()),
             (
@@ -256,12 +178,12 @@ mod tests {
                 "etcdserver: mvcc: required revision has been compacted"
             )
         );
-        let s = Status::from(ServerError::EmptyKey);
+        let s = Status::from(ServerError::State(keel_state::StateError::EmptyKey));
         assert_eq!(
             (s.code(), s.message()),
             (Code::InvalidArgument, "etcdserver: key is not provided")
         );
-        let s = Status::from(ServerError::LeaseNotFound);
+        let s = Status::from(ServerError::State(keel_state::StateError::LeaseNotFound));
         assert_eq!(
             (s.code(), s.message()),
             (Code::NotFound, "etcdserver: requested lease not found")

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_proto::etcd::PbLeaseRevokeRequest as LeaseRevokeRequest;
-use keel_proto::RequestBody;
+use keel_rpc::etcd::PbLeaseRevokeRequest as LeaseRevokeRequest;
+use keel_rpc::RequestBody;
 
 use crate::lease::{Lessor, RenewError};
 use crate::server::Core;
@@ -31,10 +31,10 @@ impl Core {
 }
 
 /// Proposes the leader's record of leases' remaining TTLs (leader-only, as the revokes).
-fn checkpoint(core: &Arc<Core>, checkpoints: Vec<keel_proto::LeaseRemaining>, persist: bool) {
+fn checkpoint(core: &Arc<Core>, checkpoints: Vec<keel_rpc::LeaseRemaining>, persist: bool) {
     let core = core.clone();
     tokio::spawn(async move {
-        let body = RequestBody::LeaseCheckpoint(keel_proto::LeaseCheckpoint {
+        let body = RequestBody::LeaseCheckpoint(keel_rpc::LeaseCheckpoint {
             checkpoints,
             persist,
         });
@@ -119,7 +119,10 @@ pub async fn run(core: Arc<Core>) {
                 match core.propose_as_leader(revoke).await {
                     Ok(_) => tracing::debug!(lease = id, "expired lease revoked"),
                     // Revoked meanwhile by a client, or no longer leading: nothing left to do.
-                    Err(ServerError::LeaseNotFound | ServerError::NotLeader) => {}
+                    Err(
+                        ServerError::State(keel_state::StateError::LeaseNotFound)
+                        | ServerError::NotLeader,
+                    ) => {}
                     // Still expired at the next check after the retry interval: tried again then.
                     Err(e) => {
                         tracing::warn!(lease = id, error = %e, "revoking an expired lease failed")

@@ -1,7 +1,6 @@
 //! Keel's etcd-compatible server: the state machine applied from the raft log, the request paths
 //! (propose and wait, linearizable reads), and etcd's gRPC services on top.
 
-mod alarm;
 mod apply;
 mod auth;
 pub mod backup;
@@ -15,11 +14,9 @@ mod fault;
 mod forward;
 mod gateway;
 mod health;
-mod lease;
-mod membership;
 mod metrics;
 mod pprof;
-mod range;
+mod raft_conf;
 mod replication;
 mod server;
 pub mod service;
@@ -27,11 +24,12 @@ pub mod service;
 pub mod sim;
 mod snapshot;
 pub mod startup;
-mod txn;
-mod validate;
 pub mod version;
 mod wait;
 mod watch;
+
+// The state machine's modules, under the names the request path has always used.
+use keel_state::{alarm, lease, membership, range, txn, validate};
 
 pub use concurrency::prefix_end;
 pub use config::{
@@ -40,7 +38,7 @@ pub use config::{
 };
 pub use error::ServerError;
 pub use keel_raft::Replication;
-pub use membership::{cluster_id, member_id};
+pub use keel_state::membership::{cluster_id, member_id};
 pub use metrics::traces::{TracingExport, MAX_SAMPLING_PER_MILLION};
 pub use replication::{
     ClusterReplication, ReplicaRole, ReplicaState, ReplicaStatus, SnapshotBootstrap,

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_proto::admin::admin_client::AdminClient;
-use keel_proto::admin::{LocalRequest, LocalResponse, MemberReplication, MembersResponse};
 use keel_raft::{BootstrapPhase, BootstrapReport, PeerProgress, Replication, Role};
+use keel_rpc::admin::admin_client::AdminClient;
+use keel_rpc::admin::{LocalRequest, LocalResponse, MemberReplication, MembersResponse};
 use parking_lot::Mutex;
 use tonic::transport::Channel;
 
@@ -499,7 +499,7 @@ impl Core {
                     .channel(&url, Some(Duration::from_secs(5)))
                     .await?;
                 let r = AdminClient::new(ch)
-                    .members(keel_proto::admin::MembersRequest {})
+                    .members(keel_rpc::admin::MembersRequest {})
                     .await?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(r.into_inner())
             };

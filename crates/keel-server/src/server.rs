@@ -9,9 +9,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keel_mvcc::Store;
-use keel_proto::etcd::{PbMember as Member, PbResponseHeader};
-use keel_proto::{InternalRequest, MemberAttributes, MemberChange, RequestAuth, RequestBody};
 use keel_raft::{ConfChange, ConfChangeType, LogStore, Node, NodeConfig, RaftStatus, Transport};
+use keel_rpc::etcd::{PbMember as Member, PbResponseHeader};
+use keel_rpc::{InternalRequest, MemberAttributes, MemberChange, RequestAuth, RequestBody};
 use prost::Message;
 use tokio::sync::watch;
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
@@ -21,7 +21,8 @@ use crate::apply::{ApplyLoop, Machine, Response};
 use crate::auth::{AuthStore, Credentials, Tokens};
 use crate::config::{ClusterState, ServerConfig};
 use crate::lease::Lessor;
-use crate::membership::{cluster_id, conf_state, member_id, Identity, Membership};
+use crate::membership::{cluster_id, member_id, Identity, Membership};
+use crate::raft_conf::conf_state;
 use crate::snapshot::{decode_position, Checkpoints, META_INSTALLED};
 use crate::startup::tls::{self, Side};
 use crate::startup::{incoming, Listener};
@@ -211,7 +212,7 @@ impl Core {
     /// Who a client request comes from: the token in its metadata (`token`, or the gateway's
     /// `authorization`), else the common name of its client certificate.
     pub fn caller<T>(&self, req: &tonic::Request<T>) -> Result<RequestAuth, ServerError> {
-        self.auth.identify(&Credentials::of(req))
+        Credentials::of(req).identify(&self.auth)
     }
 
     /// The caller of a request only a root user may make.
@@ -263,7 +264,7 @@ impl Core {
     /// every member, through raft) and is refused, as is every growing write while it is raised.
     async fn check_quota(&self, cost: u64) -> Result<(), ServerError> {
         if self.alarms.nospace() {
-            return Err(ServerError::NoSpace);
+            return Err(ServerError::State(keel_state::StateError::NoSpace));
         }
         if self.db_size.load(Ordering::Relaxed) + cost <= self.quota_bytes {
             return Ok(());
@@ -273,7 +274,7 @@ impl Core {
             size = self.db_size.load(Ordering::Relaxed),
             "backend quota exceeded; raising NOSPACE"
         );
-        let raise = RequestBody::Alarm(keel_proto::etcd::PbAlarmRequest {
+        let raise = RequestBody::Alarm(keel_rpc::etcd::PbAlarmRequest {
             action: 1,
             member_id: self.identity.member_id,
             alarm: crate::alarm::NOSPACE,
@@ -281,15 +282,15 @@ impl Core {
         if let Err(e) = self.propose_internal(raise).await {
             tracing::warn!(error = %e, "raising NOSPACE failed");
         }
-        Err(ServerError::NoSpace)
+        Err(ServerError::State(keel_state::StateError::NoSpace))
     }
 
     /// Proposes a client's alarm change (Maintenance.Alarm) and waits for it; the alarms it changed.
     pub async fn propose_alarm(
         &self,
         who: &RequestAuth,
-        r: keel_proto::etcd::PbAlarmRequest,
-    ) -> Result<Vec<keel_proto::etcd::PbAlarmMember>, ServerError> {
+        r: keel_rpc::etcd::PbAlarmRequest,
+    ) -> Result<Vec<keel_rpc::etcd::PbAlarmMember>, ServerError> {
         match self
             .propose_as(Some(who.clone()), RequestBody::Alarm(r), false)
             .await?
@@ -571,7 +572,7 @@ impl Server {
         let alarms = Arc::new(Alarms::load(&store).map_err(|e| storage(&e))?);
         let tokens =
             Tokens::from_flag(&cfg.auth_token, cfg.auth_token_ttl).map_err(StartError::Config)?;
-        let auth = Arc::new(AuthStore::load(&store, tokens).map_err(|e| storage(&e))?);
+        let auth = Arc::new(AuthStore::load(&store, Box::new(tokens)).map_err(|e| storage(&e))?);
         let core = Arc::new(Core {
             store: store.clone(),
             node,
@@ -722,10 +723,10 @@ impl Server {
                 .add_service(service::PeerMembershipService::server(self.core.clone()))
                 // Followers forward keep-alives, time-to-live and learner promotions here (see
                 // forward.rs).
-                .add_service(keel_proto::etcd::PbLeaseServer::new(
+                .add_service(keel_rpc::etcd::PbLeaseServer::new(
                     service::LeaseService::new(self.core.clone()),
                 ))
-                .add_service(keel_proto::etcd::PbClusterServer::new(
+                .add_service(keel_rpc::etcd::PbClusterServer::new(
                     service::ClusterService::new(self.core.clone()),
                 ))
                 .add_service(service::AdminService::server(self.core.clone()))
@@ -946,7 +947,10 @@ async fn follow_membership(
     transport: Arc<Transport>,
     removed: watch::Sender<bool>,
 ) {
-    let mut changes = core.membership.subscribe();
+    let (changed, mut changes) = watch::channel(());
+    core.membership.on_change(move || {
+        changed.send_replace(());
+    });
     loop {
         let members = core.membership.list();
         let me = core.identity.member_id;
@@ -1082,7 +1086,7 @@ async fn establish_identity(
     dialer: &keel_raft::Dialer,
 ) -> Result<(Identity, Vec<Member>), StartError> {
     let storage = |e: ServerError| StartError::Storage(e.to_string());
-    if let Some(identity) = Identity::load(store).map_err(storage)? {
+    if let Some(identity) = Identity::load(store).map_err(|e| storage(e.into()))? {
         check_token(cfg, &identity)?;
         return Ok((identity, Vec::new()));
     }
@@ -1106,7 +1110,7 @@ async fn establish_identity(
             .and_then(|_| store.sync())
             .map_err(|e| StartError::Storage(e.to_string()))?;
     } else {
-        identity.save(store).map_err(storage)?;
+        identity.save(store).map_err(|e| storage(e.into()))?;
     }
     Ok((identity, members))
 }

@@ -10,9 +10,9 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use keel_mvcc::Store;
-use keel_proto::etcd::{PbEvent as Event, PbRangeRequest, PbRangeResponse};
-use keel_proto::{InternalRequest, RequestBody};
 use keel_raft::{Driver, LogStore, Node, NodeConfig, Outbox, RaftStatus, Stepper};
+use keel_rpc::etcd::{PbEvent as Event, PbRangeRequest, PbRangeResponse};
+use keel_rpc::{InternalRequest, RequestBody};
 use prost::Message as _;
 use tokio::sync::watch;
 
@@ -90,7 +90,7 @@ impl SimMember {
             auth: Arc::new(
                 AuthStore::load(
                     &store,
-                    Tokens::from_flag("simple", tick).map_err(|e| storage(&e))?,
+                    Box::new(Tokens::from_flag("simple", tick).map_err(|e| storage(&e))?),
                 )
                 .map_err(|e| storage(&e))?,
             ),
@@ -169,7 +169,7 @@ impl SimMember {
         &self,
         id: i64,
     ) -> impl Future<Output = Result<Response, ServerError>> + 'static {
-        let body = RequestBody::LeaseRevoke(keel_proto::etcd::PbLeaseRevokeRequest { id });
+        let body = RequestBody::LeaseRevoke(keel_rpc::etcd::PbLeaseRevokeRequest { id });
         self.propose_with(body, true)
     }
 
@@ -234,7 +234,7 @@ impl SimMember {
             match crate::expiry::renew_as_leader(&leases, leading, confirm, id).await? {
                 Ok(ttl) => Ok(ttl),
                 Err(crate::lease::RenewError::NotPrimary) => Err(ServerError::NotLeader),
-                Err(_) => Err(ServerError::LeaseNotFound),
+                Err(_) => Err(ServerError::State(keel_state::StateError::LeaseNotFound)),
             }
         }
     }
@@ -250,7 +250,7 @@ impl SimMember {
             if let Some(barrier) = barrier {
                 barrier.await?;
             }
-            crate::range::range(&store.view(), &r)
+            Ok(crate::range::range(&store.view(), &r)?)
         }
     }
 

@@ -8,7 +8,8 @@ use keel_mvcc::{CheckpointReader, Store};
 use keel_raft::{SnapshotImage, SnapshotSource};
 use parking_lot::Mutex;
 
-use crate::membership::{conf_state, decode_members, META_MEMBERS_KEY};
+use crate::membership::{decode_members, META_MEMBERS_KEY};
+use crate::raft_conf::conf_state;
 
 /// Where installed snapshots record their raft position (index, term), for start-up repair.
 pub const META_INSTALLED: &[u8] = b"local/installed_snapshot";

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use keel_mvcc::{Change, KeySpan, MvccError, RangeOptions, Store};
-use keel_proto::etcd::{PbEvent as Event, PbKeyValue as KeyValue};
+use keel_rpc::etcd::{PbEvent as Event, PbKeyValue as KeyValue};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 

@@ -5,12 +5,12 @@ use std::future::Future;
 use std::pin::Pin;
 
 use keel_check::{Call, Outcome};
-use keel_proto::etcd::{
+use keel_rpc::etcd::{
     PbCompactionRequest, PbCompare, PbCompareTarget, PbDeleteRequest, PbLeaseGrantRequest,
     PbLeaseRevokeRequest, PbPutRequest, PbRangeRequest, PbTargetUnion, PbTxnOpRequest,
     PbTxnRequest, PbTxnRequestOp,
 };
-use keel_proto::RequestBody;
+use keel_rpc::RequestBody;
 use keel_server::sim::{Response, SimMember};
 use keel_server::ServerError;
 use rand::rngs::StdRng;
@@ -200,7 +200,7 @@ fn written(applied: impl Future<Output = Result<Response, ServerError>> + 'stati
     })
 }
 
-fn revision(h: &Option<keel_proto::etcd::PbResponseHeader>) -> i64 {
+fn revision(h: &Option<keel_rpc::etcd::PbResponseHeader>) -> i64 {
     h.as_ref().map_or(0, |h| h.revision)
 }
 

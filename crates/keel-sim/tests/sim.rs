@@ -5,7 +5,7 @@ use keel_sim::{run, Config, Report};
 
 fn describe(r: &Report) -> String {
     format!(
-        "seed {}: {} members, {} register operations on {} keys, {} other requests, {} watch events, {} lease expiries, {} messages",
+        "seed {}: {} members, {} register operations on {} keys, {} other requests, {} watch events, {} lease expiries, {} messages, every client wrote and read {} ms after the faults settled",
         r.seed,
         r.members,
         r.linearizability.operations,
@@ -13,7 +13,8 @@ fn describe(r: &Report) -> String {
         r.other_requests,
         r.watch_events,
         r.lease_expiries,
-        r.messages
+        r.messages,
+        r.progress_ms
     )
 }
 

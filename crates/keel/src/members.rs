@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use keel_proto::admin::admin_client::AdminClient;
-use keel_proto::admin::{MemberReplication, MembersRequest, MembersResponse};
+use keel_rpc::admin::admin_client::AdminClient;
+use keel_rpc::admin::{MemberReplication, MembersRequest, MembersResponse};
 
 /// Output format.
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -606,14 +606,14 @@ async fn healthy_followers_under_load_show_a_small_lag_and_stay_active() {
 }
 
 /// The leader's view of member `id` through the admin API (fast enough to sample a bootstrap).
-async fn replica(endpoint: &str, id: u64) -> keel_proto::admin::MemberReplication {
+async fn replica(endpoint: &str, id: u64) -> keel_rpc::admin::MemberReplication {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let r = keel_proto::admin::admin_client::AdminClient::new(ch)
-        .members(keel_proto::admin::MembersRequest {})
+    let r = keel_rpc::admin::admin_client::AdminClient::new(ch)
+        .members(keel_rpc::admin::MembersRequest {})
         .await
         .unwrap()
         .into_inner();
@@ -625,8 +625,8 @@ async fn sample_until(
     endpoint: &str,
     id: u64,
     within: Duration,
-    done: impl Fn(&keel_proto::admin::MemberReplication) -> bool,
-) -> Vec<keel_proto::admin::MemberReplication> {
+    done: impl Fn(&keel_rpc::admin::MemberReplication) -> bool,
+) -> Vec<keel_rpc::admin::MemberReplication> {
     let deadline = Instant::now() + within;
     let mut seen = Vec::new();
     loop {

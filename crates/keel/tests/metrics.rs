@@ -49,8 +49,8 @@ async fn metrics_count_requests_by_outcome_and_time_the_disk() {
     // A method the server does not have is refused and adds no series.
     let mut grpc = common::raw_grpc(&m.endpoint()).await;
     let invented = grpc
-        .unary::<_, keel_proto::etcd::PbStatusRequest, _>(
-            tonic::Request::new(keel_proto::etcd::PbStatusRequest {}),
+        .unary::<_, keel_rpc::etcd::PbStatusRequest, _>(
+            tonic::Request::new(keel_rpc::etcd::PbStatusRequest {}),
             tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Invented"),
             tonic_prost::ProstCodec::default(),
         )

@@ -183,7 +183,7 @@ async fn only_sampled_callers_are_traced_at_the_default_rate() {
     let mut grpc = common::raw_grpc(&endpoint).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     for parent in [None, Some(format!("00-{trace_id}-00f067aa0ba902b7-01"))] {
-        let mut request = tonic::Request::new(keel_proto::etcd::PbRangeRequest {
+        let mut request = tonic::Request::new(keel_rpc::etcd::PbRangeRequest {
             key: b"k".to_vec(),
             ..Default::default()
         });
@@ -193,7 +193,7 @@ async fn only_sampled_callers_are_traced_at_the_default_rate() {
                 .insert("traceparent", p.parse().unwrap());
         }
         grpc.ready().await.unwrap();
-        grpc.unary::<_, keel_proto::etcd::PbRangeResponse, _>(
+        grpc.unary::<_, keel_rpc::etcd::PbRangeResponse, _>(
             request,
             tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Range"),
             tonic_prost::ProstCodec::default(),

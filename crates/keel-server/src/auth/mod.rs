@@ -4,12 +4,10 @@
 //! The state is replicated; each member checks the requests it serves, and the state machine
 //! checks every proposed request again against the state it is applied to.
 
-mod perms;
-mod store;
 mod token;
 
-pub use store::AuthStore;
-pub(crate) use store::{KEY_ENABLED, KEY_REVISION, ROLE_PREFIX, USER_PREFIX};
+pub use keel_state::auth::AuthStore;
+pub(crate) use keel_state::auth::{KEY_ENABLED, KEY_REVISION, ROLE_PREFIX, USER_PREFIX};
 
 /// What a request says about its user: a token, or the common name of a verified client
 /// certificate (used, as etcd does, when there is no token).
@@ -40,6 +38,11 @@ impl Credentials {
         Credentials { token, certs }
     }
 
+    /// Who these credentials name, as the auth state knows them.
+    pub fn identify(&self, auth: &AuthStore) -> Result<keel_rpc::RequestAuth, crate::ServerError> {
+        Ok(auth.identify(self.token.as_deref(), || self.cert_user())?)
+    }
+
     /// The user the client certificate names (its subject's common name).
     pub fn cert_user(&self) -> Option<String> {
         self.certs
@@ -55,9 +58,6 @@ pub(crate) fn common_name(der: &[u8]) -> Option<String> {
     cn.as_str().ok().map(str::to_string)
 }
 pub use token::Tokens;
-
-/// The all-powerful user and role.
-pub const ROOT: &str = "root";
 
 /// etcd's default bcrypt cost for password hashes.
 pub const DEFAULT_BCRYPT_COST: u32 = 10;

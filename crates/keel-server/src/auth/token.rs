@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use keel_state::auth::{TokenInfo, TokenIssuer};
 use parking_lot::Mutex;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -45,14 +46,6 @@ struct Jwt {
     sign: Option<EncodingKey>,
     verify: DecodingKey,
     ttl: Duration,
-}
-
-/// A user a token names, and for JWT the auth revision it was issued at.
-pub struct TokenInfo {
-    /// The user.
-    pub user: String,
-    /// The auth revision the token carries (JWT only; a simple token is always current).
-    pub revision: Option<u64>,
 }
 
 impl Tokens {
@@ -90,11 +83,6 @@ impl Tokens {
         }
     }
 
-    /// Whether tokens are JWTs (issued by the member that checked the password, no proposal).
-    pub fn is_jwt(&self) -> bool {
-        matches!(self.kind, Kind::Jwt(_))
-    }
-
     /// A fresh random prefix for a simple token.
     pub fn new_prefix() -> String {
         rand::thread_rng()
@@ -103,9 +91,16 @@ impl Tokens {
             .map(char::from)
             .collect()
     }
+}
+
+impl TokenIssuer for Tokens {
+    /// Whether tokens are JWTs (issued by the member that checked the password, no proposal).
+    fn is_jwt(&self) -> bool {
+        matches!(self.kind, Kind::Jwt(_))
+    }
 
     /// Records the simple token of an applied Authenticate entry and returns it.
-    pub fn assign_simple(&self, user: &str, prefix: &str, index: u64) -> String {
+    fn assign_simple(&self, user: &str, prefix: &str, index: u64) -> String {
         let token = format!("{prefix}.{index}");
         if let Kind::Simple { ttl, live } = &self.kind {
             let now = Instant::now();
@@ -124,7 +119,7 @@ impl Tokens {
     }
 
     /// A signed JWT for `user` at auth revision `revision`.
-    pub fn sign(&self, user: &str, revision: u64) -> Result<String, String> {
+    fn sign(&self, user: &str, revision: u64) -> Result<String, String> {
         let Kind::Jwt(jwt) = &self.kind else {
             return Err("auth: not a JWT token provider".into());
         };
@@ -141,7 +136,7 @@ impl Tokens {
     }
 
     /// Who `token` names, if it is valid (a simple token's lifetime starts again).
-    pub fn identify(&self, token: &str) -> Option<TokenInfo> {
+    fn identify(&self, token: &str) -> Option<TokenInfo> {
         match &self.kind {
             Kind::Simple { ttl, live } => {
                 let now = Instant::now();
@@ -169,14 +164,14 @@ impl Tokens {
     }
 
     /// Forgets every simple token of `user` (deleted, or its password changed).
-    pub fn invalidate_user(&self, user: &str) {
+    fn invalidate_user(&self, user: &str) {
         if let Kind::Simple { live, .. } = &self.kind {
             live.lock().retain(|_, t| t.user != user);
         }
     }
 
     /// Forgets every simple token (auth disabled).
-    pub fn clear(&self) {
+    fn clear(&self) {
         if let Kind::Simple { live, .. } = &self.kind {
             live.lock().clear();
         }

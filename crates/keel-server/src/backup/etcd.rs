@@ -12,8 +12,8 @@ use std::path::Path;
 
 use keel_bbolt::{Reader, Writer};
 use keel_mvcc::{CheckpointReader, Part, Revision, Store, Table};
-use keel_proto::etcd::{PbAlarmMember, PbAlarmResponse};
-use keel_proto::UserRecord;
+use keel_rpc::etcd::{PbAlarmMember, PbAlarmResponse};
+use keel_rpc::UserRecord;
 use prost::Message;
 
 use super::BackupError;

@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use keel_proto::etcd::{
+use keel_raft::{ConfChange, ConfChangeType, Entry};
+use keel_rpc::etcd::{
     PbAlarmRequest, PbAuthDisableRequest, PbAuthEnableRequest, PbAuthRoleAddRequest,
     PbAuthRoleDeleteRequest, PbAuthRoleGrantPermissionRequest, PbAuthRoleRevokePermissionRequest,
     PbAuthUserAddRequest, PbAuthUserChangePasswordRequest, PbAuthUserDeleteRequest,
@@ -16,10 +17,9 @@ use keel_proto::etcd::{
     PbLeaseGrantRequest, PbLeaseRevokeRequest, PbMember, PbMemberUpdateRequest, PbPutRequest,
     PbTxnRequest,
 };
-use keel_proto::{
+use keel_rpc::{
     InternalRequest, LeaseCheckpoint, MemberAttributes, MemberChange, RequestAuth, RequestBody,
 };
-use keel_raft::{ConfChange, ConfChangeType, Entry};
 use prost::Message;
 use serde_json::Value;
 
@@ -223,7 +223,7 @@ fn decode_normal(data: &[u8], bcrypt_cost: Option<u32>) -> Result<Change, String
         RoleRevokePermission(r)
     } else if let Some(r) = req.member_attr_set {
         let a = r.attributes.unwrap_or_default();
-        MemberAttributes(keel_proto::MemberAttributes {
+        MemberAttributes(keel_rpc::MemberAttributes {
             member_id: r.member_id,
             name: a.name,
             client_urls: a.client_urls,
@@ -427,7 +427,9 @@ pub fn apply_membership(
     wb: &mut WriteBatch<'_>,
 ) -> Result<(), BackupError> {
     let _ = match decode(e, None).map_err(|why| invalid(e, why))? {
-        Change::Conf(kind, m) => membership.apply_conf_change(wb, kind, m),
+        Change::Conf(kind, m) => {
+            membership.apply_conf_change(wb, crate::apply::change_kind(kind), m)
+        }
         Change::Request(RequestBody::MemberUpdate(u), _) => {
             membership.update_peer_urls(wb, u.id, &u.peer_ur_ls)
         }

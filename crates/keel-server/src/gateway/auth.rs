@@ -7,9 +7,9 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use keel_proto::auth::auth_server::Auth;
-use keel_proto::auth::AuthStatusRequest;
-use keel_proto::etcd::{
+use keel_rpc::auth::auth_server::Auth;
+use keel_rpc::auth::AuthStatusRequest;
+use keel_rpc::etcd::{
     PbAuthDisableRequest, PbAuthEnableRequest, PbAuthRoleAddRequest, PbAuthRoleDeleteRequest,
     PbAuthRoleGetRequest, PbAuthRoleGrantPermissionRequest, PbAuthRoleListRequest,
     PbAuthRoleRevokePermissionRequest, PbAuthUserAddRequest, PbAuthUserChangePasswordRequest,
@@ -17,7 +17,7 @@ use keel_proto::etcd::{
     PbAuthUserListRequest, PbAuthUserRevokeRoleRequest, PbAuthenticateRequest,
     PbResponseHeader as ResponseHeader,
 };
-use keel_proto::PermissionRecord;
+use keel_rpc::PermissionRecord;
 use prost::Message;
 use serde_json::{json, Map, Value};
 use tonic::Status;

@@ -7,12 +7,12 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use keel_proto::v3election::election_server::Election;
-use keel_proto::v3election::{
+use keel_rpc::v3election::election_server::Election;
+use keel_rpc::v3election::{
     CampaignRequest, LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest,
 };
-use keel_proto::v3lock::lock_server::Lock;
-use keel_proto::v3lock::{LockRequest, UnlockRequest};
+use keel_rpc::v3lock::lock_server::Lock;
+use keel_rpc::v3lock::{LockRequest, UnlockRequest};
 use serde_json::{json, Map, Value};
 use tonic::Status;
 

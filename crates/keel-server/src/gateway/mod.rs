@@ -28,18 +28,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, MethodRouter};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use keel_proto::etcd::{
-    PbCompactionRequest as CompactionRequest, PbCompare as Compare,
-    PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse,
-    PbEvent as Event, PbKeyValue as KeyValue, PbKvService,
-    PbLeaseGrantRequest as LeaseGrantRequest, PbLeaseLeasesRequest as LeaseLeasesRequest,
-    PbLeaseRevokeRequest as LeaseRevokeRequest, PbLeaseService,
-    PbLeaseTimeToLiveRequest as LeaseTimeToLiveRequest, PbPutRequest as PutRequest,
-    PbPutResponse as PutResponse, PbRangeRequest as RangeRequest, PbRangeResponse as RangeResponse,
-    PbResponseHeader as ResponseHeader, PbTargetUnion as Target, PbTxnOpRequest as Op,
-    PbTxnOpResponse as OpResponse, PbTxnRequest as TxnRequest, PbTxnRequestOp as RequestOp,
-    PbTxnResponse as TxnResponse,
+use keel_rpc::etcd::{
+    PbCompactionRequest as CompactionRequest, PbDeleteRequest as DeleteRangeRequest,
+    PbKeyValue as KeyValue, PbKvService, PbLeaseGrantRequest as LeaseGrantRequest,
+    PbLeaseLeasesRequest as LeaseLeasesRequest, PbLeaseRevokeRequest as LeaseRevokeRequest,
+    PbLeaseService, PbLeaseTimeToLiveRequest as LeaseTimeToLiveRequest, PbPutRequest as PutRequest,
+    PbRangeRequest as RangeRequest, PbResponseHeader as ResponseHeader, PbTxnRequest as TxnRequest,
+    PbWatchRequest as WatchRequest, PbWatchRequestUnion, PbWatchResponse as WatchResponse,
 };
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
@@ -48,13 +46,6 @@ use crate::server::Core;
 use crate::service::{KvService, LeaseService};
 use crate::watch::{WatchEnd, WatchSpec};
 use crate::ServerError;
-
-// etcdserverpb.RangeRequest.SortOrder and SortTarget, by name.
-const SORT_ORDERS: [&str; 3] = ["NONE", "ASCEND", "DESCEND"];
-const SORT_TARGETS: [&str; 5] = ["KEY", "VERSION", "CREATE", "MOD", "VALUE"];
-// etcdserverpb.Compare.CompareResult and CompareTarget, by name.
-const COMPARE_RESULTS: [&str; 4] = ["EQUAL", "GREATER", "LESS", "NOT_EQUAL"];
-const COMPARE_TARGETS: [&str; 5] = ["VERSION", "CREATE", "MOD", "VALUE", "LEASE"];
 
 /// The gateway's routes. etcd's gateway is one gRPC client of its server, so at most
 /// --max-concurrent-streams of its calls run at once (a watch holds its place until it ends);
@@ -247,23 +238,6 @@ impl Fields {
         }
     }
 
-    /// A repeated message field.
-    fn list(&self, name: &str) -> Result<Vec<Fields>, Status> {
-        match self.get(name) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| match v {
-                    Value::Object(m) => Ok(Fields(m.clone())),
-                    _ => Err(Status::invalid_argument(format!(
-                        "{name}: expected objects"
-                    ))),
-                })
-                .collect(),
-            Some(_) => Err(Status::invalid_argument(format!("{name}: expected a list"))),
-        }
-    }
-
     fn bytes(&self, name: &str) -> Result<Vec<u8>, Status> {
         match self.get(name) {
             None | Some(Value::Null) => Ok(Vec::new()),
@@ -395,193 +369,45 @@ fn kv_json(kv: &KeyValue) -> Value {
     Value::Object(m)
 }
 
-fn kvs_json(kvs: &[KeyValue]) -> Value {
-    Value::Array(kvs.iter().map(kv_json).collect())
-}
-
-fn put_request(f: &Fields) -> Result<PutRequest, Status> {
-    Ok(PutRequest {
-        key: f.bytes("key")?,
-        value: f.bytes("value")?,
-        lease: f.int("lease")?,
-        prev_kv: f.flag("prev_kv")?,
-        ignore_value: f.flag("ignore_value")?,
-        ignore_lease: f.flag("ignore_lease")?,
-    })
-}
-
-fn put_json(r: &PutResponse) -> Value {
-    let mut m = Map::new();
-    m.insert("header".into(), header_json(&r.header));
-    if let Some(prev) = &r.prev_kv {
-        m.insert("prev_kv".into(), kv_json(prev));
+/// A request message from its grpc-gateway JSON body, by proto or JSON field names (an empty
+/// body is the empty message), as keel-proto's serde mapping reads etcd's messages.
+fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, Status> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
     }
-    Value::Object(m)
+    serde_json::from_slice(body)
+        .map_err(|e| Status::invalid_argument(format!("malformed JSON: {e}")))
 }
 
-fn range_request(f: &Fields) -> Result<RangeRequest, Status> {
-    Ok(RangeRequest {
-        key: f.bytes("key")?,
-        range_end: f.bytes("range_end")?,
-        limit: f.int("limit")?,
-        revision: f.int("revision")?,
-        sort_order: f.enumeration("sort_order", &SORT_ORDERS)?,
-        sort_target: f.enumeration("sort_target", &SORT_TARGETS)?,
-        serializable: f.flag("serializable")?,
-        keys_only: f.flag("keys_only")?,
-        count_only: f.flag("count_only")?,
-        min_mod_revision: f.int("min_mod_revision")?,
-        max_mod_revision: f.int("max_mod_revision")?,
-        min_create_revision: f.int("min_create_revision")?,
-        max_create_revision: f.int("max_create_revision")?,
-    })
-}
-
-fn range_json(r: &RangeResponse) -> Value {
-    let mut m = Map::new();
-    m.insert("header".into(), header_json(&r.header));
-    set(&mut m, "kvs", kvs_json(&r.kvs));
-    set(&mut m, "more", json!(r.more));
-    set(&mut m, "count", num(r.count));
-    Value::Object(m)
-}
-
-fn delete_request(f: &Fields) -> Result<DeleteRangeRequest, Status> {
-    Ok(DeleteRangeRequest {
-        key: f.bytes("key")?,
-        range_end: f.bytes("range_end")?,
-        prev_kv: f.flag("prev_kv")?,
-    })
-}
-
-fn delete_json(r: &DeleteRangeResponse) -> Value {
-    let mut m = Map::new();
-    m.insert("header".into(), header_json(&r.header));
-    set(&mut m, "deleted", num(r.deleted));
-    set(&mut m, "prev_kvs", kvs_json(&r.prev_kvs));
-    Value::Object(m)
-}
-
-fn compare(f: &Fields) -> Result<Compare, Status> {
-    let target = f.enumeration("target", &COMPARE_TARGETS)?;
-    let union = match COMPARE_TARGETS.get(target as usize) {
-        Some(&"VERSION") => Target::Version(f.int("version")?),
-        Some(&"CREATE") => Target::CreateRevision(f.int("create_revision")?),
-        Some(&"MOD") => Target::ModRevision(f.int("mod_revision")?),
-        Some(&"VALUE") => Target::Value(f.bytes("value")?),
-        Some(&"LEASE") => Target::Lease(f.int("lease")?),
-        _ => return Err(Status::invalid_argument("compare: unknown target")),
-    };
-    Ok(Compare {
-        result: f.enumeration("result", &COMPARE_RESULTS)?,
-        target,
-        key: f.bytes("key")?,
-        range_end: f.bytes("range_end")?,
-        target_union: Some(union),
-    })
-}
-
-fn request_op(f: &Fields) -> Result<RequestOp, Status> {
-    let request = if let Some(r) = f.object("request_range")? {
-        Op::RequestRange(range_request(&r)?)
-    } else if let Some(r) = f.object("request_put")? {
-        Op::RequestPut(put_request(&r)?)
-    } else if let Some(r) = f.object("request_delete_range")? {
-        Op::RequestDeleteRange(delete_request(&r)?)
-    } else if let Some(r) = f.object("request_txn")? {
-        Op::RequestTxn(txn_request(&r)?)
-    } else {
-        return Err(Status::invalid_argument(
-            "txn: an operation names no request",
-        ));
-    };
-    Ok(RequestOp {
-        request: Some(request),
-    })
-}
-
-fn txn_request(f: &Fields) -> Result<TxnRequest, Status> {
-    let ops =
-        |name| -> Result<Vec<RequestOp>, Status> { f.list(name)?.iter().map(request_op).collect() };
-    Ok(TxnRequest {
-        compare: f
-            .list("compare")?
-            .iter()
-            .map(compare)
-            .collect::<Result<_, _>>()?,
-        success: ops("success")?,
-        failure: ops("failure")?,
-    })
-}
-
-fn txn_json(r: &TxnResponse) -> Value {
-    let mut m = Map::new();
-    m.insert("header".into(), header_json(&r.header));
-    set(&mut m, "succeeded", json!(r.succeeded));
-    let responses: Vec<Value> = r
-        .responses
-        .iter()
-        .filter_map(|o| o.response.as_ref())
-        .map(|o| match o {
-            OpResponse::ResponseRange(r) => json!({ "response_range": range_json(r) }),
-            OpResponse::ResponsePut(r) => json!({ "response_put": put_json(r) }),
-            OpResponse::ResponseDeleteRange(r) => {
-                json!({ "response_delete_range": delete_json(r) })
-            }
-            OpResponse::ResponseTxn(r) => json!({ "response_txn": txn_json(r) }),
-        })
-        .collect();
-    set(&mut m, "responses", Value::Array(responses));
-    Value::Object(m)
+/// A response message as grpc-gateway writes it.
+fn encode<T: Serialize>(msg: &T) -> Answer {
+    serde_json::to_value(msg).map_err(|e| Status::internal(e.to_string()))
 }
 
 async fn put(kv: Arc<KvService>, h: HeaderMap, body: Bytes) -> Answer {
-    let req = put_request(&Fields::parse(&body)?)?;
-    Ok(put_json(&kv.put(request(&h, req)).await?.into_inner()))
+    let req: PutRequest = decode(&body)?;
+    encode(&kv.put(request(&h, req)).await?.into_inner())
 }
 
 async fn range(kv: Arc<KvService>, h: HeaderMap, body: Bytes) -> Answer {
-    let req = range_request(&Fields::parse(&body)?)?;
-    Ok(range_json(&kv.range(request(&h, req)).await?.into_inner()))
+    let req: RangeRequest = decode(&body)?;
+    encode(&kv.range(request(&h, req)).await?.into_inner())
 }
 
 async fn delete(kv: Arc<KvService>, h: HeaderMap, body: Bytes) -> Answer {
-    let req = delete_request(&Fields::parse(&body)?)?;
-    Ok(delete_json(
-        &kv.delete_range(request(&h, req)).await?.into_inner(),
-    ))
+    let req: DeleteRangeRequest = decode(&body)?;
+    encode(&kv.delete_range(request(&h, req)).await?.into_inner())
 }
 
 async fn txn(kv: Arc<KvService>, h: HeaderMap, body: Bytes) -> Answer {
-    let req = txn_request(&Fields::parse(&body)?)?;
-    Ok(txn_json(&kv.txn(request(&h, req)).await?.into_inner()))
-}
-
-// mvccpb.Event.EventType and WatchCreateRequest.FilterType, by name.
-const EVENT_TYPES: [&str; 2] = ["PUT", "DELETE"];
-const FILTERS: [&str; 2] = ["NOPUT", "NODELETE"];
-
-fn event_json(e: &Event) -> Value {
-    let mut m = Map::new();
-    if e.r#type != 0 {
-        let name = EVENT_TYPES
-            .get(e.r#type as usize)
-            .copied()
-            .unwrap_or("DELETE");
-        m.insert("type".into(), json!(name));
-    }
-    if let Some(kv) = &e.kv {
-        m.insert("kv".into(), kv_json(kv));
-    }
-    if let Some(prev) = &e.prev_kv {
-        m.insert("prev_kv".into(), kv_json(prev));
-    }
-    Value::Object(m)
+    let req: TxnRequest = decode(&body)?;
+    encode(&kv.txn(request(&h, req)).await?.into_inner())
 }
 
 /// One JSON line of a watch stream: `{"result": {...}}`.
-fn watch_line(mut result: Map<String, Value>, header: Option<ResponseHeader>) -> Bytes {
-    result.insert("header".into(), header_json(&header));
+fn watch_line(mut result: WatchResponse, header: Option<ResponseHeader>) -> Bytes {
+    result.header = header;
+    let result = serde_json::to_value(&result).unwrap_or_default();
     let mut line = json!({ "result": result }).to_string();
     line.push('\n');
     Bytes::from(line)
@@ -592,7 +418,9 @@ fn watch_line(mut result: Map<String, Value>, header: Option<ResponseHeader>) ->
 fn watch(core: Arc<Core>, h: &HeaderMap, body: &[u8]) -> Response {
     let spec = match watch_spec(body).and_then(|spec| {
         let who = core.caller(&request(h, ()))?;
-        core.auth.check_read(&who, &spec.key, &spec.range_end)?;
+        core.auth
+            .check_read(&who, &spec.key, &spec.range_end)
+            .map_err(ServerError::from)?;
         Ok(spec)
     }) {
         Ok(spec) => spec,
@@ -600,7 +428,10 @@ fn watch(core: Arc<Core>, h: &HeaderMap, body: &[u8]) -> Response {
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
     tokio::spawn(async move {
-        let created = Map::from_iter([("created".to_string(), json!(true))]);
+        let created = WatchResponse {
+            created: true,
+            ..Default::default()
+        };
         let header = core.header(core.store.current_revision());
         if tx.send(Ok(watch_line(created, header))).await.is_err() {
             return;
@@ -608,19 +439,21 @@ fn watch(core: Arc<Core>, h: &HeaderMap, body: &[u8]) -> Response {
         let end = core
             .hub
             .run(spec, |events, rev| {
-                let mut result = Map::new();
-                let events: Vec<Value> = events.iter().map(event_json).collect();
-                result.insert("events".into(), Value::Array(events));
+                let result = WatchResponse {
+                    events: events.to_vec(),
+                    ..Default::default()
+                };
                 let line = watch_line(result, core.header(rev));
                 let tx = tx.clone();
                 async move { tx.send(Ok(line)).await.is_ok() }
             })
             .await;
         if let WatchEnd::Compacted(rev) = end {
-            let result = Map::from_iter([
-                ("compact_revision".to_string(), json!(rev.to_string())),
-                ("canceled".to_string(), json!(true)),
-            ]);
+            let result = WatchResponse {
+                compact_revision: rev,
+                canceled: true,
+                ..Default::default()
+            };
             let header = core.header(core.store.current_revision());
             let _ = tx.send(Ok(watch_line(result, header))).await;
         }
@@ -630,113 +463,54 @@ fn watch(core: Arc<Core>, h: &HeaderMap, body: &[u8]) -> Response {
 }
 
 fn watch_spec(body: &[u8]) -> Result<WatchSpec, Status> {
-    let f = Fields::parse(body)?;
-    let c = f
-        .object("create_request")?
-        .ok_or_else(|| Status::invalid_argument("watch: only create_request is served here"))?;
-    let filters = match c.get("filters") {
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| match v {
-                Value::String(s) => FILTERS
-                    .iter()
-                    .position(|n| n == s)
-                    .map(|i| i as i32)
-                    .ok_or_else(|| Status::invalid_argument(format!("filters: unknown {s:?}"))),
-                Value::Number(n) => Ok(n.as_i64().unwrap_or(-1) as i32),
-                _ => Err(Status::invalid_argument("filters: expected names")),
-            })
-            .collect::<Result<Vec<i32>, Status>>()?,
-        _ => Vec::new(),
+    let Some(PbWatchRequestUnion::CreateRequest(c)) = decode::<WatchRequest>(body)?.request_union
+    else {
+        return Err(Status::invalid_argument(
+            "watch: only create_request is served here",
+        ));
     };
-    let key = c.bytes("key")?;
-    if key.is_empty() {
-        return Err(ServerError::EmptyKey.into());
+    if c.key.is_empty() {
+        return Err(ServerError::State(keel_state::StateError::EmptyKey).into());
     }
     Ok(WatchSpec {
-        key,
-        range_end: c.bytes("range_end")?,
-        start_revision: c.int("start_revision")?,
-        prev_kv: c.flag("prev_kv")?,
+        key: c.key,
+        range_end: c.range_end,
+        start_revision: c.start_revision,
+        prev_kv: c.prev_kv,
         no_put: false,
         no_delete: false,
     }
-    .with_filters(&filters))
+    .with_filters(&c.filters))
 }
 
 async fn compact(kv: Arc<KvService>, h: HeaderMap, body: Bytes) -> Answer {
-    let f = Fields::parse(&body)?;
-    let req = CompactionRequest {
-        revision: f.int("revision")?,
-        physical: f.flag("physical")?,
-    };
-    let r = kv.compact(request(&h, req)).await?.into_inner();
-    Ok(json!({ "header": header_json(&r.header) }))
-}
-
-/// A response with a header and etcd's upper-case lease fields (`ID`, `TTL`, ...).
-fn lease_json(header: &Option<ResponseHeader>, fields: &[(&str, i64)]) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("header".into(), header_json(header));
-    for (name, v) in fields {
-        set(&mut m, name, num(*v));
-    }
-    m
+    let req: CompactionRequest = decode(&body)?;
+    encode(&kv.compact(request(&h, req)).await?.into_inner())
 }
 
 async fn grant(lease: Arc<LeaseService>, h: HeaderMap, body: Bytes) -> Answer {
-    let f = Fields::parse(&body)?;
-    let req = LeaseGrantRequest {
-        ttl: f.int("TTL")?,
-        id: f.int("ID")?,
-    };
-    let r = lease.lease_grant(request(&h, req)).await?.into_inner();
-    let mut m = lease_json(&r.header, &[("ID", r.id), ("TTL", r.ttl)]);
-    set(&mut m, "error", json!(r.error));
-    Ok(Value::Object(m))
+    let req: LeaseGrantRequest = decode(&body)?;
+    encode(&lease.lease_grant(request(&h, req)).await?.into_inner())
 }
 
 async fn revoke(lease: Arc<LeaseService>, h: HeaderMap, body: Bytes) -> Answer {
-    let id = Fields::parse(&body)?.int("ID")?;
-    let r = lease
-        .lease_revoke(request(&h, LeaseRevokeRequest { id }))
-        .await?
-        .into_inner();
-    Ok(Value::Object(lease_json(&r.header, &[])))
+    let req: LeaseRevokeRequest = decode(&body)?;
+    encode(&lease.lease_revoke(request(&h, req)).await?.into_inner())
 }
 
 async fn time_to_live(lease: Arc<LeaseService>, h: HeaderMap, body: Bytes) -> Answer {
-    let f = Fields::parse(&body)?;
-    let req = LeaseTimeToLiveRequest {
-        id: f.int("ID")?,
-        keys: f.flag("keys")?,
-    };
-    let r = lease
-        .lease_time_to_live(request(&h, req))
-        .await?
-        .into_inner();
-    let mut m = lease_json(
-        &r.header,
-        &[("ID", r.id), ("TTL", r.ttl), ("grantedTTL", r.granted_ttl)],
-    );
-    let keys: Vec<Value> = r.keys.iter().map(|k| json!(B64.encode(k))).collect();
-    set(&mut m, "keys", Value::Array(keys));
-    Ok(Value::Object(m))
+    let req: LeaseTimeToLiveRequest = decode(&body)?;
+    encode(
+        &lease
+            .lease_time_to_live(request(&h, req))
+            .await?
+            .into_inner(),
+    )
 }
 
 async fn leases(lease: Arc<LeaseService>, h: HeaderMap, _: Bytes) -> Answer {
-    let r = lease
-        .lease_leases(request(&h, LeaseLeasesRequest {}))
-        .await?
-        .into_inner();
-    let mut m = lease_json(&r.header, &[]);
-    let ids: Vec<Value> = r
-        .leases
-        .iter()
-        .map(|l| json!({ "ID": l.id.to_string() }))
-        .collect();
-    set(&mut m, "leases", Value::Array(ids));
-    Ok(Value::Object(m))
+    let req = LeaseLeasesRequest {};
+    encode(&lease.lease_leases(request(&h, req)).await?.into_inner())
 }
 
 #[cfg(test)]
@@ -767,11 +541,11 @@ mod tests {
     fn a_camel_case_txn_from_gos_json_marshaler_is_read() {
         let body = br#"{"compare":[{"key":"Zm9v","result":"EQUAL","target":"CREATE","createRevision":"0"}],
             "success":[{"requestPut":{"key":"Zm9v","value":"YmFy"}}]}"#;
-        let t = txn_request(&Fields::parse(body).unwrap()).unwrap();
+        let t: TxnRequest = decode(body).unwrap();
         assert_eq!(t.compare.len(), 1);
         assert!(matches!(
             t.success[0].request,
-            Some(Op::RequestPut(ref p)) if p.key == b"foo" && p.value == b"bar"
+            Some(keel_rpc::etcd::PbTxnOpRequest::RequestPut(ref p)) if p.key == b"foo" && p.value == b"bar"
         ));
     }
 }

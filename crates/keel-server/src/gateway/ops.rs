@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
-use keel_proto::etcd::{
+use keel_rpc::etcd::{
     PbAlarmRequest as AlarmRequest, PbClusterService, PbDefragmentRequest as DefragmentRequest,
     PbHashKvRequest as HashKvRequest, PbHashRequest as HashRequest, PbMaintenanceService,
     PbMember as Member, PbMemberAddRequest as MemberAddRequest,

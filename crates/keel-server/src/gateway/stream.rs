@@ -14,9 +14,9 @@ use axum::routing::post;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use futures::{Stream, StreamExt};
-use keel_proto::etcd::{PbMaintenanceService, PbSnapshotRequest as SnapshotRequest};
-use keel_proto::v3election::election_server::Election;
-use keel_proto::v3election::LeaderRequest;
+use keel_rpc::etcd::{PbMaintenanceService, PbSnapshotRequest as SnapshotRequest};
+use keel_rpc::v3election::election_server::Election;
+use keel_rpc::v3election::LeaderRequest;
 use serde_json::{json, Map, Value};
 use tonic::Status;
 

@@ -48,21 +48,12 @@ pub(super) struct RequestMetrics {
     pub(super) started: IntCounterVec,
     pub(super) handled: IntCounterVec,
     pub(super) handling: HistogramVec,
-    pub(super) mvcc: MvccCounters,
     pub(super) proposals_failed: IntCounter,
     pub(super) health_success: IntCounter,
     pub(super) health_failures: IntCounter,
     pub(super) backend_commit: Histogram,
     /// Each method's series, resolved once: a request then costs one map lookup, not three.
     methods: RwLock<HashMap<String, Arc<MethodSeries>>>,
-}
-
-/// etcd's MVCC operation counters.
-pub(super) struct MvccCounters {
-    pub(super) put: IntCounter,
-    pub(super) delete: IntCounter,
-    pub(super) range: IntCounter,
-    pub(super) txn: IntCounter,
 }
 
 /// One gRPC method's series (its successes counted apart: errors are rare).
@@ -124,22 +115,6 @@ pub(super) fn request_metrics() -> &'static RequestMetrics {
                 "Total number of RPCs completed on the server, regardless of success or failure.",
                 &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
             ),
-            mvcc: MvccCounters {
-                put: IntCounter::new("etcd_mvcc_put_total", "Total number of puts seen by this member.")
-                    .expect("valid metric"),
-                delete: IntCounter::new(
-                    "etcd_mvcc_delete_total",
-                    "Total number of deletes seen by this member.",
-                )
-                .expect("valid metric"),
-                range: IntCounter::new(
-                    "etcd_mvcc_range_total",
-                    "Total number of ranges seen by this member.",
-                )
-                .expect("valid metric"),
-                txn: IntCounter::new("etcd_mvcc_txn_total", "Total number of txns seen by this member.")
-                    .expect("valid metric"),
-            },
             handling: HistogramVec::new(
                 HistogramOpts::new(
                     "grpc_server_handling_seconds",
@@ -190,26 +165,6 @@ pub fn health_checked(healthy: bool) {
     } else {
         m.health_failures.inc();
     }
-}
-
-/// Counts an MVCC put (each put of a request or txn).
-pub fn mvcc_put() {
-    request_metrics().mvcc.put.inc();
-}
-
-/// Counts an MVCC delete-range.
-pub fn mvcc_delete() {
-    request_metrics().mvcc.delete.inc();
-}
-
-/// Counts an MVCC range read.
-pub fn mvcc_range() {
-    request_metrics().mvcc.range.inc();
-}
-
-/// Counts a txn.
-pub fn mvcc_txn() {
-    request_metrics().mvcc.txn.inc();
 }
 
 /// How long each apply batch took to commit to the store.

@@ -12,10 +12,7 @@ use std::sync::Arc;
 use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use grpc::request_metrics;
-pub use grpc::{
-    backend_commit_seconds, health_checked, mvcc_delete, mvcc_put, mvcc_range, mvcc_txn,
-    proposals_failed, ObserveGrpc,
-};
+pub use grpc::{backend_commit_seconds, health_checked, proposals_failed, ObserveGrpc};
 
 use crate::replication::ReplicaState;
 use crate::server::Core;
@@ -232,6 +229,7 @@ impl Metrics {
             ),
             registry: {
                 let m = request_metrics();
+                let mvcc = keel_state::metrics::mvcc();
                 let shared: [Box<dyn prometheus::core::Collector>; 11] = [
                     Box::new(m.started.clone()),
                     Box::new(m.health_success.clone()),
@@ -239,10 +237,10 @@ impl Metrics {
                     Box::new(m.handled.clone()),
                     Box::new(m.proposals_failed.clone()),
                     Box::new(m.backend_commit.clone()),
-                    Box::new(m.mvcc.put.clone()),
-                    Box::new(m.mvcc.delete.clone()),
-                    Box::new(m.mvcc.range.clone()),
-                    Box::new(m.mvcc.txn.clone()),
+                    Box::new(mvcc.put.clone()),
+                    Box::new(mvcc.delete.clone()),
+                    Box::new(mvcc.range.clone()),
+                    Box::new(mvcc.txn.clone()),
                     Box::new(keel_raft::wal_fsync_seconds().clone()),
                 ];
                 for c in shared {

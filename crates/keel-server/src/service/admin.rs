@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use keel_proto::admin::admin_server::{Admin, AdminServer};
-use keel_proto::admin::{LocalRequest, LocalResponse, MembersRequest, MembersResponse};
+use keel_rpc::admin::admin_server::{Admin, AdminServer};
+use keel_rpc::admin::{LocalRequest, LocalResponse, MembersRequest, MembersResponse};
 use tonic::{Request, Response, Status};
 
 use crate::replication;

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use keel_proto::auth::auth_server::{Auth, AuthServer};
-use keel_proto::auth::{AuthStatusRequest, AuthStatusResponse};
-use keel_proto::etcd::{
+use keel_rpc::auth::auth_server::{Auth, AuthServer};
+use keel_rpc::auth::{AuthStatusRequest, AuthStatusResponse};
+use keel_rpc::etcd::{
     PbAuthDisableRequest as AuthDisableRequest, PbAuthDisableResponse as AuthDisableResponse,
     PbAuthEnableRequest as AuthEnableRequest, PbAuthEnableResponse as AuthEnableResponse,
     PbAuthRoleAddRequest as RoleAddRequest, PbAuthRoleAddResponse as RoleAddResponse,
@@ -29,7 +29,7 @@ use keel_proto::etcd::{
     PbAuthenticateRequest as AuthenticateRequest, PbAuthenticateResponse as AuthenticateResponse,
     PbResponseHeader,
 };
-use keel_proto::{RequestAuth, RequestBody};
+use keel_rpc::{RequestAuth, RequestBody};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -96,14 +96,14 @@ impl AuthService {
     /// Checks `name`'s password; the auth revision it was checked at.
     async fn check_password(&self, name: &str, password: &str) -> Result<u64, ServerError> {
         let (hash, revision) = self.core.auth.password_of(name)?;
-        let hash = hash.ok_or(ServerError::AuthFailed)?;
+        let hash = hash.ok_or(ServerError::State(keel_state::StateError::AuthFailed))?;
         let password = password.to_string();
         let matches = tokio::task::spawn_blocking(move || password_matches(&password, &hash))
             .await
             .map_err(|e| ServerError::Internal(e.to_string()))?;
         if !matches {
             tracing::warn!(user = name, "authentication failed: wrong password");
-            return Err(ServerError::AuthFailed);
+            return Err(ServerError::State(keel_state::StateError::AuthFailed));
         }
         Ok(revision)
     }
@@ -118,7 +118,7 @@ impl AuthService {
         let who = self.core.caller(req)?;
         match self.core.auth.check_admin(&who) {
             Err(_) if allowed(&who) => Ok(()),
-            other => other,
+            other => Ok(other?),
         }
     }
 }
@@ -175,14 +175,14 @@ impl Auth for AuthService {
                     username: r.name.clone(),
                     revision,
                 };
-                let body = RequestBody::Authenticate(keel_proto::Authenticate {
+                let body = RequestBody::Authenticate(keel_rpc::Authenticate {
                     name: r.name.clone(),
                     token_prefix: crate::auth::Tokens::new_prefix(),
                 });
                 match self.core.propose(&who, body).await {
                     Ok(Applied::Authenticated(token)) => token,
                     // The user changed while its password was checked: check again.
-                    Err(ServerError::AuthOldRevision) => continue,
+                    Err(ServerError::State(keel_state::StateError::AuthOldRevision)) => continue,
                     Ok(_) => return Err(unexpected("authenticate")),
                     Err(e) => return Err(e.into()),
                 }
@@ -192,7 +192,7 @@ impl Auth for AuthService {
                 token,
             }));
         }
-        Err(ServerError::AuthOldRevision.into())
+        Err(ServerError::State(keel_state::StateError::AuthOldRevision).into())
     }
 
     async fn user_add(
@@ -219,7 +219,11 @@ impl Auth for AuthService {
         self.reader(&req, |who| who.username == name).await?;
         Ok(Response::new(UserGetResponse {
             header: self.header(),
-            roles: self.core.auth.user_roles(&name)?,
+            roles: self
+                .core
+                .auth
+                .user_roles(&name)
+                .map_err(ServerError::from)?,
         }))
     }
 
@@ -296,7 +300,8 @@ impl Auth for AuthService {
             .await?;
         // Keel's permission record has etcd's authpb.Permission encoding.
         let perm = auth
-            .role_permissions(&role)?
+            .role_permissions(&role)
+            .map_err(ServerError::from)?
             .iter()
             .map(|p| Message::decode(p.encode_to_vec().as_slice()))
             .collect::<Result<_, _>>()

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keel_proto::etcd::{
+use keel_raft::ConfChangeType;
+use keel_rpc::etcd::{
     PbClusterService, PbMember as Member, PbMemberAddRequest as MemberAddRequest,
     PbMemberAddResponse as MemberAddResponse, PbMemberListRequest as MemberListRequest,
     PbMemberListResponse as MemberListResponse, PbMemberPromoteRequest as MemberPromoteRequest,
@@ -12,11 +13,10 @@ use keel_proto::etcd::{
     PbMemberRemoveResponse as MemberRemoveResponse, PbMemberUpdateRequest as MemberUpdateRequest,
     PbMemberUpdateResponse as MemberUpdateResponse,
 };
-use keel_proto::peer::membership_client::MembershipClient;
-use keel_proto::peer::membership_server::{Membership, MembershipServer};
-use keel_proto::peer::{HashRequest, HashResponse, MembersRequest, MembersResponse};
-use keel_proto::RequestBody;
-use keel_raft::ConfChangeType;
+use keel_rpc::peer::membership_client::MembershipClient;
+use keel_rpc::peer::membership_server::{Membership, MembershipServer};
+use keel_rpc::peer::{HashRequest, HashResponse, MembersRequest, MembersResponse};
+use keel_rpc::RequestBody;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -93,7 +93,7 @@ impl ClusterService {
         Ok(())
     }
 
-    fn header(&self) -> Option<keel_proto::etcd::PbResponseHeader> {
+    fn header(&self) -> Option<keel_rpc::etcd::PbResponseHeader> {
         self.core.header(self.core.store.current_revision())
     }
 
@@ -119,7 +119,7 @@ impl ClusterService {
         self.core
             .membership
             .get(id)
-            .ok_or(ServerError::MemberNotFound)
+            .ok_or(ServerError::State(keel_state::StateError::MemberNotFound))
     }
 
     /// Before the leader removes itself, leadership moves to the most caught-up other voter, so

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use keel_proto::v3election::election_server::{Election, ElectionServer};
-use keel_proto::v3election::{
+use keel_rpc::v3election::election_server::{Election, ElectionServer};
+use keel_rpc::v3election::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
     ProclaimResponse, ResignRequest, ResignResponse,
 };
@@ -42,7 +42,7 @@ impl ElectionService {
         name: &[u8],
     ) -> Result<LeaderResponse, ServerError> {
         self.core.linearizable_barrier().await?;
-        let who = self.core.auth.identify(credentials)?;
+        let who = credentials.identify(&self.core.auth)?;
         let mut prefix = name.to_vec();
         prefix.push(b'/');
         check_contenders_readable(&self.core, &who, &prefix)?;
@@ -139,7 +139,7 @@ impl Election for ElectionService {
         let core = self.core.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
-            let mut last: Option<keel_proto::etcd::PbKeyValue> = None;
+            let mut last: Option<keel_rpc::etcd::PbKeyValue> = None;
             loop {
                 let Ok((kv, rev)) = contender(&core, &prefix, None) else {
                     return;

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use keel_proto::etcd::{
+use keel_rpc::etcd::{
     PbCompactionRequest as CompactionRequest, PbCompactionResponse as CompactionResponse,
     PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse, PbKvService,
     PbPutRequest as PutRequest, PbPutResponse as PutResponse, PbRangeRequest as RangeRequest,
     PbRangeResponse as RangeResponse, PbRangeStreamResponse, PbTxnOpRequest as Op,
     PbTxnRequest as TxnRequest, PbTxnResponse as TxnResponse,
 };
-use keel_proto::RequestBody;
+use keel_rpc::RequestBody;
 use tonic::{Request, Response, Status};
 
 use super::unexpected;
@@ -39,7 +39,7 @@ impl KvService {
         }
         // Identified after the barrier, as etcd does: an auth change applied while waiting is
         // then already in the state checked against.
-        let who = self.core.auth.identify(&credentials)?;
+        let who = credentials.identify(&self.core.auth)?;
         self.core.auth.check_read(&who, &r.key, &r.range_end)?;
         let mut resp = range::range(&self.core.store.view(), &r)?;
         self.core.auth.check_current(&who)?;
@@ -56,7 +56,7 @@ impl KvService {
         if !serializable(t) {
             self.core.linearizable_barrier().await?;
         }
-        let who = self.core.auth.identify(credentials)?;
+        let who = credentials.identify(&self.core.auth)?;
         self.core.auth.check_txn(&who, t, &self.core.leases)?;
         let resp = txn::txn_read(&self.core.store.view(), t)?;
         self.core.auth.check_current(&who)?;
@@ -94,7 +94,7 @@ impl PbKvService for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let who = self.core.caller(&req)?;
         let r = req.into_inner();
-        validate::check_put(&r)?;
+        validate::check_put(&r).map_err(ServerError::from)?;
         let Applied::Put(mut resp) = self.core.propose(&who, RequestBody::Put(r)).await? else {
             return Err(unexpected("put"));
         };
@@ -108,7 +108,7 @@ impl PbKvService for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let who = self.core.caller(&req)?;
         let r = req.into_inner();
-        validate::check_delete(&r)?;
+        validate::check_delete(&r).map_err(ServerError::from)?;
         let body = RequestBody::DeleteRange(r);
         let Applied::DeleteRange(mut resp) = self.core.propose(&who, body).await? else {
             return Err(unexpected("delete_range"));
@@ -120,9 +120,9 @@ impl PbKvService for KvService {
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let credentials = Credentials::of(&req);
         let t = req.into_inner();
-        validate::check_txn(&t, self.core.max_txn_ops)?;
+        validate::check_txn(&t, self.core.max_txn_ops).map_err(ServerError::from)?;
         let mut resp = if txn::is_write(&t) {
-            let who = self.core.auth.identify(&credentials)?;
+            let who = credentials.identify(&self.core.auth)?;
             let Applied::Txn(resp) = self.core.propose(&who, RequestBody::Txn(t)).await? else {
                 return Err(unexpected("txn"));
             };

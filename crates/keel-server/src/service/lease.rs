@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use keel_proto::etcd::{
+use keel_rpc::etcd::{
     PbLeaseGrantRequest as LeaseGrantRequest, PbLeaseGrantResponse as LeaseGrantResponse,
     PbLeaseKeepAliveRequest as LeaseKeepAliveRequest,
     PbLeaseKeepAliveResponse as LeaseKeepAliveResponse, PbLeaseLeasesRequest as LeaseLeasesRequest,
@@ -14,7 +14,7 @@ use keel_proto::etcd::{
     PbLeaseTimeToLiveRequest as LeaseTimeToLiveRequest,
     PbLeaseTimeToLiveResponse as LeaseTimeToLiveResponse,
 };
-use keel_proto::RequestBody;
+use keel_rpc::RequestBody;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -142,7 +142,7 @@ impl PbLeaseService for LeaseService {
         let credentials = crate::auth::Credentials::of(&req);
         let r = req.into_inner();
         self.core.linearizable_barrier().await?;
-        let who = self.core.auth.identify(&credentials)?;
+        let who = credentials.identify(&self.core.auth)?;
         let ttl = if self.core.sync_lessor_role() {
             self.core.leases.time_to_live(r.id, r.keys)
         } else {
@@ -152,9 +152,15 @@ impl PbLeaseService for LeaseService {
         // (etcd's fix of CVE-2023-32082).
         if let Some(t) = ttl.as_ref().filter(|_| r.keys) {
             for key in &t.keys {
-                self.core.auth.check_read(&who, key, &[])?;
+                self.core
+                    .auth
+                    .check_read(&who, key, &[])
+                    .map_err(ServerError::from)?;
             }
-            self.core.auth.check_current(&who)?;
+            self.core
+                .auth
+                .check_current(&who)
+                .map_err(ServerError::from)?;
         }
         let header = self.core.header(self.core.store.current_revision());
         // A lease that does not exist is TTL -1, not an error, as etcd answers.

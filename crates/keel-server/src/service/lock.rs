@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use keel_proto::v3lock::lock_server::{Lock, LockServer};
-use keel_proto::v3lock::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
+use keel_rpc::v3lock::lock_server::{Lock, LockServer};
+use keel_rpc::v3lock::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use tonic::{Request, Response, Status};
 
 use crate::concurrency::{
@@ -49,7 +49,7 @@ impl Lock for LockService {
         // The lease may have expired while waiting: then the lock is not ours.
         let (first, rev) = crate::concurrency::contender(&self.core, &prefix, None)?;
         if first.map(|kv| kv.key) != Some(key.clone()) {
-            return Err(ServerError::LeaseNotFound.into());
+            return Err(ServerError::State(keel_state::StateError::LeaseNotFound).into());
         }
         contending.won();
         Ok(Response::new(LockResponse {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use keel_proto::etcd::{
+use keel_rpc::etcd::{
     PbAlarmRequest as AlarmRequest, PbAlarmResponse as AlarmResponse,
     PbDefragmentRequest as DefragmentRequest, PbDefragmentResponse as DefragmentResponse,
     PbDowngradeRequest as DowngradeRequest, PbDowngradeResponse as DowngradeResponse,

@@ -16,7 +16,7 @@ pub use admin::AdminService;
 pub use auth::AuthService;
 pub use cluster::{fetch_members, ClusterService, PeerMembershipService};
 pub use election::ElectionService;
-use keel_proto::etcd::{
+use keel_rpc::etcd::{
     PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbWatchServer,
 };
 pub use kv::KvService;

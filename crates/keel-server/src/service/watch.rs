@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use keel_proto::etcd::PbEvent as Event;
-use keel_proto::etcd::{
+use keel_rpc::etcd::PbEvent as Event;
+use keel_rpc::etcd::{
     PbWatchRequest as WatchRequest, PbWatchRequestUnion as Union, PbWatchResponse as WatchResponse,
     PbWatchService,
 };
@@ -75,9 +75,9 @@ impl Stream {
 
     /// May the stream's user watch these keys? (An empty key is the smallest key, "\0".)
     fn check_read(&self, key: &[u8], range_end: &[u8]) -> Result<(), crate::ServerError> {
-        let who = self.core.auth.identify(&self.credentials)?;
+        let who = self.credentials.identify(&self.core.auth)?;
         let key = if key.is_empty() { &[0][..] } else { key };
-        self.core.auth.check_read(&who, key, range_end)
+        Ok(self.core.auth.check_read(&who, key, range_end)?)
     }
 
     async fn send(&self, r: WatchResponse) -> bool {
@@ -333,7 +333,7 @@ impl PbWatchService for WatchService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_proto::etcd::PbKeyValue as KeyValue;
+    use keel_rpc::etcd::PbKeyValue as KeyValue;
 
     fn event(key: &str, value_len: usize) -> Event {
         Event {

@@ -16,7 +16,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use clap::Args;
 use futures::StreamExt;
-use keel_proto::etcd::{
+use keel_rpc::etcd::{
     PbLeaseGrantRequest as LeaseGrantRequest, PbLeaseGrantResponse as LeaseGrantResponse,
     PbLeaseKeepAliveRequest as KeepAliveRequest, PbLeaseKeepAliveResponse as KeepAliveResponse,
     PbLeaseLeasesRequest as LeaseLeasesRequest, PbLeaseLeasesResponse as LeaseLeasesResponse,

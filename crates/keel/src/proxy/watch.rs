@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use keel_proto::etcd::{
+use keel_rpc::etcd::{
     PbResponseHeader as ResponseHeader, PbWatchRequest as WatchRequest,
     PbWatchRequestUnion as Union, PbWatchResponse as WatchResponse, PbWatchService,
 };

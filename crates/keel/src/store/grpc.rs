@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use keel_proto::etcd::{
+use keel_rpc::etcd::{
     PbCompare, PbDeleteRequest, PbDeleteResponse, PbKeyValue, PbPutRequest, PbPutResponse,
     PbRangeRequest, PbRangeResponse, PbTargetUnion, PbTxnOpRequest, PbTxnRequest, PbTxnRequestOp,
     PbTxnResponse, PbWatchResponse,
 };
-use keel_proto::v3election::{LeaderRequest, LeaderResponse};
+use keel_rpc::v3election::{LeaderRequest, LeaderResponse};
 use tonic::client::{Grpc, GrpcService};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::codegen::{Body, Bytes, StdError};

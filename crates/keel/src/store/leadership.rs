@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use keel_proto::etcd::{
+use keel_rpc::etcd::{
     PbLeaseGrantRequest, PbLeaseGrantResponse, PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse,
     PbLeaseRevokeRequest, PbLeaseRevokeResponse,
 };
-use keel_proto::v3election::{
+use keel_rpc::v3election::{
     CampaignRequest, CampaignResponse, LeaderKey, ResignRequest, ResignResponse,
 };
 use tokio::sync::{mpsc, oneshot, watch};

@@ -12,7 +12,7 @@ use keel_proto::etcd::{
 use parking_lot::RwLock;
 use prost::Message;
 
-use crate::ServerError;
+use crate::StateError;
 
 /// etcdserverpb.AlarmType.NOSPACE.
 pub const NOSPACE: i32 = 1;
@@ -23,7 +23,7 @@ const NAMES: [&str; 3] = ["NONE", "NOSPACE", "CORRUPT"];
 /// etcdserverpb.AlarmRequest.AlarmAction.
 const ACTIVATE: i32 = 1;
 const DEACTIVATE: i32 = 2;
-pub(crate) const META_ALARMS: &[u8] = b"alarms";
+pub const META_ALARMS: &[u8] = b"alarms";
 
 /// The raised alarms: (member id, alarm type).
 #[derive(Default)]
@@ -35,18 +35,18 @@ pub struct Alarms {
 
 impl Alarms {
     /// The alarms recorded in the store.
-    pub fn load(store: &Store) -> Result<Alarms, ServerError> {
+    pub fn load(store: &Store) -> Result<Alarms, StateError> {
         let a = Alarms::default();
         a.reload(store)?;
         Ok(a)
     }
 
     /// Reads the alarms again (after a snapshot replaced the state).
-    pub fn reload(&self, store: &Store) -> Result<(), ServerError> {
+    pub fn reload(&self, store: &Store) -> Result<(), StateError> {
         let list = match store.get_meta(META_ALARMS)? {
             Some(b) => {
                 PbAlarmResponse::decode(b.as_slice())
-                    .map_err(|e| ServerError::Internal(format!("corrupt alarms: {e}")))?
+                    .map_err(|e| StateError::Storage(format!("corrupt alarms: {e}")))?
                     .alarms
             }
             None => Vec::new(),

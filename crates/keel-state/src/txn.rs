@@ -2,8 +2,8 @@
 //! (nested ones included) is decided on the state before the txn, puts are checked before anything is
 //! written, and later ops in the txn see the writes of earlier ones.
 
-use etcd_client::CompareOp;
 use keel_mvcc::{KeySpan, RangeOptions, ReadView, WriteBatch};
+use keel_proto::etcd::PbCompareResult as CompareOp;
 use keel_proto::etcd::{
     PbCompare as Compare, PbDeleteRequest as DeleteRangeRequest,
     PbDeleteResponse as DeleteRangeResponse, PbKeyValue as KeyValue, PbPutRequest as PutRequest,
@@ -14,7 +14,7 @@ use keel_proto::etcd::{
 
 use crate::lease::Lessor;
 use crate::range::range;
-use crate::ServerError;
+use crate::StateError;
 
 // etcdserverpb.Compare.CompareTarget (VERSION 0, CREATE 1, MOD 2, VALUE 3, LEASE 4).
 const TARGET_VALUE: i32 = 3;
@@ -140,7 +140,7 @@ fn int_target(c: &Compare, is_kind: impl Fn(&Target) -> bool) -> i64 {
 
 /// Checks a put against the state before it runs: ignore_value/ignore_lease need an existing key,
 /// a lease must exist.
-pub fn check_put(view: &impl ReadView, p: &PutRequest, leases: &Lessor) -> Result<(), ServerError> {
+pub fn check_put(view: &impl ReadView, p: &PutRequest, leases: &Lessor) -> Result<(), StateError> {
     if p.ignore_value || p.ignore_lease {
         let res = view.range(
             KeySpan::Single(&p.key),
@@ -150,11 +150,11 @@ pub fn check_put(view: &impl ReadView, p: &PutRequest, leases: &Lessor) -> Resul
             },
         )?;
         if res.count == 0 {
-            return Err(ServerError::KeyNotFound);
+            return Err(StateError::KeyNotFound);
         }
     }
     if p.lease != 0 && !leases.contains(p.lease) {
-        return Err(ServerError::LeaseNotFound);
+        return Err(StateError::LeaseNotFound);
     }
     Ok(())
 }
@@ -165,17 +165,17 @@ fn check_path(
     t: &TxnRequest,
     path: &Path,
     leases: &Lessor,
-) -> Result<(), ServerError> {
+) -> Result<(), StateError> {
     let mut nested = path.nested.iter();
     for op in branch(t, path.succeeded) {
         match &op.request {
             Some(Op::RequestPut(p)) => check_put(view, p, leases)?,
             Some(Op::RequestRange(r)) => {
                 if r.revision > view.revision() {
-                    return Err(ServerError::FutureRevision);
+                    return Err(StateError::FutureRevision);
                 }
                 if r.revision > 0 && r.revision < view.compacted_revision() {
-                    return Err(ServerError::Compacted);
+                    return Err(StateError::Compacted);
                 }
             }
             Some(Op::RequestTxn(n)) => {
@@ -187,20 +187,23 @@ fn check_path(
                     leases,
                 )?
             }
-            Some(Op::RequestDeleteRange(_)) | None => {}
+            Some(Op::RequestDeleteRange(_)) => {}
+            // An op without a request fails the txn (validation refuses it before proposing;
+            // an entry that holds one anyway must fail here, before the earlier ops are staged).
+            None => return Err(StateError::KeyNotFound),
         }
     }
     Ok(())
 }
 
 /// Runs a txn with no writes on a read view.
-pub fn txn_read(view: &impl ReadView, t: &TxnRequest) -> Result<TxnResponse, ServerError> {
+pub fn txn_read(view: &impl ReadView, t: &TxnRequest) -> Result<TxnResponse, StateError> {
     crate::metrics::mvcc_txn();
     let succeeded = t.compare.iter().all(|c| compare(view, c));
     let mut responses = Vec::new();
     for op in branch(t, succeeded) {
         let Some(Op::RequestRange(r)) = &op.request else {
-            return Err(ServerError::Internal("write op in a read-only txn".into()));
+            return Err(StateError::Storage("write op in a read-only txn".into()));
         };
         responses.push(ResponseOp {
             response: Some(OpResponse::ResponseRange(range(view, r)?)),
@@ -218,7 +221,7 @@ pub fn txn_write(
     wb: &mut WriteBatch<'_>,
     t: &TxnRequest,
     leases: &Lessor,
-) -> Result<TxnResponse, ServerError> {
+) -> Result<TxnResponse, StateError> {
     crate::metrics::mvcc_txn();
     let path = Path::decide(wb, t);
     check_path(wb, t, &path, leases)?;
@@ -233,7 +236,7 @@ fn exec(
     leases: &Lessor,
     t: &TxnRequest,
     path: &Path,
-) -> Result<TxnResponse, ServerError> {
+) -> Result<TxnResponse, StateError> {
     let mut nested = path.nested.iter();
     let mut responses = Vec::new();
     for op in branch(t, path.succeeded) {
@@ -253,7 +256,7 @@ fn exec(
                 r.header = Some(PbResponseHeader::default());
                 OpResponse::ResponseTxn(r)
             }
-            None => return Err(ServerError::KeyNotFound),
+            None => return Err(StateError::KeyNotFound),
         };
         responses.push(ResponseOp {
             response: Some(response),
@@ -271,7 +274,7 @@ pub fn put(
     wb: &mut WriteBatch<'_>,
     leases: &Lessor,
     p: &PutRequest,
-) -> Result<PutResponse, ServerError> {
+) -> Result<PutResponse, StateError> {
     let prev = if p.prev_kv || p.ignore_value || p.ignore_lease {
         wb.get(&p.key)?
     } else {
@@ -299,7 +302,7 @@ pub fn delete(
     wb: &mut WriteBatch<'_>,
     leases: &Lessor,
     d: &DeleteRangeRequest,
-) -> Result<DeleteRangeResponse, ServerError> {
+) -> Result<DeleteRangeResponse, StateError> {
     let prev = delete_span(wb, leases, KeySpan::from_etcd(&d.key, &d.range_end))?;
     crate::metrics::mvcc_delete();
     Ok(DeleteRangeResponse {
@@ -315,7 +318,7 @@ pub fn delete_span(
     wb: &mut WriteBatch<'_>,
     leases: &Lessor,
     span: KeySpan<'_>,
-) -> Result<Vec<KeyValue>, ServerError> {
+) -> Result<Vec<KeyValue>, StateError> {
     let prev = wb.delete(span)?;
     for kv in &prev {
         leases.detach(&kv.key, kv.lease);

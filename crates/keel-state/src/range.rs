@@ -3,18 +3,18 @@
 
 use std::cmp::Ordering;
 
-use etcd_client::{SortOrder, SortTarget};
 use keel_mvcc::{KeySpan, RangeOptions, ReadView};
 use keel_proto::etcd::{
     PbKeyValue as KeyValue, PbRangeRequest as RangeRequest, PbRangeResponse as RangeResponse,
     PbResponseHeader,
 };
+use keel_proto::etcd::{PbSortOrder as SortOrder, PbSortTarget as SortTarget};
 
-use crate::ServerError;
+use crate::StateError;
 
 /// Serves a range request on `view`. The header carries only the revision (the view's current one,
 /// even for a read in the past, as etcd does).
-pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, ServerError> {
+pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, StateError> {
     crate::metrics::mvcc_range();
     let filtered = r.min_mod_revision != 0
         || r.max_mod_revision != 0

@@ -18,7 +18,7 @@ use keel_proto::LeaseRecord;
 use parking_lot::Mutex;
 use prost::Message;
 
-use crate::ServerError;
+use crate::StateError;
 
 /// The largest TTL a lease may be granted, in seconds (etcd's MaxLeaseTTL).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
@@ -145,11 +145,11 @@ impl Lessor {
     /// Loads the leases from the store and re-attaches the keys that name them (as the store's
     /// last rebuild found them: call right after opening it or installing a snapshot). No lease has a
     /// deadline until this member becomes primary.
-    pub fn restore(store: &Store) -> Result<Lessor, ServerError> {
+    pub fn restore(store: &Store) -> Result<Lessor, StateError> {
         let mut inner = Inner::default();
         for (_, v) in store.records(Table::Lease)? {
             let r = LeaseRecord::decode(v.as_slice())
-                .map_err(|e| ServerError::Internal(format!("corrupt lease record: {e}")))?;
+                .map_err(|e| StateError::Storage(format!("corrupt lease record: {e}")))?;
             inner.leases.insert(
                 r.id,
                 Lease {
@@ -191,7 +191,7 @@ impl Lessor {
 
     /// Loads the leases again (a snapshot replaced the state). Deadlines are gone: a member that
     /// receives a snapshot is not the primary.
-    pub fn reload(&self, store: &Store) -> Result<(), ServerError> {
+    pub fn reload(&self, store: &Store) -> Result<(), StateError> {
         let fresh = Lessor::restore(store)?;
         let inner = fresh.inner.into_inner();
         self.attached.store(
@@ -208,10 +208,10 @@ impl Lessor {
     }
 
     /// Applies a grant: records the lease in the batch; the primary starts its clock.
-    pub fn grant(&self, wb: &mut WriteBatch<'_>, id: i64, ttl: i64) -> Result<(), ServerError> {
+    pub fn grant(&self, wb: &mut WriteBatch<'_>, id: i64, ttl: i64) -> Result<(), StateError> {
         let mut inner = self.inner.lock();
         if inner.leases.contains_key(&id) {
-            return Err(ServerError::LeaseExists);
+            return Err(StateError::LeaseExists);
         }
         inner.leases.insert(
             id,
@@ -484,7 +484,7 @@ mod tests {
         lessor.grant(&mut wb, 2, 10).unwrap();
         assert!(matches!(
             lessor.grant(&mut wb, 1, 5),
-            Err(ServerError::LeaseExists)
+            Err(StateError::LeaseExists)
         ));
         lessor.attach(b"b", 1);
         lessor.attach(b"a", 1);

@@ -8,54 +8,54 @@ use keel_proto::etcd::{
     PbRangeRequest as RangeRequest, PbTxnOpRequest as Op, PbTxnRequest as TxnRequest,
 };
 
-use crate::ServerError;
+use crate::StateError;
 
 /// KV.Range: a key is required.
-pub fn check_range(r: &RangeRequest) -> Result<(), ServerError> {
+pub fn check_range(r: &RangeRequest) -> Result<(), StateError> {
     if r.key.is_empty() {
-        return Err(ServerError::EmptyKey);
+        return Err(StateError::EmptyKey);
     }
     Ok(())
 }
 
 /// KV.Put: a key is required; ignore_value/ignore_lease exclude a value/lease.
-pub fn check_put(r: &PutRequest) -> Result<(), ServerError> {
+pub fn check_put(r: &PutRequest) -> Result<(), StateError> {
     if r.key.is_empty() {
-        return Err(ServerError::EmptyKey);
+        return Err(StateError::EmptyKey);
     }
     if r.ignore_value && !r.value.is_empty() {
-        return Err(ServerError::ValueProvided);
+        return Err(StateError::ValueProvided);
     }
     if r.ignore_lease && r.lease != 0 {
-        return Err(ServerError::LeaseProvided);
+        return Err(StateError::LeaseProvided);
     }
     Ok(())
 }
 
 /// KV.DeleteRange: a key is required.
-pub fn check_delete(r: &DeleteRangeRequest) -> Result<(), ServerError> {
+pub fn check_delete(r: &DeleteRangeRequest) -> Result<(), StateError> {
     if r.key.is_empty() {
-        return Err(ServerError::EmptyKey);
+        return Err(StateError::EmptyKey);
     }
     Ok(())
 }
 
 /// KV.Txn: size (each of compares/success/failure within `max_ops`, nested txns sharing what is
 /// left), every op well-formed, and no key written twice in either branch.
-pub fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<(), ServerError> {
+pub fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<(), StateError> {
     check_txn_ops(r, max_ops)?;
     check_intervals(&r.success)?;
     check_intervals(&r.failure)?;
     Ok(())
 }
 
-fn check_txn_ops(r: &TxnRequest, max_ops: usize) -> Result<(), ServerError> {
+fn check_txn_ops(r: &TxnRequest, max_ops: usize) -> Result<(), StateError> {
     let ops = r.compare.len().max(r.success.len()).max(r.failure.len());
     if ops > max_ops {
-        return Err(ServerError::TooManyOps);
+        return Err(StateError::TooManyOps);
     }
     if r.compare.iter().any(|c| c.key.is_empty()) {
-        return Err(ServerError::EmptyKey);
+        return Err(StateError::EmptyKey);
     }
     for op in r.success.iter().chain(&r.failure) {
         match &op.request {
@@ -63,7 +63,7 @@ fn check_txn_ops(r: &TxnRequest, max_ops: usize) -> Result<(), ServerError> {
             Some(Op::RequestPut(r)) => check_put(r)?,
             Some(Op::RequestDeleteRange(r)) => check_delete(r)?,
             Some(Op::RequestTxn(t)) => check_txn_ops(t, max_ops - ops)?,
-            None => return Err(ServerError::KeyNotFound),
+            None => return Err(StateError::KeyNotFound),
         }
     }
     Ok(())
@@ -100,7 +100,7 @@ impl Span {
 /// put and the spans deleted by the branch.
 fn check_intervals(
     ops: &[keel_proto::etcd::PbTxnRequestOp],
-) -> Result<(HashSet<Vec<u8>>, Vec<Span>), ServerError> {
+) -> Result<(HashSet<Vec<u8>>, Vec<Span>), StateError> {
     let mut dels: Vec<Span> = ops
         .iter()
         .filter_map(|op| match &op.request {
@@ -118,14 +118,14 @@ fn check_intervals(
         let (else_puts, else_dels) = check_intervals(&t.failure)?;
         for k in then_puts.iter() {
             if puts.contains(k) || deleted(&dels, k) {
-                return Err(ServerError::DuplicateKey);
+                return Err(StateError::DuplicateKey);
             }
         }
         puts.extend(then_puts.iter().cloned());
         // The two branches of one txn never both run: they may write the same key.
         for k in else_puts {
             if (puts.contains(&k) && !then_puts.contains(&k)) || deleted(&dels, &k) {
-                return Err(ServerError::DuplicateKey);
+                return Err(StateError::DuplicateKey);
             }
             puts.insert(k);
         }
@@ -137,7 +137,7 @@ fn check_intervals(
             continue;
         };
         if puts.contains(&p.key) || deleted(&dels, &p.key) {
-            return Err(ServerError::DuplicateKey);
+            return Err(StateError::DuplicateKey);
         }
         puts.insert(p.key.clone());
     }
@@ -175,7 +175,7 @@ mod tests {
             })),
         }
     }
-    fn check(success: Vec<RequestOp>) -> Result<(), ServerError> {
+    fn check(success: Vec<RequestOp>) -> Result<(), StateError> {
         check_txn(
             &TxnRequest {
                 success,
@@ -189,15 +189,15 @@ mod tests {
     fn duplicate_writes_are_rejected_like_etcd() {
         assert!(matches!(
             check(vec![put("a"), put("a")]),
-            Err(ServerError::DuplicateKey)
+            Err(StateError::DuplicateKey)
         ));
         assert!(matches!(
             check(vec![del("a", "c"), put("b")]),
-            Err(ServerError::DuplicateKey)
+            Err(StateError::DuplicateKey)
         ));
         assert!(matches!(
             check(vec![put("a"), txn(vec![put("a")], vec![])]),
-            Err(ServerError::DuplicateKey)
+            Err(StateError::DuplicateKey)
         ));
         // then/else of one nested txn may write the same key.
         assert!(check(vec![txn(vec![put("a")], vec![put("a")])]).is_ok());
@@ -218,12 +218,12 @@ mod tests {
                 },
                 2
             ),
-            Err(ServerError::TooManyOps)
+            Err(StateError::TooManyOps)
         ));
         assert!(matches!(
             check(vec![RequestOp { request: None }]),
-            Err(ServerError::KeyNotFound)
+            Err(StateError::KeyNotFound)
         ));
-        assert!(matches!(check(vec![put("")]), Err(ServerError::EmptyKey)));
+        assert!(matches!(check(vec![put("")]), Err(StateError::EmptyKey)));
     }
 }

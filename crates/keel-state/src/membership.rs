@@ -6,13 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use keel_mvcc::{Store, WriteBatch};
 use keel_proto::etcd::{PbMember as Member, PbMemberListResponse};
 use keel_proto::MemberAttributes;
-use keel_raft::{ConfChangeType, ConfState};
 use parking_lot::RwLock;
 use prost::Message;
 use sha1::{Digest, Sha1};
-use tokio::sync::watch;
 
-use crate::ServerError;
+use crate::StateError;
 
 /// Local records: who this member is (never replaced by a snapshot).
 const META_CLUSTER_ID: &[u8] = b"local/cluster_id";
@@ -20,7 +18,7 @@ const META_MEMBER_ID: &[u8] = b"local/member_id";
 const META_TOKEN: &[u8] = b"local/cluster_token";
 /// Replicated records: the members (an encoded `MemberListResponse`) and the removed ids.
 pub const META_MEMBERS_KEY: &[u8] = b"members";
-pub(crate) const META_REMOVED: &[u8] = b"removed_members";
+pub const META_REMOVED: &[u8] = b"removed_members";
 
 /// A member's id: the first 8 bytes (big-endian) of sha1(sorted peer URLs ++ cluster token).
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
@@ -60,15 +58,15 @@ pub struct Identity {
     pub token: String,
 }
 
-fn decode_id(b: Vec<u8>) -> Result<u64, ServerError> {
+fn decode_id(b: Vec<u8>) -> Result<u64, StateError> {
     Ok(u64::from_be_bytes(b.try_into().map_err(|_| {
-        ServerError::Internal("corrupt member identity".into())
+        StateError::Storage("corrupt member identity".into())
     })?))
 }
 
 impl Identity {
     /// The identity recorded in the store, if it was bootstrapped or joined before.
-    pub fn load(store: &Store) -> Result<Option<Identity>, ServerError> {
+    pub fn load(store: &Store) -> Result<Option<Identity>, StateError> {
         let (Some(c), Some(m)) = (
             store.get_meta(META_CLUSTER_ID)?,
             store.get_meta(META_MEMBER_ID)?,
@@ -84,7 +82,7 @@ impl Identity {
     }
 
     /// Records the identity durably (the member id last: its presence marks a complete record).
-    pub fn save(&self, store: &Store) -> Result<(), ServerError> {
+    pub fn save(&self, store: &Store) -> Result<(), StateError> {
         let mut wb = store.write_batch();
         self.record(&mut wb);
         wb.commit(store.applied_index())?;
@@ -106,14 +104,25 @@ impl Identity {
 pub struct Membership {
     members: RwLock<BTreeMap<u64, Member>>,
     removed: RwLock<BTreeSet<u64>>,
-    /// Bumped on every change, for whoever follows the membership (the transport).
-    changed: watch::Sender<u64>,
+    /// Called on every change, for whoever follows the membership (the transport).
+    observers: RwLock<Vec<Box<dyn Fn() + Send + Sync>>>,
+}
+
+/// A change to the members that raft's configuration makes (a conf change entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChangeKind {
+    /// A voting member joins, or a learner is promoted.
+    AddVoter,
+    /// A learner joins.
+    AddLearner,
+    /// A member leaves.
+    Remove,
 }
 
 /// Decodes the member list record.
-pub fn decode_members(bytes: &[u8]) -> Result<Vec<Member>, ServerError> {
+pub fn decode_members(bytes: &[u8]) -> Result<Vec<Member>, StateError> {
     Ok(PbMemberListResponse::decode(bytes)
-        .map_err(|e| ServerError::Internal(format!("corrupt member list: {e}")))?
+        .map_err(|e| StateError::Storage(format!("corrupt member list: {e}")))?
         .members)
 }
 
@@ -125,32 +134,21 @@ fn encode_members(members: &BTreeMap<u64, Member>) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// The raft membership a member list describes.
-pub fn conf_state(members: &[Member]) -> ConfState {
-    let (learners, voters): (Vec<&Member>, Vec<&Member>) =
-        members.iter().partition(|m| m.is_learner);
-    ConfState {
-        voters: voters.iter().map(|m| m.id).collect(),
-        learners: learners.iter().map(|m| m.id).collect(),
-        ..Default::default()
-    }
-}
-
 impl Membership {
     /// The membership recorded in the store (empty for a member that has joined but not yet
     /// received the cluster's state).
-    pub fn load(store: &Store) -> Result<Membership, ServerError> {
+    pub fn load(store: &Store) -> Result<Membership, StateError> {
         let m = Membership {
             members: RwLock::default(),
             removed: RwLock::default(),
-            changed: watch::channel(0).0,
+            observers: RwLock::default(),
         };
         m.reload(store)?;
         Ok(m)
     }
 
     /// Reads the membership again (after a snapshot replaced the state).
-    pub fn reload(&self, store: &Store) -> Result<(), ServerError> {
+    pub fn reload(&self, store: &Store) -> Result<(), StateError> {
         let members = match store.get_meta(META_MEMBERS_KEY)? {
             Some(b) => decode_members(&b)?,
             None => Vec::new(),
@@ -161,7 +159,7 @@ impl Membership {
             .chunks_exact(8)
             .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
             .collect();
-        self.changed.send_modify(|v| *v += 1);
+        self.notify();
         Ok(())
     }
 
@@ -198,27 +196,33 @@ impl Membership {
         self.removed.read().contains(&id)
     }
 
-    /// Follows changes (the value is a change counter).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+    /// Calls `f` after every change from now on.
+    pub fn on_change(&self, f: impl Fn() + Send + Sync + 'static) {
+        self.observers.write().push(Box::new(f));
+    }
+
+    fn notify(&self) {
+        for f in self.observers.read().iter() {
+            f();
+        }
     }
 
     fn save(&self, wb: &mut WriteBatch<'_>, members: &BTreeMap<u64, Member>) {
         wb.put_meta(META_MEMBERS_KEY, &encode_members(members));
-        self.changed.send_modify(|v| *v += 1);
+        self.notify();
     }
 
-    /// Applies a raft conf change about `member`; returns the members after it.
+    /// Applies a conf change about `member`; returns the members after it.
     pub fn apply_conf_change(
         &self,
         wb: &mut WriteBatch<'_>,
-        change: ConfChangeType,
+        change: MemberChangeKind,
         member: Member,
-    ) -> Result<Vec<Member>, ServerError> {
+    ) -> Result<Vec<Member>, StateError> {
         let mut members = self.members.write();
         match change {
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                let learner = change == ConfChangeType::AddLearnerNode;
+            MemberChangeKind::AddVoter | MemberChangeKind::AddLearner => {
+                let learner = change == MemberChangeKind::AddLearner;
                 match members.get_mut(&member.id) {
                     // Promotion: AddNode of a learner.
                     Some(m) => m.is_learner = learner,
@@ -229,9 +233,9 @@ impl Membership {
                     }
                 }
             }
-            ConfChangeType::RemoveNode => {
+            MemberChangeKind::Remove => {
                 if members.remove(&member.id).is_none() {
-                    return Err(ServerError::MemberNotFound);
+                    return Err(StateError::MemberNotFound);
                 }
                 let mut removed = self.removed.write();
                 removed.insert(member.id);
@@ -249,9 +253,9 @@ impl Membership {
         wb: &mut WriteBatch<'_>,
         id: u64,
         urls: &[String],
-    ) -> Result<Vec<Member>, ServerError> {
+    ) -> Result<Vec<Member>, StateError> {
         let mut members = self.members.write();
-        let m = members.get_mut(&id).ok_or(ServerError::MemberNotFound)?;
+        let m = members.get_mut(&id).ok_or(StateError::MemberNotFound)?;
         m.peer_ur_ls = urls.to_vec();
         self.save(wb, &members);
         Ok(members.values().cloned().collect())

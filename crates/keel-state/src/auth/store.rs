@@ -14,16 +14,15 @@ use parking_lot::RwLock;
 use prost::Message;
 
 use super::perms::{Permissions, READWRITE};
-use super::token::Tokens;
-use super::Credentials;
+use super::TokenIssuer;
 use super::ROOT;
 use crate::lease::Lessor;
-use crate::ServerError;
+use crate::StateError;
 
-pub(crate) const KEY_ENABLED: &[u8] = b"enabled";
-pub(crate) const KEY_REVISION: &[u8] = b"revision";
-pub(crate) const USER_PREFIX: &str = "user/";
-pub(crate) const ROLE_PREFIX: &str = "role/";
+pub const KEY_ENABLED: &[u8] = b"enabled";
+pub const KEY_REVISION: &[u8] = b"revision";
+pub const USER_PREFIX: &str = "user/";
+pub const ROLE_PREFIX: &str = "role/";
 
 #[derive(Default)]
 struct State {
@@ -51,8 +50,8 @@ impl State {
             .collect();
     }
 
-    fn user(&self, name: &str) -> Result<&UserRecord, ServerError> {
-        self.users.get(name).ok_or(ServerError::UserNotFound)
+    fn user(&self, name: &str) -> Result<&UserRecord, StateError> {
+        self.users.get(name).ok_or(StateError::UserNotFound)
     }
 }
 
@@ -62,12 +61,12 @@ pub struct AuthStore {
     enabled: AtomicBool,
     revision: AtomicU64,
     /// Tokens (local to this member; simple tokens are learnt from applied entries).
-    pub tokens: Tokens,
+    pub tokens: Box<dyn TokenIssuer>,
 }
 
 impl AuthStore {
     /// The auth state recorded in `store`.
-    pub fn load(store: &Store, tokens: Tokens) -> Result<AuthStore, ServerError> {
+    pub fn load(store: &Store, tokens: Box<dyn TokenIssuer>) -> Result<AuthStore, StateError> {
         let a = AuthStore {
             state: RwLock::new(State::default()),
             enabled: AtomicBool::new(false),
@@ -79,8 +78,8 @@ impl AuthStore {
     }
 
     /// Reads the state again (after a snapshot replaced it).
-    pub fn reload(&self, store: &Store) -> Result<(), ServerError> {
-        let corrupt = |e: prost::DecodeError| ServerError::Internal(format!("corrupt auth: {e}"));
+    pub fn reload(&self, store: &Store) -> Result<(), StateError> {
+        let corrupt = |e: prost::DecodeError| StateError::Storage(format!("corrupt auth: {e}"));
         let mut state = State::default();
         let (mut enabled, mut revision) = (false, 1);
         for (k, v) in store.records(Table::Auth)? {
@@ -120,7 +119,11 @@ impl AuthStore {
     /// Who a request comes from: the user its token names, else its client certificate's
     /// common name, else nobody (refused by every check while auth is enabled). The revision is
     /// the one the caller's permissions are checked against.
-    pub fn identify(&self, credentials: &Credentials) -> Result<RequestAuth, ServerError> {
+    pub fn identify(
+        &self,
+        token: Option<&str>,
+        cert_user: impl FnOnce() -> Option<String>,
+    ) -> Result<RequestAuth, StateError> {
         let current = self.revision();
         let named = |username: &str| RequestAuth {
             username: username.to_string(),
@@ -129,13 +132,13 @@ impl AuthStore {
         if !self.enabled() {
             return Ok(named(""));
         }
-        let Some(token) = credentials.token.as_deref() else {
-            return Ok(named(&credentials.cert_user().unwrap_or_default()));
+        let Some(token) = token else {
+            return Ok(named(&cert_user().unwrap_or_default()));
         };
         let info = self
             .tokens
             .identify(token)
-            .ok_or(ServerError::InvalidAuthToken)?;
+            .ok_or(StateError::InvalidAuthToken)?;
         Ok(RequestAuth {
             username: info.user,
             // A JWT from before the last auth change is stale; one from a revision this member
@@ -150,29 +153,29 @@ impl AuthStore {
         &self,
         state: &'s State,
         who: &RequestAuth,
-    ) -> Result<Option<&'s Permissions>, ServerError> {
+    ) -> Result<Option<&'s Permissions>, StateError> {
         if who.username.is_empty() {
-            return Err(ServerError::UserEmpty);
+            return Err(StateError::UserEmpty);
         }
         if who.revision < self.revision() {
-            return Err(ServerError::AuthOldRevision);
+            return Err(StateError::AuthOldRevision);
         }
         let user = state
             .users
             .get(&who.username)
-            .ok_or(ServerError::PermissionDenied)?;
+            .ok_or(StateError::PermissionDenied)?;
         if has_root(user) {
             return Ok(None);
         }
         let perms = state.perms.get(&who.username);
-        Ok(Some(perms.ok_or(ServerError::PermissionDenied)?))
+        Ok(Some(perms.ok_or(StateError::PermissionDenied)?))
     }
 
     fn check_keys(
         &self,
         who: &RequestAuth,
         allowed: impl Fn(&Permissions) -> bool,
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), StateError> {
         if !self.enabled() {
             return Ok(());
         }
@@ -180,7 +183,7 @@ impl AuthStore {
         match self.check_caller(&state, who)? {
             None => Ok(()),
             Some(p) if allowed(p) => Ok(()),
-            Some(_) => Err(ServerError::PermissionDenied),
+            Some(_) => Err(StateError::PermissionDenied),
         }
     }
 
@@ -190,7 +193,7 @@ impl AuthStore {
         who: &RequestAuth,
         key: &[u8],
         range_end: &[u8],
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), StateError> {
         self.check_keys(who, |p| p.can_read(key, range_end))
     }
 
@@ -200,31 +203,31 @@ impl AuthStore {
         who: &RequestAuth,
         key: &[u8],
         range_end: &[u8],
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), StateError> {
         self.check_keys(who, |p| p.can_write(key, range_end))
     }
 
     /// Is `who` a user with the root role? (Auth management, maintenance, membership.)
-    pub fn check_admin(&self, who: &RequestAuth) -> Result<(), ServerError> {
+    pub fn check_admin(&self, who: &RequestAuth) -> Result<(), StateError> {
         if !self.enabled() {
             return Ok(());
         }
         if who.username.is_empty() {
-            return Err(ServerError::UserEmpty);
+            return Err(StateError::UserEmpty);
         }
         let state = self.state.read();
         if has_root(state.user(&who.username)?) {
             Ok(())
         } else {
-            Err(ServerError::PermissionDenied)
+            Err(StateError::PermissionDenied)
         }
     }
 
     /// Whether the auth state is still the one `who` was checked against (a read done while it
     /// changed is refused, as etcd does).
-    pub fn check_current(&self, who: &RequestAuth) -> Result<(), ServerError> {
+    pub fn check_current(&self, who: &RequestAuth) -> Result<(), StateError> {
         if self.enabled() && !who.username.is_empty() && who.revision != self.revision() {
-            return Err(ServerError::AuthOldRevision);
+            return Err(StateError::AuthOldRevision);
         }
         Ok(())
     }
@@ -235,7 +238,7 @@ impl AuthStore {
         who: &RequestAuth,
         t: &TxnRequest,
         leases: &Lessor,
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), StateError> {
         for c in &t.compare {
             self.check_read(who, &c.key, &c.range_end)?;
         }
@@ -262,7 +265,7 @@ impl AuthStore {
         lease: i64,
         prev_kv: bool,
         leases: &Lessor,
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), StateError> {
         self.check_write(who, key, &[])?;
         // Attaching a lease whose keys the caller may not write would let it delete them by
         // revoking the lease.
@@ -279,7 +282,7 @@ impl AuthStore {
         key: &[u8],
         range_end: &[u8],
         prev_kv: bool,
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), StateError> {
         self.check_write(who, key, range_end)?;
         if prev_kv {
             self.check_read(who, key, range_end)?;
@@ -293,7 +296,7 @@ impl AuthStore {
         who: &RequestAuth,
         lease: i64,
         leases: &Lessor,
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), StateError> {
         if lease == 0 || !self.enabled() {
             return Ok(());
         }
@@ -311,12 +314,12 @@ impl AuthStore {
         who: Option<&RequestAuth>,
         body: &RequestBody,
         leases: &Lessor,
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), StateError> {
         let Some(who) = who.filter(|_| self.enabled()) else {
             return Ok(());
         };
         if who.revision < self.revision() {
-            return Err(ServerError::AuthOldRevision);
+            return Err(StateError::AuthOldRevision);
         }
         use RequestBody::*;
         match body {
@@ -345,18 +348,18 @@ impl AuthStore {
     // ---- reads ----
 
     /// The password hash of `name` and the revision it was read at, for a password check.
-    pub fn password_of(&self, name: &str) -> Result<(Option<String>, u64), ServerError> {
+    pub fn password_of(&self, name: &str) -> Result<(Option<String>, u64), StateError> {
         if !self.enabled() {
-            return Err(ServerError::AuthNotEnabled);
+            return Err(StateError::AuthNotEnabled);
         }
         let state = self.state.read();
-        let user = state.users.get(name).ok_or(ServerError::AuthFailed)?;
+        let user = state.users.get(name).ok_or(StateError::AuthFailed)?;
         let hash = (!user.no_password).then(|| user.password_hash.clone());
         Ok((hash, self.revision()))
     }
 
     /// A user's roles.
-    pub fn user_roles(&self, name: &str) -> Result<Vec<String>, ServerError> {
+    pub fn user_roles(&self, name: &str) -> Result<Vec<String>, StateError> {
         Ok(self.state.read().user(name)?.roles.clone())
     }
 
@@ -366,9 +369,9 @@ impl AuthStore {
     }
 
     /// A role's permissions (the root role: every key).
-    pub fn role_permissions(&self, name: &str) -> Result<Vec<PermissionRecord>, ServerError> {
+    pub fn role_permissions(&self, name: &str) -> Result<Vec<PermissionRecord>, StateError> {
         let state = self.state.read();
-        let role = state.roles.get(name).ok_or(ServerError::RoleNotFound)?;
+        let role = state.roles.get(name).ok_or(StateError::RoleNotFound)?;
         if name == ROOT {
             return Ok(vec![PermissionRecord {
                 perm_type: READWRITE,
@@ -401,7 +404,7 @@ impl AuthStore {
         wb: &mut WriteBatch<'_>,
         body: &RequestBody,
         index: u64,
-    ) -> Result<Option<String>, ServerError> {
+    ) -> Result<Option<String>, StateError> {
         let mut state = self.state.write();
         let s = &mut *state;
         use RequestBody::*;
@@ -410,9 +413,9 @@ impl AuthStore {
                 if self.enabled() {
                     return Ok(None);
                 }
-                let root = s.users.get(ROOT).ok_or(ServerError::RootUserMissing)?;
+                let root = s.users.get(ROOT).ok_or(StateError::RootUserMissing)?;
                 if !has_root(root) {
-                    return Err(ServerError::RootRoleMissing);
+                    return Err(StateError::RootRoleMissing);
                 }
                 wb.put_record(Table::Auth, KEY_ENABLED, &[1]);
                 self.enabled.store(true, Ordering::Release);
@@ -430,11 +433,11 @@ impl AuthStore {
             }
             Authenticate(a) => {
                 if !self.enabled() {
-                    return Err(ServerError::AuthNotEnabled);
+                    return Err(StateError::AuthNotEnabled);
                 }
                 match s.users.get(&a.name) {
                     Some(u) if !u.no_password => {}
-                    _ => return Err(ServerError::AuthFailed),
+                    _ => return Err(StateError::AuthFailed),
                 }
                 return Ok(Some(self.tokens.assign_simple(
                     &a.name,
@@ -444,10 +447,10 @@ impl AuthStore {
             }
             UserAdd(r) => {
                 if r.name.is_empty() {
-                    return Err(ServerError::UserEmpty);
+                    return Err(StateError::UserEmpty);
                 }
                 if s.users.contains_key(&r.name) {
-                    return Err(ServerError::UserExists);
+                    return Err(StateError::UserExists);
                 }
                 let user = UserRecord {
                     name: r.name.clone(),
@@ -460,23 +463,23 @@ impl AuthStore {
             }
             UserDelete(r) => {
                 if self.enabled() && r.name == ROOT {
-                    return Err(ServerError::InvalidAuthMgmt);
+                    return Err(StateError::InvalidAuthMgmt);
                 }
-                s.users.remove(&r.name).ok_or(ServerError::UserNotFound)?;
+                s.users.remove(&r.name).ok_or(StateError::UserNotFound)?;
                 wb.delete_record(Table::Auth, &record_key(USER_PREFIX, &r.name));
                 self.tokens.invalidate_user(&r.name);
             }
             UserChangePassword(r) => {
-                let user = s.users.get_mut(&r.name).ok_or(ServerError::UserNotFound)?;
+                let user = s.users.get_mut(&r.name).ok_or(StateError::UserNotFound)?;
                 user.password_hash = r.hashed_password.clone();
                 save_user(wb, user);
                 self.tokens.invalidate_user(&r.name);
             }
             UserGrantRole(r) => {
                 if r.role != ROOT && !s.roles.contains_key(&r.role) {
-                    return Err(ServerError::RoleNotFound);
+                    return Err(StateError::RoleNotFound);
                 }
-                let user = s.users.get_mut(&r.user).ok_or(ServerError::UserNotFound)?;
+                let user = s.users.get_mut(&r.user).ok_or(StateError::UserNotFound)?;
                 let Err(at) = user.roles.binary_search(&r.role) else {
                     return Ok(None);
                 };
@@ -485,22 +488,22 @@ impl AuthStore {
             }
             UserRevokeRole(r) => {
                 if self.enabled() && r.name == ROOT && r.role == ROOT {
-                    return Err(ServerError::InvalidAuthMgmt);
+                    return Err(StateError::InvalidAuthMgmt);
                 }
-                let user = s.users.get_mut(&r.name).ok_or(ServerError::UserNotFound)?;
+                let user = s.users.get_mut(&r.name).ok_or(StateError::UserNotFound)?;
                 let at = user
                     .roles
                     .binary_search(&r.role)
-                    .map_err(|_| ServerError::RoleNotGranted)?;
+                    .map_err(|_| StateError::RoleNotGranted)?;
                 user.roles.remove(at);
                 save_user(wb, user);
             }
             RoleAdd(r) => {
                 if r.name.is_empty() {
-                    return Err(ServerError::RoleEmpty);
+                    return Err(StateError::RoleEmpty);
                 }
                 if s.roles.contains_key(&r.name) {
-                    return Err(ServerError::RoleExists);
+                    return Err(StateError::RoleExists);
                 }
                 let role = RoleRecord {
                     name: r.name.clone(),
@@ -511,9 +514,9 @@ impl AuthStore {
             }
             RoleDelete(r) => {
                 if self.enabled() && r.role == ROOT {
-                    return Err(ServerError::InvalidAuthMgmt);
+                    return Err(StateError::InvalidAuthMgmt);
                 }
-                s.roles.remove(&r.role).ok_or(ServerError::RoleNotFound)?;
+                s.roles.remove(&r.role).ok_or(StateError::RoleNotFound)?;
                 wb.delete_record(Table::Auth, &record_key(ROLE_PREFIX, &r.role));
                 for user in s.users.values_mut() {
                     if let Ok(at) = user.roles.binary_search(&r.role) {
@@ -523,9 +526,9 @@ impl AuthStore {
                 }
             }
             RoleGrantPermission(r) => {
-                let role = s.roles.get_mut(&r.name).ok_or(ServerError::RoleNotFound)?;
+                let role = s.roles.get_mut(&r.name).ok_or(StateError::RoleNotFound)?;
                 let Some(p) = &r.perm else {
-                    return Err(ServerError::PermissionNotGiven);
+                    return Err(StateError::PermissionNotGiven);
                 };
                 let perm = PermissionRecord {
                     perm_type: p.perm_type,
@@ -533,7 +536,7 @@ impl AuthStore {
                     range_end: p.range_end.clone(),
                 };
                 if !super::perms::is_valid(&perm) {
-                    return Err(ServerError::InvalidAuthMgmt);
+                    return Err(StateError::InvalidAuthMgmt);
                 }
                 // Granting the same keys again replaces the permission type.
                 let same =
@@ -548,17 +551,17 @@ impl AuthStore {
                 save_role(wb, role);
             }
             RoleRevokePermission(r) => {
-                let role = s.roles.get_mut(&r.role).ok_or(ServerError::RoleNotFound)?;
+                let role = s.roles.get_mut(&r.role).ok_or(StateError::RoleNotFound)?;
                 let before = role.permissions.len();
                 role.permissions
                     .retain(|q| q.key != r.key || q.range_end != r.range_end);
                 if role.permissions.len() == before {
-                    return Err(ServerError::PermissionNotGranted);
+                    return Err(StateError::PermissionNotGranted);
                 }
                 save_role(wb, role);
             }
             other => {
-                return Err(ServerError::Internal(format!(
+                return Err(StateError::Storage(format!(
                     "not an auth change: {other:?}"
                 )))
             }
