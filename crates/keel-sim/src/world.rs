@@ -1065,7 +1065,12 @@ impl World {
                 self.give_up(c, op);
             }
         }
-        let progress_ms = self.check_progress();
+        // A run stops at its first problem, before the probes: progress is judged only when the
+        // run got that far.
+        let mut progress_ms = 0;
+        if self.problems.is_empty() {
+            progress_ms = self.check_progress();
+        }
         if self.problems.is_empty() {
             self.check_convergence();
         }

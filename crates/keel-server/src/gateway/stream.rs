@@ -11,16 +11,19 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use futures::{Stream, StreamExt};
-use keel_rpc::etcd::{PbMaintenanceService, PbSnapshotRequest as SnapshotRequest};
+use keel_rpc::etcd::{
+    PbLeaseKeepAliveRequest as KeepAliveRequest, PbLeaseKeepAliveResponse as KeepAliveResponse,
+    PbMaintenanceService, PbSnapshotRequest as SnapshotRequest,
+};
 use keel_rpc::v3election::election_server::Election;
 use keel_rpc::v3election::LeaderRequest;
-use serde_json::{json, Map, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
 use tonic::Status;
 
-use super::{header_json, http_status, kv_json, num, request, set, Fields};
+use super::{http_status, request};
 use crate::server::Core;
 use crate::service::{ElectionService, MaintenanceService};
 
@@ -45,20 +48,19 @@ pub fn routes(core: Arc<Core>) -> axum::Router {
 }
 
 /// The JSON messages of a request body, in order (an empty body is one empty message).
-fn messages(body: &[u8]) -> Result<Vec<Fields>, Status> {
+fn messages<T: DeserializeOwned + Default>(body: &[u8]) -> Result<Vec<T>, Status> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(vec![Fields(Map::new())]);
+        return Ok(vec![T::default()]);
     }
     serde_json::Deserializer::from_slice(body)
-        .into_iter::<Value>()
-        .map(|v| match v {
-            Ok(Value::Object(m)) => Ok(Fields(m)),
-            Ok(_) => Err(Status::invalid_argument(
-                "each message must be a JSON object",
-            )),
-            Err(e) => Err(Status::invalid_argument(format!("malformed JSON: {e}"))),
-        })
+        .into_iter::<T>()
+        .map(|m| m.map_err(|e| Status::invalid_argument(format!("malformed JSON: {e}"))))
         .collect()
+}
+
+/// Each response of a stream as JSON.
+fn as_json<T: Serialize>(r: Result<T, Status>) -> Result<Value, Status> {
+    serde_json::to_value(r?).map_err(|e| Status::internal(e.to_string()))
 }
 
 /// A stream of messages as grpc-gateway writes it.
@@ -96,23 +98,19 @@ fn stream_lines(items: impl Stream<Item = Result<Value, Status>> + Send + 'stati
 
 /// `POST /v3/lease/keepalive` `{"ID": ...}` (one or more): a `LeaseKeepAliveResponse` for each.
 async fn keep_alive(core: Arc<Core>, _: HeaderMap, body: Bytes) -> Response {
-    let requests = match messages(&body) {
+    let requests = match messages::<KeepAliveRequest>(&body) {
         Ok(r) => r,
         Err(s) => return stream_lines(futures::stream::iter([Err(s)])),
     };
-    let answers = futures::stream::iter(requests).then(move |f| {
+    let answers = futures::stream::iter(requests).then(move |req| {
         let core = core.clone();
         async move {
-            let id = f.int("ID")?;
-            let ttl = crate::service::renew(&core, id).await?;
-            let mut m = Map::new();
-            m.insert(
-                "header".into(),
-                header_json(&core.header(core.store.current_revision())),
-            );
-            set(&mut m, "ID", num(id));
-            set(&mut m, "TTL", num(ttl));
-            Ok(Value::Object(m))
+            let ttl = crate::service::renew(&core, req.id).await?;
+            as_json(Ok(KeepAliveResponse {
+                header: core.header(core.store.current_revision()),
+                id: req.id,
+                ttl,
+            }))
         }
     });
     stream_lines(answers)
@@ -120,21 +118,12 @@ async fn keep_alive(core: Arc<Core>, _: HeaderMap, body: Bytes) -> Response {
 
 /// `POST /v3/election/observe` `{"name": ...}`: the leader, then every change of it.
 async fn observe(election: Arc<ElectionService>, h: HeaderMap, body: Bytes) -> Response {
-    let name = match Fields::parse(&body).and_then(|f| f.bytes("name")) {
-        Ok(name) => name,
+    let req = match super::decode::<LeaderRequest>(&body) {
+        Ok(req) => req,
         Err(s) => return stream_lines(futures::stream::iter([Err(s)])),
     };
-    match election.observe(request(&h, LeaderRequest { name })).await {
-        Ok(resp) => stream_lines(resp.into_inner().map(|r| {
-            r.map(|r| {
-                let mut m = Map::new();
-                m.insert("header".into(), header_json(&r.header));
-                if let Some(kv) = &r.kv {
-                    m.insert("kv".into(), kv_json(kv));
-                }
-                Value::Object(m)
-            })
-        })),
+    match election.observe(request(&h, req)).await {
+        Ok(resp) => stream_lines(resp.into_inner().map(as_json)),
         Err(s) => stream_lines(futures::stream::iter([Err(s)])),
     }
 }
@@ -142,15 +131,7 @@ async fn observe(election: Arc<ElectionService>, h: HeaderMap, body: Bytes) -> R
 /// `POST /v3/maintenance/snapshot`: the snapshot's pieces, base64, with the bytes still to come.
 async fn snapshot(maintenance: Arc<MaintenanceService>, h: HeaderMap, _: Bytes) -> Response {
     match maintenance.snapshot(request(&h, SnapshotRequest {})).await {
-        Ok(resp) => stream_lines(resp.into_inner().map(|r| {
-            r.map(|r| {
-                let mut m = Map::new();
-                m.insert("header".into(), header_json(&r.header));
-                set(&mut m, "remaining_bytes", num(r.remaining_bytes));
-                set(&mut m, "blob", json!(B64.encode(&r.blob)));
-                Value::Object(m)
-            })
-        })),
+        Ok(resp) => stream_lines(resp.into_inner().map(as_json)),
         Err(s) => stream_lines(futures::stream::iter([Err(s)])),
     }
 }
@@ -161,11 +142,10 @@ mod tests {
 
     #[test]
     fn a_body_may_hold_several_messages() {
-        let m = messages(br#"{"ID": "1"} {"ID": 2}"#).unwrap();
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[1].int("ID").unwrap(), 2);
-        assert_eq!(messages(b"").unwrap().len(), 1);
-        assert!(messages(b"[1]").is_err());
+        let m: Vec<KeepAliveRequest> = messages(br#"{"ID": "1"} {"ID": 2}"#).unwrap();
+        assert_eq!(m.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(messages::<KeepAliveRequest>(b"").unwrap().len(), 1);
+        assert!(messages::<KeepAliveRequest>(b"[1]").is_err());
     }
 
     #[tokio::test]
