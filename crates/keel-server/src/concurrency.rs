@@ -9,9 +9,8 @@ use keel_rpc::etcd::{
     PbTxnOpRequest as Op, PbTxnOpResponse as OpResponse, PbTxnRequest as TxnRequest,
     PbTxnRequestOp as RequestOp, PbTxnResponse as TxnResponse,
 };
-use keel_rpc::{RequestAuth, RequestBody};
+use keel_rpc::RequestAuth;
 
-use crate::apply::Response as Applied;
 use crate::server::Core;
 use crate::watch::{WatchEnd, WatchSpec};
 use crate::{range, ServerError};
@@ -76,12 +75,7 @@ pub async fn txn(
     who: &RequestAuth,
     t: TxnRequest,
 ) -> Result<TxnResponse, ServerError> {
-    match core.propose(who, RequestBody::Txn(t)).await? {
-        Applied::Txn(r) => Ok(r),
-        other => Err(ServerError::Internal(format!(
-            "txn answered with {other:?}"
-        ))),
-    }
+    core.propose(who, t).await
 }
 
 /// Puts `key` = `value` with `lease` if it has create revision `rev` (the caller still holds

@@ -28,6 +28,7 @@ use crate::startup::tls::{self, Side};
 use crate::startup::{incoming, Listener};
 use crate::wait::Registry;
 use crate::{service, ServerError};
+use keel_state::Proposal;
 
 /// How long a proposal may take to apply before the client gets `request timed out` (etcd: 5 s plus
 /// two election timeouts).
@@ -229,18 +230,20 @@ impl Core {
 
     /// Proposes a client's mutation through raft for `who` and waits until it is applied (the
     /// state machine checks `who`'s permissions).
-    pub async fn propose(
+    pub async fn propose<P: Proposal>(
         &self,
         who: &RequestAuth,
-        body: RequestBody,
-    ) -> Result<Response, ServerError> {
+        request: P,
+    ) -> Result<P::Reply, ServerError> {
         if self.is_learner() {
             return Err(ServerError::NotSupportedForLearner);
         }
+        let body = request.into_body();
         if crate::apply::grows(&body) {
             self.check_quota(body.encoded_len() as u64).await?;
         }
-        self.propose_as(Some(who.clone()), body, false).await
+        let applied = self.propose_as(Some(who.clone()), body, false).await?;
+        Ok(P::reply(applied)?)
     }
 
     /// Proposes the member's own mutation (acting with every permission) and waits for it.
@@ -291,15 +294,10 @@ impl Core {
         who: &RequestAuth,
         r: keel_rpc::etcd::PbAlarmRequest,
     ) -> Result<Vec<keel_rpc::etcd::PbAlarmMember>, ServerError> {
-        match self
+        let applied = self
             .propose_as(Some(who.clone()), RequestBody::Alarm(r), false)
-            .await?
-        {
-            Response::Alarm(changed) => Ok(changed),
-            other => Err(ServerError::Internal(format!(
-                "unexpected response to an alarm: {other:?}"
-            ))),
-        }
+            .await?;
+        Ok(keel_rpc::etcd::PbAlarmRequest::reply(applied)?)
     }
 
     /// A checkpoint of the whole store for a client's snapshot (the caller removes it).

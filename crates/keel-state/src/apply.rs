@@ -196,3 +196,89 @@ fn apply_compaction(
         header: header(wb.end()),
     })
 }
+
+/// A request whose applied response has one kind, named here: what its proposer gets back, so no
+/// caller matches on the response kind.
+pub trait Proposal {
+    /// What applying the request answers.
+    type Reply;
+    /// The request as a raft entry's body.
+    fn into_body(self) -> RequestBody;
+    /// The reply inside the response `apply` gave (it answers every request kind with its own
+    /// response kind; anything else is a broken state machine, reported as a storage error).
+    fn reply(applied: Response) -> Result<Self::Reply, StateError>;
+}
+
+fn misanswered(body: &str, applied: Response) -> StateError {
+    StateError::Storage(format!("{body} was answered with {applied:?}"))
+}
+
+/// Requests answered with a response message (or list) of their own.
+macro_rules! proposals {
+    ($($request:ty => $body:ident, $response:ident($reply:ty);)*) => {$(
+        impl Proposal for $request {
+            type Reply = $reply;
+            fn into_body(self) -> RequestBody {
+                RequestBody::$body(self)
+            }
+            fn reply(applied: Response) -> Result<$reply, StateError> {
+                match applied {
+                    Response::$response(r) => Ok(r),
+                    other => Err(misanswered(stringify!($body), other)),
+                }
+            }
+        }
+    )*};
+}
+
+/// Auth changes: answered with nothing but their success.
+macro_rules! auth_changes {
+    ($($request:ty => $body:ident;)*) => {$(
+        impl Proposal for $request {
+            type Reply = ();
+            fn into_body(self) -> RequestBody {
+                RequestBody::$body(self)
+            }
+            fn reply(applied: Response) -> Result<(), StateError> {
+                match applied {
+                    Response::AuthChanged => Ok(()),
+                    other => Err(misanswered(stringify!($body), other)),
+                }
+            }
+        }
+    )*};
+}
+
+use keel_proto::etcd::{
+    PbAlarmMember, PbAlarmRequest, PbAuthDisableRequest, PbAuthEnableRequest, PbAuthRoleAddRequest,
+    PbAuthRoleDeleteRequest, PbAuthRoleGrantPermissionRequest, PbAuthRoleRevokePermissionRequest,
+    PbAuthUserAddRequest, PbAuthUserChangePasswordRequest, PbAuthUserDeleteRequest,
+    PbAuthUserGrantRoleRequest, PbAuthUserRevokeRoleRequest, PbLeaseRevokeRequest,
+    PbMemberUpdateRequest,
+};
+
+proposals! {
+    PutRequest => Put, Put(PutResponse);
+    DeleteRangeRequest => DeleteRange, DeleteRange(DeleteRangeResponse);
+    keel_proto::etcd::PbTxnRequest => Txn, Txn(TxnResponse);
+    CompactionRequest => Compaction, Compaction(CompactionResponse);
+    LeaseGrantRequest => LeaseGrant, LeaseGrant(LeaseGrantResponse);
+    PbLeaseRevokeRequest => LeaseRevoke, LeaseRevoke(LeaseRevokeResponse);
+    PbMemberUpdateRequest => MemberUpdate, Members(Vec<Member>);
+    PbAlarmRequest => Alarm, Alarm(Vec<PbAlarmMember>);
+    keel_proto::Authenticate => Authenticate, Authenticated(String);
+}
+
+auth_changes! {
+    PbAuthEnableRequest => AuthEnable;
+    PbAuthDisableRequest => AuthDisable;
+    PbAuthUserAddRequest => UserAdd;
+    PbAuthUserDeleteRequest => UserDelete;
+    PbAuthUserChangePasswordRequest => UserChangePassword;
+    PbAuthUserGrantRoleRequest => UserGrantRole;
+    PbAuthUserRevokeRoleRequest => UserRevokeRole;
+    PbAuthRoleAddRequest => RoleAdd;
+    PbAuthRoleDeleteRequest => RoleDelete;
+    PbAuthRoleGrantPermissionRequest => RoleGrantPermission;
+    PbAuthRoleRevokePermissionRequest => RoleRevokePermission;
+}

@@ -15,5 +15,5 @@ pub mod range;
 pub mod txn;
 pub mod validate;
 
-pub use apply::{apply, grows, Applied, Machine, Response};
+pub use apply::{apply, grows, Applied, Machine, Proposal, Response};
 pub use error::StateError;

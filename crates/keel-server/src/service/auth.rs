@@ -29,12 +29,11 @@ use keel_rpc::etcd::{
     PbAuthenticateRequest as AuthenticateRequest, PbAuthenticateResponse as AuthenticateResponse,
     PbResponseHeader,
 };
-use keel_rpc::{RequestAuth, RequestBody};
+use keel_rpc::RequestAuth;
+use keel_state::Proposal;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::unexpected;
-use crate::apply::Response as Applied;
 use crate::auth::{hash_password, password_matches};
 use crate::server::Core;
 use crate::ServerError;
@@ -63,26 +62,22 @@ impl AuthService {
     }
 
     /// Proposes an auth change for a root caller.
-    async fn change<T>(
+    async fn change<T, P: Proposal<Reply = ()>>(
         &self,
         req: &Request<T>,
-        body: RequestBody,
+        change: P,
     ) -> Result<Option<PbResponseHeader>, ServerError> {
         let who = self.core.admin(req)?;
-        self.propose(&who, body).await
+        self.propose(&who, change).await
     }
 
-    async fn propose(
+    async fn propose<P: Proposal<Reply = ()>>(
         &self,
         who: &RequestAuth,
-        body: RequestBody,
+        change: P,
     ) -> Result<Option<PbResponseHeader>, ServerError> {
-        match self.core.propose(who, body).await? {
-            Applied::AuthChanged => Ok(self.header()),
-            other => Err(ServerError::Internal(format!(
-                "an auth change answered with {other:?}"
-            ))),
-        }
+        self.core.propose(who, change).await?;
+        Ok(self.header())
     }
 
     /// A bcrypt hash of `password`, made off the async threads.
@@ -129,7 +124,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        let body = RequestBody::AuthEnable(AuthEnableRequest {});
+        let body = AuthEnableRequest {};
         let header = self.change(&req, body).await?;
         Ok(Response::new(AuthEnableResponse { header }))
     }
@@ -138,7 +133,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        let body = RequestBody::AuthDisable(AuthDisableRequest {});
+        let body = AuthDisableRequest {};
         let header = self.change(&req, body).await?;
         Ok(Response::new(AuthDisableResponse { header }))
     }
@@ -175,15 +170,14 @@ impl Auth for AuthService {
                     username: r.name.clone(),
                     revision,
                 };
-                let body = RequestBody::Authenticate(keel_rpc::Authenticate {
+                let request = keel_rpc::Authenticate {
                     name: r.name.clone(),
                     token_prefix: crate::auth::Tokens::new_prefix(),
-                });
-                match self.core.propose(&who, body).await {
-                    Ok(Applied::Authenticated(token)) => token,
+                };
+                match self.core.propose(&who, request).await {
+                    Ok(token) => token,
                     // The user changed while its password was checked: check again.
                     Err(ServerError::State(keel_state::StateError::AuthOldRevision)) => continue,
-                    Ok(_) => return Err(unexpected("authenticate")),
                     Err(e) => return Err(e.into()),
                 }
             };
@@ -207,7 +201,7 @@ impl Auth for AuthService {
             r.hashed_password = self.hash(std::mem::take(&mut r.password)).await?;
         }
         r.password.clear();
-        let header = self.propose(&who, RequestBody::UserAdd(r)).await?;
+        let header = self.propose(&who, r).await?;
         Ok(Response::new(UserAddResponse { header }))
     }
 
@@ -242,7 +236,7 @@ impl Auth for AuthService {
         &self,
         req: Request<UserDeleteRequest>,
     ) -> Result<Response<UserDeleteResponse>, Status> {
-        let body = RequestBody::UserDelete(req.get_ref().clone());
+        let body = req.get_ref().clone();
         let header = self.change(&req, body).await?;
         Ok(Response::new(UserDeleteResponse { header }))
     }
@@ -257,9 +251,7 @@ impl Auth for AuthService {
             r.hashed_password = self.hash(std::mem::take(&mut r.password)).await?;
         }
         r.password.clear();
-        let header = self
-            .propose(&who, RequestBody::UserChangePassword(r))
-            .await?;
+        let header = self.propose(&who, r).await?;
         Ok(Response::new(ChangePasswordResponse { header }))
     }
 
@@ -267,7 +259,7 @@ impl Auth for AuthService {
         &self,
         req: Request<GrantRoleRequest>,
     ) -> Result<Response<GrantRoleResponse>, Status> {
-        let body = RequestBody::UserGrantRole(req.get_ref().clone());
+        let body = req.get_ref().clone();
         let header = self.change(&req, body).await?;
         Ok(Response::new(GrantRoleResponse { header }))
     }
@@ -276,7 +268,7 @@ impl Auth for AuthService {
         &self,
         req: Request<RevokeRoleRequest>,
     ) -> Result<Response<RevokeRoleResponse>, Status> {
-        let body = RequestBody::UserRevokeRole(req.get_ref().clone());
+        let body = req.get_ref().clone();
         let header = self.change(&req, body).await?;
         Ok(Response::new(RevokeRoleResponse { header }))
     }
@@ -285,7 +277,7 @@ impl Auth for AuthService {
         &self,
         req: Request<RoleAddRequest>,
     ) -> Result<Response<RoleAddResponse>, Status> {
-        let body = RequestBody::RoleAdd(req.get_ref().clone());
+        let body = req.get_ref().clone();
         let header = self.change(&req, body).await?;
         Ok(Response::new(RoleAddResponse { header }))
     }
@@ -327,7 +319,7 @@ impl Auth for AuthService {
         &self,
         req: Request<RoleDeleteRequest>,
     ) -> Result<Response<RoleDeleteResponse>, Status> {
-        let body = RequestBody::RoleDelete(req.get_ref().clone());
+        let body = req.get_ref().clone();
         let header = self.change(&req, body).await?;
         Ok(Response::new(RoleDeleteResponse { header }))
     }
@@ -336,7 +328,7 @@ impl Auth for AuthService {
         &self,
         req: Request<RoleGrantRequest>,
     ) -> Result<Response<RoleGrantResponse>, Status> {
-        let body = RequestBody::RoleGrantPermission(req.get_ref().clone());
+        let body = req.get_ref().clone();
         let header = self.change(&req, body).await?;
         Ok(Response::new(RoleGrantResponse { header }))
     }
@@ -345,7 +337,7 @@ impl Auth for AuthService {
         &self,
         req: Request<RoleRevokeRequest>,
     ) -> Result<Response<RoleRevokeResponse>, Status> {
-        let body = RequestBody::RoleRevokePermission(req.get_ref().clone());
+        let body = req.get_ref().clone();
         let header = self.change(&req, body).await?;
         Ok(Response::new(RoleRevokeResponse { header }))
     }

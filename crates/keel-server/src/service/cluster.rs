@@ -16,12 +16,9 @@ use keel_rpc::etcd::{
 use keel_rpc::peer::membership_client::MembershipClient;
 use keel_rpc::peer::membership_server::{Membership, MembershipServer};
 use keel_rpc::peer::{HashRequest, HashResponse, MembersRequest, MembersResponse};
-use keel_rpc::RequestBody;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::unexpected;
-use crate::apply::Response as Applied;
 use crate::membership::member_id;
 use crate::server::{token_of, Core};
 use crate::ServerError;
@@ -293,17 +290,11 @@ impl PbClusterService for ClusterService {
         check_urls(&r.peer_ur_ls)?;
         self.member(r.id)?;
         self.check_urls_free(&r.peer_ur_ls, r.id)?;
-        match self
-            .core
-            .propose(&who, RequestBody::MemberUpdate(r))
-            .await?
-        {
-            Applied::Members(members) => Ok(Response::new(MemberUpdateResponse {
-                header: self.header(),
-                members,
-            })),
-            _ => Err(unexpected("MemberUpdate")),
-        }
+        let members = self.core.propose(&who, r).await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members,
+        }))
     }
 
     /// The members this member has applied; with `linearizable` (etcd 3.5), only after it has

@@ -10,11 +10,8 @@ use keel_rpc::etcd::{
     PbRangeResponse as RangeResponse, PbRangeStreamResponse, PbTxnOpRequest as Op,
     PbTxnRequest as TxnRequest, PbTxnResponse as TxnResponse,
 };
-use keel_rpc::RequestBody;
 use tonic::{Request, Response, Status};
 
-use super::unexpected;
-use crate::apply::Response as Applied;
 use crate::auth::Credentials;
 use crate::server::Core;
 use crate::{range, txn, validate, ServerError};
@@ -95,9 +92,7 @@ impl PbKvService for KvService {
         let who = self.core.caller(&req)?;
         let r = req.into_inner();
         validate::check_put(&r).map_err(ServerError::from)?;
-        let Applied::Put(mut resp) = self.core.propose(&who, RequestBody::Put(r)).await? else {
-            return Err(unexpected("put"));
-        };
+        let mut resp = self.core.propose(&who, r).await?;
         self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -109,10 +104,7 @@ impl PbKvService for KvService {
         let who = self.core.caller(&req)?;
         let r = req.into_inner();
         validate::check_delete(&r).map_err(ServerError::from)?;
-        let body = RequestBody::DeleteRange(r);
-        let Applied::DeleteRange(mut resp) = self.core.propose(&who, body).await? else {
-            return Err(unexpected("delete_range"));
-        };
+        let mut resp = self.core.propose(&who, r).await?;
         self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -123,10 +115,7 @@ impl PbKvService for KvService {
         validate::check_txn(&t, self.core.max_txn_ops).map_err(ServerError::from)?;
         let mut resp = if txn::is_write(&t) {
             let who = credentials.identify(&self.core.auth)?;
-            let Applied::Txn(resp) = self.core.propose(&who, RequestBody::Txn(t)).await? else {
-                return Err(unexpected("txn"));
-            };
-            resp
+            self.core.propose(&who, t).await?
         } else {
             self.txn_read(&credentials, &t).await?
         };
@@ -139,10 +128,7 @@ impl PbKvService for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let who = self.core.caller(&req)?;
-        let body = RequestBody::Compaction(req.into_inner());
-        let Applied::Compaction(mut resp) = self.core.propose(&who, body).await? else {
-            return Err(unexpected("compaction"));
-        };
+        let mut resp = self.core.propose(&who, req.into_inner()).await?;
         self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }

@@ -14,13 +14,10 @@ use keel_rpc::etcd::{
     PbLeaseTimeToLiveRequest as LeaseTimeToLiveRequest,
     PbLeaseTimeToLiveResponse as LeaseTimeToLiveResponse,
 };
-use keel_rpc::RequestBody;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::unexpected;
-use crate::apply::Response as Applied;
 use crate::expiry::renew_as_leader;
 use crate::lease::{RenewError, MAX_LEASE_TTL};
 use crate::server::{Core, REQUEST_TIMEOUT};
@@ -87,10 +84,7 @@ impl PbLeaseService for LeaseService {
             g.id = (self.core.next_id() & i64::MAX as u64) as i64;
         }
         g.ttl = g.ttl.max(MIN_LEASE_TTL);
-        let body = RequestBody::LeaseGrant(g);
-        let Applied::LeaseGrant(mut resp) = self.core.propose(&who, body).await? else {
-            return Err(unexpected("lease_grant"));
-        };
+        let mut resp = self.core.propose(&who, g).await?;
         self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -100,10 +94,7 @@ impl PbLeaseService for LeaseService {
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let who = self.core.caller(&req)?;
-        let body = RequestBody::LeaseRevoke(req.into_inner());
-        let Applied::LeaseRevoke(mut resp) = self.core.propose(&who, body).await? else {
-            return Err(unexpected("lease_revoke"));
-        };
+        let mut resp = self.core.propose(&who, req.into_inner()).await?;
         self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }

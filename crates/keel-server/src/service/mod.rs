@@ -37,13 +37,6 @@ fn not_capable<T>() -> Result<T, Status> {
     Err(ServerError::NotCapable.into())
 }
 
-/// The state machine answered a request with another kind of response: a bug, never a user error.
-fn unexpected(request: &str) -> Status {
-    Status::from(ServerError::Internal(format!(
-        "state machine answered {request} with another response kind"
-    )))
-}
-
 /// Every gRPC service of the client URLs, as one tower service (also served in-process to an
 /// embedding application, without TCP); requests above `max_message` bytes are refused.
 pub fn grpc_routes(core: Arc<Core>, max_message: usize) -> Routes {
