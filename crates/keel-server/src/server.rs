@@ -122,6 +122,8 @@ pub struct Core {
     pub(crate) election_timeout: Duration,
     /// What the other members last told this one (while it leads) of themselves.
     pub(crate) reports: crate::replication::Reports,
+    /// Raised when the member stops serving: every client stream's task ends (see `spawn_stream`).
+    stopping: watch::Sender<bool>,
 }
 
 /// Limits the configuration sets on requests and membership changes.
@@ -137,6 +139,26 @@ pub(crate) struct Limits {
 }
 
 impl Core {
+    /// Spawns the task behind a client stream (a watch, keep-alives, an election observer),
+    /// owned by this member: it ends with its stream, or when the member stops serving, so that
+    /// no stream a client keeps open (an idle watch) holds the store after shutdown.
+    pub(crate) fn spawn_stream(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut stopping = self.stopping.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = task => {}
+                // The guard `wait_for` returns is dropped at once (held, the future would not
+                // be Send).
+                _ = async { stopping.wait_for(|&s| s).await.map(|_| ()) } => {}
+            }
+        });
+    }
+
+    /// Ends every client stream's task (see `spawn_stream`).
+    fn stop_streams(&self) {
+        self.stopping.send_replace(true);
+    }
+
     /// What raft last reported.
     pub fn raft_status(&self) -> RaftStatus {
         self.node.status()
@@ -601,6 +623,7 @@ impl Server {
             },
             election_timeout: cfg.election_timeout,
             reports: Default::default(),
+            stopping: watch::channel(false).0,
         });
         core.refresh_db_size();
         let weak = Arc::downgrade(&core);
@@ -801,15 +824,19 @@ impl Server {
                 tracing::error!("this member was removed from the cluster; stopping");
                 removed = true;
                 let _ = stop_tx.send(true);
+                self.core.stop_streams();
                 tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await.unwrap_or(Ok(()))
             }
             _ = shutdown => {
                 // Open client connections would hold a graceful shutdown forever: give in-flight
                 // requests a moment, then stop.
                 let _ = stop_tx.send(true);
+                self.core.stop_streams();
                 tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await.unwrap_or(Ok(()))
             }
         };
+        // However serving ended: no client stream outlives it.
+        self.core.stop_streams();
         let _ = peer_stop_tx.send(true);
         peer_server.abort();
         let _ = peer_server.await;

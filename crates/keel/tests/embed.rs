@@ -485,3 +485,74 @@ async fn remote_store_over_real_etcd() {
     cancelled_calls_leave_no_contender(&etcd.endpoint).await;
     closing(&store, &other).await;
 }
+
+/// Clients that keep idle streams open across a shutdown — a gRPC watch (etcdctl), an HTTP/JSON
+/// watch (curl), a keep-alive stream — do not keep the member's store open: the same process
+/// starts a member on the same data dir right after, and the clients see their streams end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_do_not_outlive_the_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, peer) = (free_port(), free_port());
+    let cfg = config(dir.path(), port, peer);
+    let member = Member::start(cfg.clone()).await.unwrap();
+    member.ready(Duration::from_secs(20)).await.unwrap();
+    let endpoint = format!("127.0.0.1:{port}");
+    let mut grpc_watch = std::process::Command::new("etcdctl")
+        .args(["--endpoints", &endpoint, "watch", "/idle"])
+        .env("ETCDCTL_API", "3")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut http_watch = std::process::Command::new("curl")
+        .args([
+            "-sN",
+            &format!("http://{endpoint}/v3/watch"),
+            "-d",
+            r#"{"create_request": {"key": "L2lkbGU="}}"#,
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lease = etcdctl_at(&endpoint, &["lease", "grant", "60"], None);
+    let id = stdout(&lease)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let mut keep_alive = std::process::Command::new("etcdctl")
+        .args(["--endpoints", &endpoint, "lease", "keep-alive", &id])
+        .env("ETCDCTL_API", "3")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Every stream is open (and idle) before the member stops.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (what, child) in [
+        ("grpc watch", &mut grpc_watch),
+        ("http watch", &mut http_watch),
+        ("keep-alive", &mut keep_alive),
+    ] {
+        assert!(child.try_wait().unwrap().is_none(), "{what} ended early");
+    }
+    member.shutdown().await.unwrap();
+    let member = Member::start(cfg)
+        .await
+        .expect("the data dir is free again");
+    member.ready(Duration::from_secs(20)).await.unwrap();
+    // The HTTP watch's response ended with the member that served it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_watch.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        http_watch.try_wait().unwrap().is_some(),
+        "curl's watch still open"
+    );
+    for child in [&mut grpc_watch, &mut keep_alive] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    member.shutdown().await.unwrap();
+}

@@ -251,7 +251,7 @@ fn watch(core: Arc<Core>, h: &HeaderMap, body: &[u8]) -> Response {
         Err(s) => return answer(Err(s)),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
-    tokio::spawn(async move {
+    core.clone().spawn_stream(async move {
         let created = WatchResponse {
             created: true,
             ..Default::default()

@@ -138,7 +138,7 @@ impl Election for ElectionService {
         check_contenders_readable(&self.core, &who, &prefix)?;
         let core = self.core.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
+        self.core.spawn_stream(async move {
             let mut last: Option<keel_rpc::etcd::PbKeyValue> = None;
             loop {
                 let Ok((kv, rev)) = contender(&core, &prefix, None) else {

@@ -108,7 +108,7 @@ impl PbLeaseService for LeaseService {
         let mut inbound = req.into_inner();
         let (out, rx) = mpsc::channel(KEEPALIVE_BUFFER);
         let core = self.core.clone();
-        tokio::spawn(async move {
+        self.core.spawn_stream(async move {
             while let Some(Ok(req)) = inbound.next().await {
                 let resp = renew(&core, req.id)
                     .await

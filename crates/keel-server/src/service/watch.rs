@@ -309,7 +309,7 @@ impl PbWatchService for WatchService {
             next_id: 0,
         };
         let interval = self.core.watch_progress_notify_interval;
-        tokio::spawn(async move {
+        self.core.spawn_stream(async move {
             let mut tick =
                 tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             loop {
