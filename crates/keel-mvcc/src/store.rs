@@ -565,6 +565,10 @@ impl WriteBatch<'_> {
             self.batch
                 .put_cf(self.store.cf(CF_KV), rev.to_key(true), tomb.encode_to_vec());
             self.store.index.write().tombstone(&kv.key, rev);
+            // Known to a compaction later in this batch, which must drop it as it would drop
+            // the tombstone on disk: what a compaction keeps may not depend on how entries were
+            // grouped into batches (members' HashKV must agree).
+            self.pending.push((rev, self.changes.len()));
             let tomb = KeyValue {
                 key: kv.key.clone(),
                 mod_revision: rev.main,
