@@ -151,14 +151,11 @@ where
 {
     let service = service.clone();
     post(move |h: HeaderMap, body: Bytes| async move {
-        let answer = match decode::<Req>(&body) {
-            Ok(req) => match call(service, request(&h, req)).await {
-                Ok(resp) => encode(&resp.into_inner()),
-                Err(s) => Err(s),
-            },
-            Err(s) => Err(s),
+        let answered = async {
+            let req = decode::<Req>(&body)?;
+            encode(&call(service, request(&h, req)).await?.into_inner())
         };
-        self::answer(answer)
+        answer(answered.await)
     })
 }
 
