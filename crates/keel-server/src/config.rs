@@ -152,7 +152,7 @@ pub struct ServerConfig {
     /// Plain HTTP (or https with the client TLS) listeners of /metrics and the health checks.
     pub listen_metrics_urls: Vec<String>,
     /// Socket options of every listener (etcd's --socket-reuse-port, --socket-reuse-address).
-    pub socket: crate::startup::SocketOptions,
+    pub socket: SocketOptions,
     /// The initial cluster: (member name, its peer URLs).
     pub initial_cluster: Vec<(String, Vec<String>)>,
     /// Bootstrap a new cluster or join an existing one.
@@ -246,8 +246,11 @@ pub struct ServerConfig {
     pub warning_unary_request_duration: Duration,
     /// Spans of gRPC requests exported to an OpenTelemetry collector (etcd 3.5's
     /// --experimental-enable-distributed-tracing and its settings); none: no tracing.
-    pub distributed_tracing: Option<crate::metrics::traces::TracingExport>,
+    pub distributed_tracing: Option<TracingExport>,
 }
+
+/// etcd's default bcrypt cost for password hashes.
+pub const DEFAULT_BCRYPT_COST: u32 = 10;
 
 impl Default for ServerConfig {
     /// etcd's defaults.
@@ -289,7 +292,7 @@ impl Default for ServerConfig {
             tls: TlsCommon::default(),
             auth_token: "simple".into(),
             auth_token_ttl: Duration::from_secs(300),
-            bcrypt_cost: crate::auth::DEFAULT_BCRYPT_COST,
+            bcrypt_cost: DEFAULT_BCRYPT_COST,
             initial_corrupt_check: false,
             corrupt_check_time: Duration::ZERO,
             bootstrap_defrag_threshold_bytes: 0,
@@ -308,3 +311,29 @@ impl Default for ServerConfig {
         }
     }
 }
+
+/// Socket options of listeners.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// SO_REUSEPORT: several processes may bind the same port (etcd's --socket-reuse-port).
+    pub reuse_port: bool,
+    /// SO_REUSEADDR: bind an address still in TIME_WAIT (etcd's --socket-reuse-address; Go and
+    /// tokio set it on every Unix listener anyway).
+    pub reuse_address: bool,
+}
+
+/// etcd's --experimental-distributed-tracing-* settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TracingExport {
+    /// The collector's `host:port` (OTLP over gRPC).
+    pub address: String,
+    /// The resource's `service.name`.
+    pub service_name: String,
+    /// The resource's `service.instance.id` (left out when empty).
+    pub instance_id: String,
+    /// Traces started here that are sampled, per million.
+    pub sampling_per_million: u32,
+}
+
+/// The most `sampling_per_million` may be.
+pub const MAX_SAMPLING_PER_MILLION: u32 = 1_000_000;

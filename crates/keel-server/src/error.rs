@@ -88,6 +88,25 @@ pub enum ServerError {
     State(#[from] StateError),
 }
 
+/// Errors that stop a member from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration cannot describe a member.
+    #[error("{0}")]
+    Config(String),
+    /// Storage could not be opened.
+    #[error("opening storage: {0}")]
+    Storage(String),
+    /// A listener could not be bound.
+    #[error("listening on {url}: {source}")]
+    Listen {
+        /// The URL that failed.
+        url: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 impl From<MvccError> for ServerError {
     fn from(e: MvccError) -> Self {
         match e {

@@ -1,46 +1,38 @@
-//! Keel's etcd-compatible server: the state machine applied from the raft log, the request paths
-//! (propose and wait, linearizable reads), and etcd's gRPC services on top.
+//! Keel's etcd-compatible server, in layers that point down only:
+//!
+//! - `member`: a running member (the state machine applied from the raft log, proposing and
+//!   waiting, linearizable reads, the tasks it owns);
+//! - `api`: etcd's gRPC services over a member;
+//! - `gateway` (etcd's HTTP/JSON gateway) and `ops` (metrics, health, profiles) over both;
+//! - `startup`: a member from etcd's configuration, served on its URLs.
+//!
+//! `error`, `config`, `password` and `version` sit below them all; `backup` (etcd's snapshot and
+//! data-dir formats) between the member and the API.
 
-mod apply;
-mod auth;
+pub mod api;
 pub mod backup;
-mod compactor;
-mod concurrency;
 mod config;
-mod corrupt;
 mod error;
-mod expiry;
-mod fault;
-mod forward;
 mod gateway;
-mod health;
-mod metrics;
-mod pprof;
-mod raft_conf;
-mod replication;
-mod server;
-pub mod service;
-#[cfg(feature = "sim")]
-pub mod sim;
-mod snapshot;
+pub mod member;
+mod ops;
+mod password;
 pub mod startup;
 pub mod version;
-mod wait;
-mod watch;
 
 // The state machine's modules, under the names the request path has always used.
 use keel_state::{alarm, lease, membership, range, txn, validate};
 
-pub use concurrency::prefix_end;
+pub use api::concurrency::prefix_end;
+pub use api::local_routes;
 pub use config::{
     AutoCompaction, ClusterState, Discovery, GrpcKeepalive, LeaseCheckpointing, ServerConfig,
-    TlsCommon, TlsConfig,
+    SocketOptions, TlsCommon, TlsConfig, TracingExport, MAX_SAMPLING_PER_MILLION,
 };
-pub use error::ServerError;
+pub use error::{ServerError, StartError};
 pub use keel_raft::Replication;
 pub use keel_state::membership::{cluster_id, member_id};
-pub use metrics::traces::{TracingExport, MAX_SAMPLING_PER_MILLION};
-pub use replication::{
-    ClusterReplication, ReplicaRole, ReplicaState, ReplicaStatus, SnapshotBootstrap,
+pub use member::{
+    ClusterReplication, Member, ReplicaRole, ReplicaState, ReplicaStatus, SnapshotBootstrap,
 };
-pub use server::{local_routes, restore, Core, ServeError, Server, StartError};
+pub use startup::{restore, ServeError, Server};

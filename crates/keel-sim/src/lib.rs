@@ -1,7 +1,8 @@
 //! Deterministic simulation of whole Keel clusters.
 //!
-//! Three or five members — each the real raft driver, apply loop, lessor and watch hub over
-//! RocksDB (`keel_server::sim::SimMember`) — run in one thread on a simulated clock, talking over a
+//! Three or five members — each the production `keel_server::Member` over RocksDB, assembled as
+//! start-up assembles it, its engine turned by the simulation (`member.rs`) and its requests sent
+//! through etcd's services — run in one thread on simulated clocks, talking over a
 //! simulated network that delays, loses, duplicates and reorders messages and that a nemesis
 //! partitions (both ways, one way, around the leader, through a bridge). The nemesis also crashes
 //! members (in-process: everything written survives) or cuts their power (the MVCC store falls
@@ -23,6 +24,7 @@
 //!
 //! One seed decides everything: the same seed replays the same run, message for message.
 
+mod member;
 mod network;
 mod oracle;
 mod workload;

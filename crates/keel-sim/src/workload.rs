@@ -5,14 +5,18 @@ use std::future::Future;
 use std::pin::Pin;
 
 use keel_check::{Call, Outcome};
+use keel_rpc::etcd::PbKvService;
+use keel_rpc::etcd::PbLeaseService;
 use keel_rpc::etcd::{
     PbCompactionRequest, PbCompare, PbCompareTarget, PbDeleteRequest, PbLeaseGrantRequest,
     PbLeaseRevokeRequest, PbPutRequest, PbRangeRequest, PbTargetUnion, PbTxnOpRequest,
     PbTxnRequest, PbTxnRequestOp,
 };
-use keel_rpc::RequestBody;
-use keel_server::sim::{Response, SimMember};
+use keel_server::api::{KvService, LeaseService};
 use keel_server::ServerError;
+use tonic::Status;
+
+use crate::member::SimMember;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -37,7 +41,7 @@ pub enum Request {
     },
     /// A request outside the register model: its effects are checked through the oracle (every
     /// member applies the same changes) and the watchers.
-    Other(RequestBody),
+    Other(Other),
     /// A serializable range over every key (checked only not to fail).
     Scan,
     /// A lease granted with this TTL (seconds); the world tracks when it may expire.
@@ -51,6 +55,14 @@ pub enum Request {
     KeepAlive(i64),
     /// A client's revoke of a lease.
     Revoke(i64),
+}
+
+/// A write outside the register model.
+pub enum Other {
+    /// A put (of a key attached to a lease).
+    Put(PbPutRequest),
+    /// A compaction.
+    Compact(PbCompactionRequest),
 }
 
 /// A request under way that only says whether it succeeded.
@@ -92,7 +104,7 @@ pub fn next_request(
         }
         89..=92 if !leases.is_empty() => {
             let lease = leases[rng.gen_range(0..leases.len())];
-            return Request::Other(RequestBody::Put(PbPutRequest {
+            return Request::Other(Other::Put(PbPutRequest {
                 key: format!("l/{client}-{n}").into_bytes(),
                 value: b"leased".to_vec(),
                 lease,
@@ -103,7 +115,7 @@ pub fn next_request(
             return Request::Revoke(leases.swap_remove(rng.gen_range(0..leases.len())));
         }
         95 if last_revision > 20 => {
-            return Request::Other(RequestBody::Compaction(PbCompactionRequest {
+            return Request::Other(Other::Compact(PbCompactionRequest {
                 revision: rng.gen_range(last_revision / 2..last_revision - 10),
                 physical: false,
             }))
@@ -113,140 +125,167 @@ pub fn next_request(
     Request::Checked { key, call }
 }
 
-/// Sends a checked request to `member`.
+/// Sends a checked request to `member`, through etcd's KV service as a client's would go.
 pub fn send_checked(member: &SimMember, key: &str, call: &Call) -> Pending {
+    let kv = KvService::new(member.member().clone());
     let k = key.as_bytes().to_vec();
-    match call {
-        Call::Get => {
-            let read = member.range(
-                PbRangeRequest {
+    match call.clone() {
+        Call::Get => Box::pin(async move {
+            let r = kv
+                .range(tonic::Request::new(PbRangeRequest {
                     key: k,
                     ..Default::default()
-                },
-                true,
-            );
-            Box::pin(async move {
-                let r = read.await.ok()?;
-                let kv = r.kvs.first().map(|kv| {
-                    (
-                        String::from_utf8_lossy(&kv.value).into_owned(),
-                        kv.mod_revision,
-                    )
-                });
-                Some(Outcome::Read(kv))
+                }))
+                .await
+                .ok()?
+                .into_inner();
+            let kv = r.kvs.first().map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                    kv.mod_revision,
+                )
+            });
+            Some(Outcome::Read(kv))
+        }),
+        Call::Put(v) => Box::pin(async move {
+            let put = PbPutRequest {
+                key: k,
+                value: v.into_bytes(),
+                ..Default::default()
+            };
+            written(kv.put(tonic::Request::new(put)).await, |r| Outcome::Wrote {
+                revision: revision(&r.header),
+                deleted: false,
             })
-        }
-        Call::Put(v) => written(member.propose(RequestBody::Put(PbPutRequest {
-            key: k,
-            value: v.clone().into_bytes(),
-            ..Default::default()
-        }))),
-        Call::Delete => written(member.propose(RequestBody::DeleteRange(PbDeleteRequest {
-            key: k,
-            ..Default::default()
-        }))),
-        Call::Cas { expected, new } => {
-            let compare = match expected {
-                Some(v) => PbCompare {
-                    result: EQUAL,
-                    target: PbCompareTarget::Value as i32,
-                    key: k.clone(),
-                    target_union: Some(PbTargetUnion::Value(v.clone().into_bytes())),
-                    ..Default::default()
-                },
-                None => PbCompare {
-                    result: EQUAL,
-                    target: PbCompareTarget::Create as i32,
-                    key: k.clone(),
-                    target_union: Some(PbTargetUnion::CreateRevision(0)),
-                    ..Default::default()
-                },
+        }),
+        Call::Delete => Box::pin(async move {
+            let delete = PbDeleteRequest {
+                key: k,
+                ..Default::default()
             };
-            let put = PbTxnRequestOp {
-                request: Some(PbTxnOpRequest::RequestPut(PbPutRequest {
-                    key: k,
-                    value: new.clone().into_bytes(),
-                    ..Default::default()
-                })),
-            };
-            written(member.propose(RequestBody::Txn(PbTxnRequest {
-                compare: vec![compare],
-                success: vec![put],
-                failure: vec![],
-            })))
-        }
+            written(kv.delete_range(tonic::Request::new(delete)).await, |r| {
+                Outcome::Wrote {
+                    revision: revision(&r.header),
+                    deleted: r.deleted > 0,
+                }
+            })
+        }),
+        Call::Cas { expected, new } => Box::pin(async move {
+            let txn = cas(k, expected, new);
+            written(kv.txn(tonic::Request::new(txn)).await, |r| Outcome::Cas {
+                swapped: r.succeeded,
+                revision: revision(&r.header),
+            })
+        }),
     }
 }
 
-/// A write's outcome: definite when applied or refused before entering the log, else unknown.
-fn written(applied: impl Future<Output = Result<Response, ServerError>> + 'static) -> Pending {
-    Box::pin(async move {
-        match applied.await {
-            Ok(Response::Put(r)) => Some(Outcome::Wrote {
-                revision: revision(&r.header),
-                deleted: false,
-            }),
-            Ok(Response::DeleteRange(r)) => Some(Outcome::Wrote {
-                revision: revision(&r.header),
-                deleted: r.deleted > 0,
-            }),
-            Ok(Response::Txn(r)) => Some(Outcome::Cas {
-                swapped: r.succeeded,
-                revision: revision(&r.header),
-            }),
-            Err(ServerError::NoLeader) => None,
-            _ => Some(Outcome::Unknown),
-        }
-    })
+/// A compare-and-swap: put `new` at `key` if its value is `expected` (absent: if it does not
+/// exist).
+fn cas(key: Vec<u8>, expected: Option<String>, new: String) -> PbTxnRequest {
+    let compare = match expected {
+        Some(v) => PbCompare {
+            result: EQUAL,
+            target: PbCompareTarget::Value as i32,
+            key: key.clone(),
+            target_union: Some(PbTargetUnion::Value(v.into_bytes())),
+            ..Default::default()
+        },
+        None => PbCompare {
+            result: EQUAL,
+            target: PbCompareTarget::Create as i32,
+            key: key.clone(),
+            target_union: Some(PbTargetUnion::CreateRevision(0)),
+            ..Default::default()
+        },
+    };
+    let put = PbTxnRequestOp {
+        request: Some(PbTxnOpRequest::RequestPut(PbPutRequest {
+            key,
+            value: new.into_bytes(),
+            ..Default::default()
+        })),
+    };
+    PbTxnRequest {
+        compare: vec![compare],
+        success: vec![put],
+        failure: vec![],
+    }
+}
+
+/// A write's outcome: definite when applied, or when refused before it could enter the log (no
+/// leader: etcd's clients tell that error by its message, as this one does); else unknown.
+fn written<T>(
+    answer: Result<tonic::Response<T>, Status>,
+    outcome: impl FnOnce(T) -> Outcome,
+) -> Recorded {
+    match answer {
+        Ok(r) => Some(outcome(r.into_inner())),
+        Err(s) if s.message() == ServerError::NoLeader.to_string() => None,
+        Err(_) => Some(Outcome::Unknown),
+    }
 }
 
 fn revision(h: &Option<keel_rpc::etcd::PbResponseHeader>) -> i64 {
     h.as_ref().map_or(0, |h| h.revision)
 }
 
-/// Sends a request outside the register model; its result only says whether it failed.
-pub fn send_other(member: &SimMember, body: RequestBody) -> Sent {
-    let applied = member.propose(body);
-    Box::pin(async move { applied.await.is_ok() })
+/// Sends a request outside the register model through its service; its result only says
+/// whether it failed.
+pub fn send_other(member: &SimMember, req: Other) -> Sent {
+    let kv = KvService::new(member.member().clone());
+    Box::pin(async move {
+        match req {
+            Other::Put(r) => kv.put(tonic::Request::new(r)).await.is_ok(),
+            Other::Compact(r) => kv.compact(tonic::Request::new(r)).await.is_ok(),
+        }
+    })
 }
 
 /// A lease grant; its result only says whether it failed.
 pub fn send_grant(member: &SimMember, id: i64, ttl: i64) -> Sent {
-    send_other(
-        member,
-        RequestBody::LeaseGrant(PbLeaseGrantRequest { ttl, id }),
-    )
+    let leases = LeaseService::new(member.member().clone());
+    Box::pin(async move {
+        let grant = PbLeaseGrantRequest { ttl, id };
+        leases.lease_grant(tonic::Request::new(grant)).await.is_ok()
+    })
 }
 
 /// A client's lease revoke; its result only says whether it failed.
 pub fn send_revoke(member: &SimMember, id: i64) -> Sent {
-    send_other(
-        member,
-        RequestBody::LeaseRevoke(PbLeaseRevokeRequest { id }),
-    )
+    let leases = LeaseService::new(member.member().clone());
+    Box::pin(async move {
+        let revoke = PbLeaseRevokeRequest { id };
+        leases
+            .lease_revoke(tonic::Request::new(revoke))
+            .await
+            .is_ok()
+    })
 }
 
 /// A primary lessor's revoke of a lease it found expired; true if applied.
 pub fn send_expiry_revoke(member: &SimMember, id: i64) -> Sent {
-    let revoked = member.revoke_expired(id);
-    Box::pin(async move { revoked.await.is_ok() })
+    let member = member.member().clone();
+    Box::pin(async move { member.revoke_expired(id).await.is_ok() })
 }
 
-/// A keep-alive; true if the lease was renewed.
+/// A keep-alive, as the Lease service's stream serves each one; true if the lease was renewed
+/// (a TTL of 0 says it does not exist).
 pub fn send_keep_alive(member: &SimMember, id: i64) -> Sent {
-    let renewed = member.keep_alive(id);
-    Box::pin(async move { renewed.await.is_ok() })
+    let member = member.member().clone();
+    Box::pin(async move { member.keep_alive(id).await.is_ok_and(|ttl| ttl > 0) })
 }
 
 /// A serializable read of every key.
 pub fn send_scan(member: &SimMember) -> Sent {
-    let read = member.range(
-        PbRangeRequest {
+    let kv = KvService::new(member.member().clone());
+    Box::pin(async move {
+        let scan = PbRangeRequest {
             key: b"\0".to_vec(),
             range_end: b"\0".to_vec(),
+            serializable: true,
             ..Default::default()
-        },
-        false,
-    );
-    Box::pin(async move { read.await.is_ok() })
+        };
+        kv.range(tonic::Request::new(scan)).await.is_ok()
+    })
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_server::{Core, ServeError, Server, ServerConfig, ServerError, StartError};
+use keel_server::{ServeError, Server, ServerConfig, ServerError, StartError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -18,7 +18,8 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// A running embedded member.
 pub struct Member {
-    core: Arc<Core>,
+    /// The running member this handle embeds.
+    core: Arc<keel_server::Member>,
     stop: Option<oneshot::Sender<()>>,
     serving: JoinHandle<Result<(), ServeError>>,
 }
@@ -28,7 +29,7 @@ impl Member {
     /// serves its URLs in the background.
     pub async fn start(cfg: ServerConfig) -> Result<Member, StartError> {
         let server = Server::start(cfg).await?;
-        let core = server.core().clone();
+        let core = server.member().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn(server.serve(async move {
             let _ = stopped.await;

@@ -253,11 +253,17 @@ impl Node {
     ) -> Result<Node> {
         let (node, driver) = Node::stepwise(cfg, store, committed, transport.clone())?;
         transport.set_reporter(node.stepper());
+        node.run_on_thread(driver)?;
+        Ok(node)
+    }
+
+    /// Runs `driver` (this node's, from `stepwise`) on its own thread until `shutdown`.
+    pub fn run_on_thread(&self, driver: Driver) -> Result<()> {
         let thread = std::thread::Builder::new()
             .name("raft".into())
             .spawn(move || driver.run())?;
-        *node.thread.lock() = Some(thread);
-        Ok(node)
+        *self.thread.lock() = Some(thread);
+        Ok(())
     }
 
     /// A node whose driver the caller turns (`Driver::turn`), on its own clock: the deterministic

@@ -21,9 +21,9 @@ use keel_raft::{HardState, LogStore, SnapshotMetadata};
 use super::etcd_entries::{apply_membership, only_membership, to_keel, Members};
 use super::etcd_wal::{newest_snap, read_wal, wal_files, Wal};
 use super::{etcd, BackupError};
+use crate::member::conf_state;
+use crate::member::{encode_position, META_INSTALLED};
 use crate::membership::{Identity, Membership};
-use crate::raft_conf::conf_state;
-use crate::snapshot::{encode_position, META_INSTALLED};
 
 /// What an import brought in.
 #[derive(Debug)]

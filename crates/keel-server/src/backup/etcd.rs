@@ -17,8 +17,8 @@ use keel_rpc::UserRecord;
 use prost::Message;
 
 use super::BackupError;
-use crate::auth::{KEY_ENABLED, KEY_REVISION, ROLE_PREFIX, USER_PREFIX};
 use crate::membership::{decode_members, META_MEMBERS_KEY, META_REMOVED};
+use keel_state::auth::{KEY_ENABLED, KEY_REVISION, ROLE_PREFIX, USER_PREFIX};
 
 const META_CONSISTENT_INDEX: &[u8] = b"consistent_index";
 const META_FINISHED_COMPACT: &[u8] = b"finishedCompactRev";

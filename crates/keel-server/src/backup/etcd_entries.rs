@@ -236,7 +236,7 @@ fn decode_normal(data: &[u8], bcrypt_cost: Option<u32>) -> Result<Change, String
 
 fn hash(password: &str, cost: Option<u32>) -> Result<String, String> {
     match cost {
-        Some(cost) => crate::auth::hash_password(password, cost).map_err(|e| e.to_string()),
+        Some(cost) => crate::password::hash_password(password, cost).map_err(|e| e.to_string()),
         None => Ok(String::new()),
     }
 }
@@ -428,7 +428,7 @@ pub fn apply_membership(
 ) -> Result<(), BackupError> {
     let _ = match decode(e, None).map_err(|why| invalid(e, why))? {
         Change::Conf(kind, m) => {
-            membership.apply_conf_change(wb, crate::apply::change_kind(kind), m)
+            membership.apply_conf_change(wb, crate::member::change_kind(kind), m)
         }
         Change::Request(RequestBody::MemberUpdate(u), _) => {
             membership.update_peer_urls(wb, u.id, &u.peer_ur_ls)

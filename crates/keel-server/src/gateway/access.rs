@@ -12,22 +12,22 @@ use axum::http::{self, header, HeaderValue, StatusCode};
 use futures::future::{BoxFuture, Either, FutureExt};
 use tonic::body::Body;
 
-use crate::server::Core;
-use crate::startup::ConnInfo;
+use crate::api::ConnInfo;
+use crate::member::Member;
 
 /// The rules, from etcd's flags.
 pub struct AccessRules {
-    core: Arc<Core>,
+    member: Arc<Member>,
     cors: Vec<String>,
     hosts: Vec<String>,
     client_cert_auth: bool,
 }
 
 impl AccessRules {
-    /// Rules for `core`'s client URLs.
-    pub fn new(core: Arc<Core>, cfg: &crate::ServerConfig) -> AccessRules {
+    /// Rules for `member`'s client URLs.
+    pub fn new(member: Arc<Member>, cfg: &crate::ServerConfig) -> AccessRules {
         AccessRules {
-            core,
+            member,
             cors: cfg.cors.clone(),
             hosts: cfg.host_whitelist.clone(),
             client_cert_auth: cfg.client_tls.client_cert_auth,
@@ -73,14 +73,14 @@ impl AccessRules {
         if !self.client_cert_auth || !req.uri().path().starts_with("/v3/") {
             return false;
         }
-        if !self.core.auth.enabled() {
+        if !self.member.auth().enabled() {
             return false;
         }
         req.extensions()
             .get::<ConnInfo>()
             .and_then(|c| c.peer_certs.as_ref())
             .and_then(|certs| certs.first())
-            .and_then(|c| crate::auth::common_name(c.as_ref()))
+            .and_then(|c| crate::api::common_name(c.as_ref()))
             .is_some_and(|cn| !cn.is_empty())
     }
 }

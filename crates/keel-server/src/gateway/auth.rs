@@ -5,12 +5,12 @@ use std::sync::Arc;
 use keel_rpc::auth::auth_server::Auth;
 
 use super::rpc;
-use crate::server::Core;
-use crate::service::AuthService;
+use crate::api::AuthService;
+use crate::member::Member;
 
 /// The routes.
-pub fn routes(core: Arc<Core>) -> axum::Router {
-    let a = Arc::new(AuthService::new(core));
+pub fn routes(member: Arc<Member>) -> axum::Router {
+    let a = Arc::new(AuthService::new(member));
     axum::Router::new()
         .route(
             "/v3/auth/enable",

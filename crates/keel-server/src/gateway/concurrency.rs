@@ -6,13 +6,13 @@ use keel_rpc::v3election::election_server::Election;
 use keel_rpc::v3lock::lock_server::Lock;
 
 use super::rpc;
-use crate::server::Core;
-use crate::service::{ElectionService, LockService};
+use crate::api::{ElectionService, LockService};
+use crate::member::Member;
 
 /// The routes.
-pub fn routes(core: Arc<Core>) -> axum::Router {
-    let l = Arc::new(LockService::new(core.clone()));
-    let e = Arc::new(ElectionService::new(core));
+pub fn routes(member: Arc<Member>) -> axum::Router {
+    let l = Arc::new(LockService::new(member.clone()));
+    let e = Arc::new(ElectionService::new(member));
     axum::Router::new()
         .route(
             "/v3/lock/lock",

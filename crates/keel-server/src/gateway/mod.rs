@@ -36,27 +36,28 @@ use serde_json::{json, Value};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
 
-use crate::server::Core;
-use crate::service::{KvService, LeaseService};
-use crate::watch::{WatchEnd, WatchSpec};
+use crate::api::caller;
+use crate::api::{KvService, LeaseService};
+use crate::member::Member;
+use crate::member::{WatchEnd, WatchSpec};
 use crate::ServerError;
 
 /// The gateway's routes. etcd's gateway is one gRPC client of its server, so at most
 /// --max-concurrent-streams of its calls run at once (a watch holds its place until it ends);
 /// more wait for a place, as etcd's do.
-pub fn routes(core: Arc<Core>, max_streams: u32) -> axum::Router {
+pub fn routes(member: Arc<Member>, max_streams: u32) -> axum::Router {
     let permits = (max_streams as usize).min(tokio::sync::Semaphore::MAX_PERMITS);
     let streams = Arc::new(tokio::sync::Semaphore::new(permits));
-    api_routes(core).layer(axum::middleware::from_fn_with_state(
+    api_routes(member).layer(axum::middleware::from_fn_with_state(
         streams,
         limit::hold_stream,
     ))
 }
 
-fn api_routes(core: Arc<Core>) -> axum::Router {
-    let kv = Arc::new(KvService::new(core.clone()));
-    let lease = Arc::new(LeaseService::new(core.clone()));
-    let watch_core = core.clone();
+fn api_routes(member: Arc<Member>) -> axum::Router {
+    let kv = Arc::new(KvService::new(member.clone()));
+    let lease = Arc::new(LeaseService::new(member.clone()));
+    let watch_core = member.clone();
     // etcd serves the lease routes under /v3/kv/lease/ too (its older paths).
     let revoke = rpc(&lease, |l, r| async move { l.lease_revoke(r).await });
     let time_to_live = rpc(&lease, |l, r| async move { l.lease_time_to_live(r).await });
@@ -96,10 +97,10 @@ fn api_routes(core: Arc<Core>) -> axum::Router {
         .route("/v3/kv/lease/timetolive", time_to_live)
         .route("/v3/lease/leases", leases.clone())
         .route("/v3/kv/lease/leases", leases)
-        .merge(ops::routes(core.clone()))
-        .merge(concurrency::routes(core.clone()))
-        .merge(stream::routes(core.clone()))
-        .merge(auth::routes(core))
+        .merge(ops::routes(member.clone()))
+        .merge(concurrency::routes(member.clone()))
+        .merge(stream::routes(member.clone()))
+        .merge(auth::routes(member))
 }
 
 /// `GET /version`: the server and cluster versions, as etcd answers them.
@@ -236,10 +237,11 @@ fn watch_line(mut result: WatchResponse, header: Option<ResponseHeader>) -> Byte
 
 /// `POST /v3/watch` with a `create_request`: the created answer, then each group of events, as
 /// JSON lines on one streamed response, until the client goes away.
-fn watch(core: Arc<Core>, h: &HeaderMap, body: &[u8]) -> Response {
+fn watch(member: Arc<Member>, h: &HeaderMap, body: &[u8]) -> Response {
     let spec = match watch_spec(body).and_then(|spec| {
-        let who = core.caller(&request(h, ()))?;
-        core.auth
+        let who = caller(&member, &request(h, ()))?;
+        member
+            .auth()
             .check_read(&who, &spec.key, &spec.range_end)
             .map_err(ServerError::from)?;
         Ok(spec)
@@ -248,23 +250,23 @@ fn watch(core: Arc<Core>, h: &HeaderMap, body: &[u8]) -> Response {
         Err(s) => return answer(Err(s)),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
-    core.clone().spawn_stream(async move {
+    member.clone().spawn_stream(async move {
         let created = WatchResponse {
             created: true,
             ..Default::default()
         };
-        let header = core.header(core.store.current_revision());
+        let header = member.header(member.store().current_revision());
         if tx.send(Ok(watch_line(created, header))).await.is_err() {
             return;
         }
-        let end = core
-            .hub
+        let end = member
+            .hub()
             .run(spec, |events, rev| {
                 let result = WatchResponse {
                     events: events.to_vec(),
                     ..Default::default()
                 };
-                let line = watch_line(result, core.header(rev));
+                let line = watch_line(result, member.header(rev));
                 let tx = tx.clone();
                 async move { tx.send(Ok(line)).await.is_ok() }
             })
@@ -275,7 +277,7 @@ fn watch(core: Arc<Core>, h: &HeaderMap, body: &[u8]) -> Response {
                 canceled: true,
                 ..Default::default()
             };
-            let header = core.header(core.store.current_revision());
+            let header = member.header(member.store().current_revision());
             let _ = tx.send(Ok(watch_line(result, header))).await;
         }
     });

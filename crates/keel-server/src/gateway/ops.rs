@@ -5,13 +5,13 @@ use std::sync::Arc;
 use keel_rpc::etcd::{PbClusterService, PbMaintenanceService};
 
 use super::rpc;
-use crate::server::Core;
-use crate::service::{ClusterService, MaintenanceService};
+use crate::api::{ClusterService, MaintenanceService};
+use crate::member::Member;
 
 /// The routes.
-pub fn routes(core: Arc<Core>) -> axum::Router {
-    let c = Arc::new(ClusterService::new(core.clone()));
-    let m = Arc::new(MaintenanceService::new(core));
+pub fn routes(member: Arc<Member>) -> axum::Router {
+    let c = Arc::new(ClusterService::new(member.clone()));
+    let m = Arc::new(MaintenanceService::new(member));
     axum::Router::new()
         .route(
             "/v3/cluster/member/list",

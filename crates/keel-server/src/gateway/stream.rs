@@ -24,14 +24,14 @@ use serde_json::{json, Value};
 use tonic::Status;
 
 use super::{http_status, request};
-use crate::server::Core;
-use crate::service::{ElectionService, MaintenanceService};
+use crate::api::{ElectionService, MaintenanceService};
+use crate::member::Member;
 
 /// The routes.
-pub fn routes(core: Arc<Core>) -> axum::Router {
-    let keepalive = core.clone();
-    let election = Arc::new(ElectionService::new(core.clone()));
-    let maintenance = Arc::new(MaintenanceService::new(core));
+pub fn routes(member: Arc<Member>) -> axum::Router {
+    let keepalive = member.clone();
+    let election = Arc::new(ElectionService::new(member.clone()));
+    let maintenance = Arc::new(MaintenanceService::new(member));
     axum::Router::new()
         .route(
             "/v3/lease/keepalive",
@@ -97,17 +97,17 @@ fn stream_lines(items: impl Stream<Item = Result<Value, Status>> + Send + 'stati
 }
 
 /// `POST /v3/lease/keepalive` `{"ID": ...}` (one or more): a `LeaseKeepAliveResponse` for each.
-async fn keep_alive(core: Arc<Core>, _: HeaderMap, body: Bytes) -> Response {
+async fn keep_alive(member: Arc<Member>, _: HeaderMap, body: Bytes) -> Response {
     let requests = match messages::<KeepAliveRequest>(&body) {
         Ok(r) => r,
         Err(s) => return stream_lines(futures::stream::iter([Err(s)])),
     };
     let answers = futures::stream::iter(requests).then(move |req| {
-        let core = core.clone();
+        let member = member.clone();
         async move {
-            let ttl = crate::service::renew(&core, req.id).await?;
+            let ttl = member.keep_alive(req.id).await?;
             as_json(Ok(KeepAliveResponse {
-                header: core.header(core.store.current_revision()),
+                header: member.header(member.store().current_revision()),
                 id: req.id,
                 ttl,
             }))

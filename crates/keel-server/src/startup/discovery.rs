@@ -21,8 +21,8 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{Discovery as Source, ServerConfig};
-use crate::membership::member_id;
 use crate::startup::{srv, tls};
+use keel_state::membership::member_id;
 
 /// How long one request may take (etcd's client.DefaultRequestTimeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

@@ -18,22 +18,14 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::server::StartError;
+use crate::api::ConnInfo;
+use crate::config::SocketOptions;
+use crate::error::StartError;
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepted connections waiting for the server to take them.
 const BACKLOG: usize = 128;
-
-/// Socket options of listeners.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SocketOptions {
-    /// SO_REUSEPORT: several processes may bind the same port (etcd's --socket-reuse-port).
-    pub reuse_port: bool,
-    /// SO_REUSEADDR: bind an address still in TIME_WAIT (etcd's --socket-reuse-address; Go and
-    /// tokio set it on every Unix listener anyway).
-    pub reuse_address: bool,
-}
 
 /// A bound URL.
 pub struct Listener {
@@ -248,17 +240,6 @@ pub enum Conn {
     TlsTcp(Box<TlsStream<TcpStream>>),
     /// TLS over a Unix socket.
     TlsUnix(Box<TlsStream<UnixStream>>),
-}
-
-/// What a request may learn of its connection (an extension of every request).
-#[derive(Clone, Debug, Default)]
-pub struct ConnInfo {
-    /// The client's address (none over a Unix socket).
-    pub remote: Option<SocketAddr>,
-    /// The client's certificate chain, when it presented one over TLS.
-    pub peer_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
-    /// Whether the connection is TLS.
-    pub tls: bool,
 }
 
 impl tonic::transport::server::Connected for Conn {

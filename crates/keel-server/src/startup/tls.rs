@@ -507,7 +507,7 @@ impl AllowedNames {
             return Ok(());
         }
         let allowed = if !self.cn.is_empty() {
-            crate::auth::common_name(cert.as_ref()).is_some_and(|cn| self.cn.contains(&cn))
+            crate::api::common_name(cert.as_ref()).is_some_and(|cn| self.cn.contains(&cn))
         } else {
             let parsed = ParsedCertificate::try_from(cert)?;
             self.hostname.iter().any(|h| {

@@ -42,16 +42,12 @@ impl World {
             range_end: b"\0".to_vec(),
             ..Default::default()
         };
-        let mut cx = Context::from_waker(Waker::noop());
         let mut states = Vec::new();
         for m in &members {
-            let mut read = Box::pin(m.range(all.clone(), false));
-            match read.as_mut().poll(&mut cx) {
-                Poll::Ready(Ok(r)) => states.push((m.store().applied_index(), r)),
-                other => {
-                    let ready = matches!(other, Poll::Ready(_));
-                    self.problems
-                        .push(format!("final read failed (ready: {ready})"));
+            match keel_state::range::range(&m.store().view(), &all) {
+                Ok(r) => states.push((m.store().applied_index(), r)),
+                Err(e) => {
+                    self.problems.push(format!("final read failed: {e}"));
                     return;
                 }
             }

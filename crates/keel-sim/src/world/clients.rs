@@ -163,7 +163,7 @@ impl World {
                 continue;
             };
             if let Poll::Ready(end) = fut.as_mut().poll(&mut cx) {
-                if let SimWatchEnd::Compacted(rev) = end {
+                if let WatchEnd::Compacted(rev) = end {
                     // Resumed after the compacted revision: a deletion at exactly that revision
                     // is compacted away (as in etcd), so the revision itself is skipped too.
                     let from = w.watcher.resume_from();

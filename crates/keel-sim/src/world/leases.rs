@@ -104,11 +104,11 @@ impl World {
             }
             slot.next_role_check_us = clock + ROLE_CHECK.as_micros() as u64;
             if clock < slot.next_expiry_check_us {
-                member.sync_lessor();
+                member.member().sync_lessor_role();
                 continue;
             }
             slot.next_expiry_check_us = clock + EXPIRY_CHECK.as_micros() as u64;
-            for lease in member.expired_leases() {
+            for lease in member.member().expired_leases() {
                 self.expiry_revokes.push(ExpiryRevoke {
                     member: i,
                     lease,

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use keel_check::{Call, History, Operation, Outcome};
 use keel_raft::Role;
 use keel_rpc::etcd::PbRangeRequest;
-use keel_server::sim::{
-    Clock, SimMember, SimWatchEnd, EXPIRY_CHECK, PROMOTE_EXTEND, REVOKE_RETRY, ROLE_CHECK,
-};
+use keel_server::member::{WatchEnd, EXPIRY_CHECK, PROMOTE_EXTEND, ROLE_CHECK};
+use keel_state::lease::REVOKE_RETRY;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::member::{SimClock, SimMember};
 use crate::network::{MemberOutbox, Network, Weather};
 use crate::oracle::{Oracle, Watcher};
 use crate::workload::{self, Pending, Request, Sent};
@@ -233,7 +233,7 @@ struct Client {
     probes: [Option<u64>; 2],
 }
 
-type WatchFuture = Pin<Box<dyn Future<Output = SimWatchEnd>>>;
+type WatchFuture = Pin<Box<dyn Future<Output = WatchEnd>>>;
 
 struct WatchSlot {
     watcher: Watcher,
@@ -363,7 +363,7 @@ impl World {
         slot.incarnation += 1;
         let tick = Duration::from_millis(slot.tick_ms);
         let (base, us) = (self.base, slot.clock_us.clone());
-        let clock = Clock::new(move || base + Duration::from_micros(us.load(Ordering::Relaxed)));
+        let clock = SimClock::new(base, us);
         match SimMember::open(
             &slot.dir,
             slot.id,
