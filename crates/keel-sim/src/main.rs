@@ -33,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         AtomicU64::new(0),
     );
     let failed = Mutex::new(Vec::new());
+    let paths = Mutex::new(std::collections::BTreeMap::new());
     let started = std::time::Instant::now();
     std::thread::scope(|s| {
         for _ in 0..args.jobs.max(1) {
@@ -47,6 +48,12 @@ fn main() -> anyhow::Result<()> {
                 events.fetch_add(report.watch_events, Ordering::Relaxed);
                 expiries.fetch_add(report.lease_expiries, Ordering::Relaxed);
                 messages.fetch_add(report.messages, Ordering::Relaxed);
+                {
+                    let mut paths = paths.lock().expect("not poisoned");
+                    for (path, n) in &report.paths {
+                        *paths.entry(*path).or_insert(0) += n;
+                    }
+                }
                 if !report.ok() {
                     let keys: Vec<&str> = report
                         .linearizability
@@ -69,13 +76,14 @@ fn main() -> anyhow::Result<()> {
     });
     let failed = failed.into_inner().expect("not poisoned");
     println!(
-        "{} runs (seeds {}..{end}), {} operations checked for linearizability, {} watch events checked, {} lease expiries checked, {} raft messages delivered, {} violations {:?}, {:.0} s",
+        "{} runs (seeds {}..{end}), {} operations checked for linearizability, {} watch events checked, {} lease expiries checked, {} raft messages delivered, paths {:?}, {} violations {:?}, {:.0} s",
         runs.into_inner(),
         args.first,
         ops.into_inner(),
         events.into_inner(),
         expiries.into_inner(),
         messages.into_inner(),
+        paths.into_inner().expect("not poisoned"),
         failed.len(),
         failed,
         started.elapsed().as_secs_f64()

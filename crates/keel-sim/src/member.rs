@@ -16,15 +16,43 @@ use std::time::{Duration, Instant};
 use keel_mvcc::Store;
 use keel_raft::{LogStore, NodeConfig, Outbox, RaftStatus, Stepper};
 use keel_rpc::etcd::PbEvent as Event;
-use keel_server::member::{Engine, Network, Parts, Timer, WatchEnd, WatchSpec};
+use keel_rpc::etcd::PbMember;
+use keel_server::member::{
+    bootstrap_store, Engine, Job, Network, Parts, Runtime, WatchEnd, WatchSpec,
+};
 use keel_server::{Member, ServerConfig, ServerError, StartError};
 use keel_state::membership::{Identity, Membership};
 
 /// The simulated cluster's id.
 const CLUSTER_ID: u64 = 0x5157;
+/// Requests larger than this are refused (etcd's --max-request-bytes; small, so that the
+/// workload's oversized requests cost little).
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 
-/// A member's clock: the simulation's start plus the microseconds the simulation has advanced
-/// it by (at its own rate; it may jump).
+/// How a member is configured.
+#[derive(Clone, Copy, Debug)]
+pub struct Setup {
+    /// Its backend quota (etcd's --quota-backend-bytes).
+    pub quota_bytes: u64,
+    /// Whether it starts as a voter of the initial cluster (else it joins, as a learner added
+    /// through MemberAdd).
+    pub initial: bool,
+}
+
+impl Setup {
+    /// A voter of the initial cluster with etcd's default quota.
+    pub const INITIAL: Setup = Setup {
+        quota_bytes: 2 * 1024 * 1024 * 1024,
+        initial: true,
+    };
+    /// A quota every store is over (the quota check raises NOSPACE on its first growing write:
+    /// whatever RocksDB's size, it is more than a byte).
+    pub const OVER_QUOTA: u64 = 1;
+}
+
+/// A member's world: its clock reads the simulation's start plus the microseconds the simulation
+/// has advanced it by (at its own rate; it may jump), and blocking work runs at once, on the
+/// simulation's one thread.
 #[derive(Clone)]
 pub struct SimClock {
     base: Instant,
@@ -38,7 +66,7 @@ impl SimClock {
     }
 }
 
-impl Timer for SimClock {
+impl Runtime for SimClock {
     fn now(&self) -> Instant {
         self.base + Duration::from_micros(self.micros.load(Ordering::Relaxed))
     }
@@ -48,6 +76,10 @@ impl Timer for SimClock {
             clock: self.clone(),
             until: self.now() + d,
         })
+    }
+
+    fn spawn_blocking(&self, job: Job) {
+        job();
     }
 }
 
@@ -70,6 +102,16 @@ impl Future for Sleep {
     }
 }
 
+/// Member `id` as the cluster knows it (its peer URL names it; nothing dials it).
+pub fn sim_member(id: u64) -> PbMember {
+    PbMember {
+        id,
+        name: format!("m{id}"),
+        peer_ur_ls: vec![format!("http://m{id}:2380")],
+        ..Default::default()
+    }
+}
+
 /// One simulated member: the member and the engine the simulation turns.
 pub struct SimMember {
     member: Arc<Member>,
@@ -77,13 +119,16 @@ pub struct SimMember {
 }
 
 impl SimMember {
-    /// Opens (or creates, as one of `voters`) member `id` in `dir`. `incarnation` tells restarts
-    /// apart so proposal ids never repeat; `tick` is the length of one raft tick on `clock`, the
-    /// member's own.
+    /// Opens member `id` in `dir` (created, the first time, as start-up creates a member of a
+    /// new cluster of `voters`, or one joining it). `incarnation` tells restarts apart so
+    /// proposal ids never repeat; `tick` is the length of one raft tick on `clock`, the member's
+    /// own.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         dir: &Path,
         id: u64,
-        voters: Vec<u64>,
+        voters: &[u64],
+        setup: Setup,
         incarnation: u64,
         tick: Duration,
         clock: SimClock,
@@ -91,6 +136,25 @@ impl SimMember {
     ) -> Result<SimMember, StartError> {
         let storage = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
         let store = Arc::new(Store::open(&dir.join("kv")).map_err(|e| storage(&e))?);
+        let identity = Identity {
+            cluster_id: CLUSTER_ID,
+            member_id: id,
+            token: String::new(),
+        };
+        if Identity::load(&store).map_err(|e| storage(&e))?.is_none() {
+            if setup.initial {
+                let members: Vec<PbMember> = voters.iter().map(|&v| sim_member(v)).collect();
+                bootstrap_store(&store, &identity, &members)?;
+            } else {
+                identity.save(&store).map_err(|e| storage(&e))?;
+            }
+        }
+        // A joining member waits for the leader's snapshot to learn the members.
+        let voters = if setup.initial {
+            voters.to_vec()
+        } else {
+            Vec::new()
+        };
         // Synced or not, the log keeps every entry across the simulation's crashes and power
         // cuts (they happen in-process); skipping the fsyncs keeps seeds fast.
         let log = LogStore::open(&dir.join("raft"))
@@ -103,27 +167,28 @@ impl SimMember {
         };
         let membership = Arc::new(Membership::load(&store).map_err(|e| storage(&e))?);
         let config = ServerConfig {
-            name: format!("m{id}"),
+            name: sim_member(id).name,
             data_dir: dir.to_path_buf(),
+            advertise_client_urls: Vec::new(),
             // The log is never compacted: no member needs a snapshot to catch up.
             snapshot_count: u64::MAX,
+            quota_backend_bytes: setup.quota_bytes,
+            max_request_bytes: MAX_REQUEST_BYTES,
+            // etcd's least: bcrypt's cost is real time, which the simulation does not advance.
+            bcrypt_cost: 4,
             ..ServerConfig::default()
         };
         let (member, engine) = Member::assemble(Parts {
             config,
             store,
             log,
-            identity: Identity {
-                cluster_id: CLUSTER_ID,
-                member_id: id,
-                token: String::new(),
-            },
+            identity,
             membership,
             network: Network::Carried {
                 outbox,
                 bootstrap: Arc::default(),
             },
-            timer: Arc::new(clock),
+            runtime: Arc::new(clock),
             raft,
             snap_dir: dir.join("snap"),
             first_request_id: ((id & 0xffff) << 48) | ((incarnation & 0xffff) << 32),

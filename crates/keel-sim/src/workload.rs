@@ -5,20 +5,28 @@ use std::future::Future;
 use std::pin::Pin;
 
 use keel_check::{Call, Outcome};
+use keel_rpc::auth::auth_server::Auth;
+use keel_rpc::auth::{
+    AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
+    AuthUserGrantRoleRequest, AuthenticateRequest,
+};
+use keel_rpc::authpb::Permission;
 use keel_rpc::etcd::PbKvService;
 use keel_rpc::etcd::PbLeaseService;
+use keel_rpc::etcd::{PbAlarmRequest, PbMaintenanceService};
 use keel_rpc::etcd::{
     PbCompactionRequest, PbCompare, PbCompareTarget, PbDeleteRequest, PbLeaseGrantRequest,
     PbLeaseRevokeRequest, PbPutRequest, PbRangeRequest, PbTargetUnion, PbTxnOpRequest,
     PbTxnRequest, PbTxnRequestOp,
 };
-use keel_server::api::{KvService, LeaseService};
+use keel_server::api::{AuthService, KvService, LeaseService, MaintenanceService};
 use keel_server::ServerError;
-use tonic::Status;
-
-use crate::member::SimMember;
+use keel_state::StateError;
 use rand::rngs::StdRng;
 use rand::Rng;
+use tonic::{Code, Status};
+
+use crate::member::{SimMember, MAX_REQUEST_BYTES};
 
 /// etcdserverpb.Compare.CompareResult EQUAL.
 const EQUAL: i32 = 0;
@@ -27,8 +35,20 @@ const EQUAL: i32 = 0;
 /// read, a write refused before it entered the log).
 pub type Recorded = Option<Outcome>;
 
+/// What an answer tells its client to do before its next request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// Nothing.
+    Nothing,
+    /// Writes are refused while NOSPACE is raised: the alarm must be disarmed.
+    NoSpace,
+    /// Auth is on and the client's token is missing, unknown here, or older than the auth
+    /// state: it must authenticate (again), as etcd's clients do.
+    NeedToken,
+}
+
 /// A request under way.
-pub type Pending = Pin<Box<dyn Future<Output = Recorded>>>;
+pub type Pending = Pin<Box<dyn Future<Output = (Recorded, Signal)>>>;
 
 /// What a client does next.
 pub enum Request {
@@ -55,6 +75,17 @@ pub enum Request {
     KeepAlive(i64),
     /// A client's revoke of a lease.
     Revoke(i64),
+    /// A request over a limit, which must be refused with etcd's error.
+    Limit(Limit),
+}
+
+/// A request over one of the member's limits.
+#[derive(Clone, Copy, Debug)]
+pub enum Limit {
+    /// A put larger than --max-request-bytes.
+    Oversized,
+    /// A txn with more operations than --max-txn-ops.
+    TooManyOps,
 }
 
 /// A write outside the register model.
@@ -66,7 +97,15 @@ pub enum Other {
 }
 
 /// A request under way that only says whether it succeeded.
-pub type Sent = Pin<Box<dyn Future<Output = bool>>>;
+pub type Sent = Pin<Box<dyn Future<Output = (bool, Signal)>>>;
+
+/// A request under way that must be refused: a problem if it was not, as it should have been,
+/// and what the refusal asks of the client.
+pub type Refusal = Pin<Box<dyn Future<Output = (Option<String>, Signal)>>>;
+
+/// An Authenticate under way: the token (none if auth is off: none is needed), or what to do
+/// before trying again.
+pub type Authenticating = Pin<Box<dyn Future<Output = Result<Option<String>, Signal>>>>;
 
 /// TTL of the leases kept alive and left to expire (etcd's smallest, 2 s).
 pub const SHORT_TTL: i64 = 2;
@@ -81,6 +120,14 @@ pub fn next_request(
     leases: &mut Vec<i64>,
     last_revision: i64,
 ) -> Request {
+    if rng.gen_bool(0.01) {
+        let limit = if rng.gen_bool(0.5) {
+            Limit::Oversized
+        } else {
+            Limit::TooManyOps
+        };
+        return Request::Limit(limit);
+    }
     let k = rng.gen_range(0..keys);
     let key = format!("k/{k}");
     let value = format!("c{client}-{n}");
@@ -125,59 +172,121 @@ pub fn next_request(
     Request::Checked { key, call }
 }
 
-/// Sends a checked request to `member`, through etcd's KV service as a client's would go.
-pub fn send_checked(member: &SimMember, key: &str, call: &Call) -> Pending {
+/// The user the admin client (client 0) is, with every permission.
+pub const ROOT: &str = "root";
+/// The user the other clients are: read and write on the keys the workload uses.
+pub const APP: &str = "app";
+/// Every user's password.
+const PASSWORD: &str = "sim-password";
+/// The key prefixes the app user may read and write (the registers, leased keys, scratch keys).
+const APP_PREFIXES: [&str; 3] = ["k/", "l/", "x/"];
+
+/// `msg` as a client sends it, with its auth token when it has one.
+fn request<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = token.and_then(|t| t.parse().ok()) {
+        req.metadata_mut().insert("token", t);
+    }
+    req
+}
+
+/// What a refusal asks of the client (etcd's clients tell these errors by their messages).
+fn signal(s: &Status) -> Signal {
+    let is = |e: StateError| s.message() == ServerError::from(e).to_string();
+    if s.code() == Code::ResourceExhausted {
+        Signal::NoSpace
+    } else if s.code() == Code::Unauthenticated
+        || is(StateError::UserEmpty)
+        || is(StateError::AuthOldRevision)
+    {
+        Signal::NeedToken
+    } else {
+        Signal::Nothing
+    }
+}
+
+/// Whether a refusal says for certain that the request had no effect: the member refused it
+/// before it entered the log (no leader, too large, no space, not permitted) or the state
+/// machine refused it. Timeouts and a stopping member leave the outcome open.
+fn certainly_refused(s: &Status) -> bool {
+    let no_leader = s.message() == ServerError::NoLeader.to_string();
+    no_leader
+        || matches!(
+            s.code(),
+            Code::InvalidArgument
+                | Code::PermissionDenied
+                | Code::Unauthenticated
+                | Code::ResourceExhausted
+        )
+}
+
+/// Whether an answer succeeded, and what it asks of the client.
+fn sent<T>(answer: Result<tonic::Response<T>, Status>) -> (bool, Signal) {
+    match answer {
+        Ok(_) => (true, Signal::Nothing),
+        Err(s) => (false, signal(&s)),
+    }
+}
+
+/// Sends a checked request to `member`, through etcd's KV service as a client's goes.
+pub fn send_checked(member: &SimMember, token: Option<&str>, key: &str, call: &Call) -> Pending {
     let kv = KvService::new(member.member().clone());
+    let token = token.map(str::to_string);
     let k = key.as_bytes().to_vec();
-    match call.clone() {
-        Call::Get => Box::pin(async move {
-            let r = kv
-                .range(tonic::Request::new(PbRangeRequest {
+    let call = call.clone();
+    Box::pin(async move {
+        let t = token.as_deref();
+        match call {
+            Call::Get => {
+                let get = PbRangeRequest {
                     key: k,
                     ..Default::default()
-                }))
-                .await
-                .ok()?
-                .into_inner();
-            let kv = r.kvs.first().map(|kv| {
-                (
-                    String::from_utf8_lossy(&kv.value).into_owned(),
-                    kv.mod_revision,
-                )
-            });
-            Some(Outcome::Read(kv))
-        }),
-        Call::Put(v) => Box::pin(async move {
-            let put = PbPutRequest {
-                key: k,
-                value: v.into_bytes(),
-                ..Default::default()
-            };
-            written(kv.put(tonic::Request::new(put)).await, |r| Outcome::Wrote {
-                revision: revision(&r.header),
-                deleted: false,
-            })
-        }),
-        Call::Delete => Box::pin(async move {
-            let delete = PbDeleteRequest {
-                key: k,
-                ..Default::default()
-            };
-            written(kv.delete_range(tonic::Request::new(delete)).await, |r| {
-                Outcome::Wrote {
-                    revision: revision(&r.header),
-                    deleted: r.deleted > 0,
+                };
+                match kv.range(request(get, t)).await {
+                    Ok(r) => {
+                        let kv = r.into_inner().kvs.first().map(|kv| {
+                            (
+                                String::from_utf8_lossy(&kv.value).into_owned(),
+                                kv.mod_revision,
+                            )
+                        });
+                        (Some(Outcome::Read(kv)), Signal::Nothing)
+                    }
+                    Err(s) => (None, signal(&s)),
                 }
-            })
-        }),
-        Call::Cas { expected, new } => Box::pin(async move {
-            let txn = cas(k, expected, new);
-            written(kv.txn(tonic::Request::new(txn)).await, |r| Outcome::Cas {
-                swapped: r.succeeded,
-                revision: revision(&r.header),
-            })
-        }),
-    }
+            }
+            Call::Put(v) => {
+                let put = PbPutRequest {
+                    key: k,
+                    value: v.into_bytes(),
+                    ..Default::default()
+                };
+                written(kv.put(request(put, t)).await, |r| Outcome::Wrote {
+                    revision: revision(&r.header),
+                    deleted: false,
+                })
+            }
+            Call::Delete => {
+                let delete = PbDeleteRequest {
+                    key: k,
+                    ..Default::default()
+                };
+                written(kv.delete_range(request(delete, t)).await, |r| {
+                    Outcome::Wrote {
+                        revision: revision(&r.header),
+                        deleted: r.deleted > 0,
+                    }
+                })
+            }
+            Call::Cas { expected, new } => {
+                let txn = cas(k, expected, new);
+                written(kv.txn(request(txn, t)).await, |r| Outcome::Cas {
+                    swapped: r.succeeded,
+                    revision: revision(&r.header),
+                })
+            }
+        }
+    })
 }
 
 /// A compare-and-swap: put `new` at `key` if its value is `expected` (absent: if it does not
@@ -199,30 +308,32 @@ fn cas(key: Vec<u8>, expected: Option<String>, new: String) -> PbTxnRequest {
             ..Default::default()
         },
     };
-    let put = PbTxnRequestOp {
-        request: Some(PbTxnOpRequest::RequestPut(PbPutRequest {
-            key,
-            value: new.into_bytes(),
-            ..Default::default()
-        })),
-    };
     PbTxnRequest {
         compare: vec![compare],
-        success: vec![put],
+        success: vec![put_op(key, new.into_bytes())],
         failure: vec![],
     }
 }
 
-/// A write's outcome: definite when applied, or when refused before it could enter the log (no
-/// leader: etcd's clients tell that error by its message, as this one does); else unknown.
+fn put_op(key: Vec<u8>, value: Vec<u8>) -> PbTxnRequestOp {
+    PbTxnRequestOp {
+        request: Some(PbTxnOpRequest::RequestPut(PbPutRequest {
+            key,
+            value,
+            ..Default::default()
+        })),
+    }
+}
+
+/// A write's outcome: definite when applied or certainly refused, else unknown.
 fn written<T>(
     answer: Result<tonic::Response<T>, Status>,
     outcome: impl FnOnce(T) -> Outcome,
-) -> Recorded {
+) -> (Recorded, Signal) {
     match answer {
-        Ok(r) => Some(outcome(r.into_inner())),
-        Err(s) if s.message() == ServerError::NoLeader.to_string() => None,
-        Err(_) => Some(Outcome::Unknown),
+        Ok(r) => (Some(outcome(r.into_inner())), Signal::Nothing),
+        Err(s) if certainly_refused(&s) => (None, signal(&s)),
+        Err(s) => (Some(Outcome::Unknown), signal(&s)),
     }
 }
 
@@ -232,39 +343,34 @@ fn revision(h: &Option<keel_rpc::etcd::PbResponseHeader>) -> i64 {
 
 /// Sends a request outside the register model through its service; its result only says
 /// whether it failed.
-pub fn send_other(member: &SimMember, req: Other) -> Sent {
+pub fn send_other(member: &SimMember, token: Option<&str>, req: Other) -> Sent {
     let kv = KvService::new(member.member().clone());
+    let token = token.map(str::to_string);
     Box::pin(async move {
+        let t = token.as_deref();
         match req {
-            Other::Put(r) => kv.put(tonic::Request::new(r)).await.is_ok(),
-            Other::Compact(r) => kv.compact(tonic::Request::new(r)).await.is_ok(),
+            Other::Put(r) => sent(kv.put(request(r, t)).await),
+            Other::Compact(r) => sent(kv.compact(request(r, t)).await),
         }
     })
 }
 
 /// A lease grant; its result only says whether it failed.
-pub fn send_grant(member: &SimMember, id: i64, ttl: i64) -> Sent {
+pub fn send_grant(member: &SimMember, token: Option<&str>, id: i64, ttl: i64) -> Sent {
     let leases = LeaseService::new(member.member().clone());
-    Box::pin(async move {
-        let grant = PbLeaseGrantRequest { ttl, id };
-        leases.lease_grant(tonic::Request::new(grant)).await.is_ok()
-    })
+    let grant = request(PbLeaseGrantRequest { ttl, id }, token);
+    Box::pin(async move { sent(leases.lease_grant(grant).await) })
 }
 
 /// A client's lease revoke; its result only says whether it failed.
-pub fn send_revoke(member: &SimMember, id: i64) -> Sent {
+pub fn send_revoke(member: &SimMember, token: Option<&str>, id: i64) -> Sent {
     let leases = LeaseService::new(member.member().clone());
-    Box::pin(async move {
-        let revoke = PbLeaseRevokeRequest { id };
-        leases
-            .lease_revoke(tonic::Request::new(revoke))
-            .await
-            .is_ok()
-    })
+    let revoke = request(PbLeaseRevokeRequest { id }, token);
+    Box::pin(async move { sent(leases.lease_revoke(revoke).await) })
 }
 
 /// A primary lessor's revoke of a lease it found expired; true if applied.
-pub fn send_expiry_revoke(member: &SimMember, id: i64) -> Sent {
+pub fn send_expiry_revoke(member: &SimMember, id: i64) -> Pin<Box<dyn Future<Output = bool>>> {
     let member = member.member().clone();
     Box::pin(async move { member.revoke_expired(id).await.is_ok() })
 }
@@ -273,19 +379,196 @@ pub fn send_expiry_revoke(member: &SimMember, id: i64) -> Sent {
 /// (a TTL of 0 says it does not exist).
 pub fn send_keep_alive(member: &SimMember, id: i64) -> Sent {
     let member = member.member().clone();
-    Box::pin(async move { member.keep_alive(id).await.is_ok_and(|ttl| ttl > 0) })
+    Box::pin(async move {
+        match member.keep_alive(id).await {
+            Ok(ttl) => (ttl > 0, Signal::Nothing),
+            Err(e) => (false, signal(&e.into())),
+        }
+    })
 }
 
 /// A serializable read of every key.
-pub fn send_scan(member: &SimMember) -> Sent {
+pub fn send_scan(member: &SimMember, token: Option<&str>) -> Sent {
     let kv = KvService::new(member.member().clone());
+    let scan = PbRangeRequest {
+        key: b"\0".to_vec(),
+        range_end: b"\0".to_vec(),
+        serializable: true,
+        ..Default::default()
+    };
+    let scan = request(scan, token);
+    Box::pin(async move { sent(kv.range(scan).await) })
+}
+
+/// A request over `limit`, which must be refused with etcd's error for it, and have no effect.
+pub fn send_over_limit(member: &SimMember, token: Option<&str>, limit: Limit) -> Refusal {
+    let kv = KvService::new(member.member().clone());
+    let token = token.map(str::to_string);
     Box::pin(async move {
-        let scan = PbRangeRequest {
-            key: b"\0".to_vec(),
-            range_end: b"\0".to_vec(),
-            serializable: true,
+        let t = token.as_deref();
+        let (answer, expected) = match limit {
+            Limit::Oversized => {
+                let put = PbPutRequest {
+                    key: b"x/oversized".to_vec(),
+                    value: vec![b'v'; MAX_REQUEST_BYTES + 1],
+                    ..Default::default()
+                };
+                (
+                    kv.put(request(put, t)).await.map(|_| ()),
+                    ServerError::RequestTooLarge,
+                )
+            }
+            Limit::TooManyOps => {
+                let ops = (0..=keel_server::ServerConfig::default().max_txn_ops)
+                    .map(|i| put_op(format!("x/op-{i}").into_bytes(), b"v".to_vec()))
+                    .collect();
+                let txn = PbTxnRequest {
+                    success: ops,
+                    ..Default::default()
+                };
+                let answer = kv.txn(request(txn, t)).await.map(|_| ());
+                (answer, StateError::TooManyOps.into())
+            }
+        };
+        let expected = Status::from(expected);
+        match answer {
+            Err(s) if (s.code(), s.message()) == (expected.code(), expected.message()) => {
+                (None, Signal::Nothing)
+            }
+            // Refused for a reason etcd checks first: auth, or the space quota (a growing
+            // request is refused while NOSPACE is raised, whatever its size).
+            Err(s) if signal(&s) != Signal::Nothing => (None, signal(&s)),
+            other => {
+                let problem = format!(
+                    "{limit:?}: expected {:?} {:?}, got {other:?}",
+                    expected.code(),
+                    expected.message()
+                );
+                (Some(problem), Signal::Nothing)
+            }
+        }
+    })
+}
+
+/// Disarms NOSPACE, as `etcdctl alarm disarm` does: lists the raised alarms, then deactivates
+/// each; true once none is left.
+pub fn send_disarm(member: &SimMember, token: Option<&str>) -> Sent {
+    let maintenance = MaintenanceService::new(member.member().clone());
+    let token = token.map(str::to_string);
+    Box::pin(async move {
+        let t = token.as_deref();
+        let list = PbAlarmRequest {
+            action: ALARM_GET,
             ..Default::default()
         };
-        kv.range(tonic::Request::new(scan)).await.is_ok()
+        let raised = match maintenance.alarm(request(list, t)).await {
+            Ok(r) => r.into_inner().alarms,
+            Err(s) => return (false, signal(&s)),
+        };
+        for a in raised {
+            let disarm = PbAlarmRequest {
+                action: ALARM_DEACTIVATE,
+                member_id: a.member_id,
+                alarm: a.alarm,
+            };
+            if let Err(s) = maintenance.alarm(request(disarm, t)).await {
+                return (false, signal(&s));
+            }
+        }
+        (true, Signal::Nothing)
+    })
+}
+
+/// etcdserverpb.AlarmRequest.AlarmAction GET and DEACTIVATE.
+const ALARM_GET: i32 = 0;
+const ALARM_DEACTIVATE: i32 = 2;
+
+/// One step of setting up auth, as an operator does it with etcdctl (the admin client's first
+/// requests on seeds that run with auth): the root user, the app user and its role with
+/// read-write on the workload's keys, then auth enabled. `None` past the last step.
+pub fn send_auth_step(member: &SimMember, token: Option<&str>, step: usize) -> Option<Sent> {
+    let auth = AuthService::new(member.member().clone());
+    let token = token.map(str::to_string);
+    let user = |name: &str| AuthUserAddRequest {
+        name: name.into(),
+        password: PASSWORD.into(),
+        ..Default::default()
+    };
+    let grant = |user: &str, role: &str| AuthUserGrantRoleRequest {
+        user: user.into(),
+        role: role.into(),
+    };
+    let permission = |prefix: &str| AuthRoleGrantPermissionRequest {
+        name: APP.into(),
+        perm: Some(Permission {
+            perm_type: 2, // READWRITE
+            key: prefix.as_bytes().to_vec(),
+            range_end: keel_server::prefix_end(prefix.as_bytes()),
+        }),
+    };
+    Some(match step {
+        0 => Box::pin(
+            async move { done(auth.user_add(request(user(ROOT), token.as_deref())).await) },
+        ),
+        1 => Box::pin(async move {
+            done(
+                auth.user_grant_role(request(grant(ROOT, ROOT), token.as_deref()))
+                    .await,
+            )
+        }),
+        2 => {
+            Box::pin(async move { done(auth.user_add(request(user(APP), token.as_deref())).await) })
+        }
+        3 => Box::pin(async move {
+            let role = AuthRoleAddRequest { name: APP.into() };
+            done(auth.role_add(request(role, token.as_deref())).await)
+        }),
+        4..=6 => Box::pin(async move {
+            let perm = permission(APP_PREFIXES[step - 4]);
+            done(
+                auth.role_grant_permission(request(perm, token.as_deref()))
+                    .await,
+            )
+        }),
+        7 => Box::pin(async move {
+            done(
+                auth.user_grant_role(request(grant(APP, APP), token.as_deref()))
+                    .await,
+            )
+        }),
+        8 => Box::pin(async move {
+            done(
+                auth.auth_enable(request(AuthEnableRequest {}, token.as_deref()))
+                    .await,
+            )
+        }),
+        _ => return None,
+    })
+}
+
+/// A setup step is done when it succeeded or found its work done already (a retry of a step
+/// whose answer was lost).
+fn done<T>(answer: Result<tonic::Response<T>, Status>) -> (bool, Signal) {
+    match answer {
+        Err(s) if s.code() == Code::FailedPrecondition => (true, Signal::Nothing),
+        other => sent(other),
+    }
+}
+
+/// Authenticates as `user`.
+pub fn send_authenticate(member: &SimMember, user: &str) -> Authenticating {
+    let auth = AuthService::new(member.member().clone());
+    let req = tonic::Request::new(AuthenticateRequest {
+        name: user.into(),
+        password: PASSWORD.into(),
+    });
+    Box::pin(async move {
+        match auth.authenticate(req).await {
+            Ok(r) => Ok(Some(r.into_inner().token)),
+            Err(s) if s.message() == ServerError::from(StateError::AuthNotEnabled).to_string() => {
+                Ok(None)
+            }
+            Err(s) => Err(signal(&s)),
+        }
     })
 }

@@ -5,7 +5,7 @@ use keel_sim::{run, Config, Report};
 
 fn describe(r: &Report) -> String {
     format!(
-        "seed {}: {} members, {} register operations on {} keys, {} other requests, {} watch events, {} lease expiries, {} messages, every client wrote and read {} ms after the faults settled",
+        "seed {}: {} members, {} register operations on {} keys, {} other requests, {} watch events, {} lease expiries, {} messages, every client wrote and read {} ms after the faults settled, {:?}",
         r.seed,
         r.members,
         r.linearizability.operations,
@@ -14,7 +14,8 @@ fn describe(r: &Report) -> String {
         r.watch_events,
         r.lease_expiries,
         r.messages,
-        r.progress_ms
+        r.progress_ms,
+        r.paths
     )
 }
 

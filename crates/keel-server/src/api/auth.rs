@@ -84,9 +84,9 @@ impl AuthService {
     /// A bcrypt hash of `password`, made off the async threads.
     async fn hash(&self, password: String) -> Result<String, ServerError> {
         let cost = self.member.config().bcrypt_cost;
-        tokio::task::spawn_blocking(move || hash_password(&password, cost))
-            .await
-            .map_err(|e| ServerError::Internal(e.to_string()))?
+        self.member
+            .blocking(move || hash_password(&password, cost))
+            .await?
     }
 
     /// Checks `name`'s password; the auth revision it was checked at.
@@ -94,9 +94,10 @@ impl AuthService {
         let (hash, revision) = self.member.auth().password_of(name)?;
         let hash = hash.ok_or(ServerError::State(keel_state::StateError::AuthFailed))?;
         let password = password.to_string();
-        let matches = tokio::task::spawn_blocking(move || password_matches(&password, &hash))
-            .await
-            .map_err(|e| ServerError::Internal(e.to_string()))?;
+        let matches = self
+            .member
+            .blocking(move || password_matches(&password, &hash))
+            .await?;
         if !matches {
             tracing::warn!(user = name, "authentication failed: wrong password");
             return Err(ServerError::State(keel_state::StateError::AuthFailed));

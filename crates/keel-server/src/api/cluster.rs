@@ -363,9 +363,7 @@ impl Membership for PeerMembershipService {
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         let rev = req.into_inner().revision;
         let store = self.member.store().clone();
-        let hashed = tokio::task::spawn_blocking(move || store.hash_kv(rev))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let hashed = self.member.blocking(move || store.hash_kv(rev)).await?;
         let mut resp = HashResponse {
             member_id: self.member.id(),
             ..Default::default()
@@ -380,7 +378,7 @@ impl Membership for PeerMembershipService {
                 resp.unavailable = "future revision".into()
             }
             Err(keel_mvcc::MvccError::Compacted) => resp.unavailable = "compacted".into(),
-            Err(e) => return Err(Status::internal(e.to_string())),
+            Err(e) => return Err(ServerError::from(e).into()),
         }
         Ok(Response::new(resp))
     }

@@ -90,9 +90,7 @@ impl PbMaintenanceService for MaintenanceService {
         admin(&self.member, &req)?;
         let store = self.member.store().clone();
         // RocksDB compacts in the background of this call; readers are never blocked by it.
-        tokio::task::spawn_blocking(move || store.defragment())
-            .await
-            .map_err(|e| Status::from(ServerError::Internal(e.to_string())))?;
+        self.member.blocking(move || store.defragment()).await?;
         // The quota check reads the size at once: a write right after a defragmentation that made
         // room (and a disarm) must see the room.
         self.member.refresh_db_size();
@@ -104,9 +102,10 @@ impl PbMaintenanceService for MaintenanceService {
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         admin(&self.member, &req)?;
         let store = self.member.store().clone();
-        let hash = tokio::task::spawn_blocking(move || store.hash_all())
-            .await
-            .map_err(|e| ServerError::Internal(e.to_string()))?
+        let hash = self
+            .member
+            .blocking(move || store.hash_all())
+            .await?
             .map_err(ServerError::from)?;
         Ok(Response::new(HashResponse {
             header: self.member.header(self.member.store().current_revision()),
@@ -121,9 +120,10 @@ impl PbMaintenanceService for MaintenanceService {
         admin(&self.member, &req)?;
         let rev = req.into_inner().revision;
         let store = self.member.store().clone();
-        let h = tokio::task::spawn_blocking(move || store.hash_kv(rev))
-            .await
-            .map_err(|e| ServerError::Internal(e.to_string()))?
+        let h = self
+            .member
+            .blocking(move || store.hash_kv(rev))
+            .await?
             .map_err(ServerError::from)?;
         Ok(Response::new(HashKvResponse {
             header: self.member.header(self.member.store().current_revision()),

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use keel_mvcc::Store;
 use keel_raft::{Bootstrap, Driver, LogStore, Node, NodeConfig, Outbox, Transport};
+use keel_rpc::etcd::PbMember;
 use keel_state::alarm::Alarms;
 use keel_state::auth::AuthStore;
 use keel_state::lease::{Clock, Lessor};
@@ -18,7 +19,7 @@ use keel_state::Machine;
 use tokio::sync::watch;
 
 use super::apply::ApplyLoop;
-use super::{snapshot::Checkpoints, tasks::Tasks, wait::Registry, Hub, Member, Timer, Tokens};
+use super::{snapshot::Checkpoints, tasks::Tasks, wait::Registry, Hub, Member, Runtime, Tokens};
 use crate::config::ServerConfig;
 use crate::error::{ServerError, StartError};
 
@@ -67,8 +68,8 @@ pub struct Parts {
     pub membership: Arc<Membership>,
     /// How it reaches its peers.
     pub network: Network,
-    /// Its clock.
-    pub timer: Arc<dyn Timer>,
+    /// Its clock and blocking pool.
+    pub runtime: Arc<dyn Runtime>,
     /// Its raft settings.
     pub raft: NodeConfig,
     /// Where snapshots are made and received.
@@ -95,7 +96,7 @@ impl Member {
             identity,
             membership,
             network,
-            timer,
+            runtime,
             raft,
             snap_dir,
             first_request_id,
@@ -113,7 +114,7 @@ impl Member {
         let (applied_tx, applied_rx) = watch::channel(store.applied_index());
         let registry = Arc::new(Registry::default());
         let hub = Arc::new(Hub::new(store.clone()));
-        let clock = timer.clone();
+        let clock = runtime.clone();
         let leases = Arc::new(
             Lessor::restore(&store)
                 .map_err(|e| storage(&e))?
@@ -152,7 +153,7 @@ impl Member {
             identity,
             config,
             network,
-            timer,
+            runtime,
             snap_dir,
             next_id: AtomicU64::new(first_request_id),
             db_size: AtomicU64::new(0),
@@ -163,6 +164,23 @@ impl Member {
         member.refresh_db_size();
         Ok((member, Engine { driver, apply }))
     }
+}
+
+/// Records a new cluster's member in its empty store: its identity and the cluster's members, with
+/// the applied index where the bootstrapped raft log starts, in one write (a crash leaves all or
+/// nothing).
+pub fn bootstrap_store(
+    store: &Store,
+    identity: &Identity,
+    members: &[PbMember],
+) -> Result<(), StartError> {
+    let mut wb = store.write_batch();
+    identity.record(&mut wb);
+    Membership::bootstrap(&mut wb, members);
+    wb.commit(keel_raft::BOOTSTRAP_INDEX)
+        .and_then(|_| store.sync())
+        .map_err(|e| StartError::Storage(e.to_string()))?;
+    Ok(())
 }
 
 impl Engine {

@@ -36,12 +36,20 @@ pub struct LeaderLink {
     keepalives: Mutex<(u64, HashMap<i64, KeepAlive>)>,
 }
 
+/// A failed forwarded request: the leader's own answer passed on as it gave it, else why the
+/// leader could not be asked.
 fn unavailable(e: etcd_client::Error) -> ServerError {
     match e {
-        etcd_client::Error::GRpcStatus(s) if s.message() == ServerError::NotLeader.to_string() => {
-            ServerError::NotLeader
-        }
+        etcd_client::Error::GRpcStatus(s) => remote(&s),
         other => ServerError::Internal(format!("forwarding to the leader: {other}")),
+    }
+}
+
+/// The leader's answer to a forwarded request, for the client as the leader gave it.
+fn remote(s: &tonic::Status) -> ServerError {
+    ServerError::Remote {
+        code: s.code(),
+        message: s.message().to_string(),
     }
 }
 
@@ -135,10 +143,7 @@ impl Member {
         grpc.unary(req, PathAndQuery::from_static(path), codec)
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| ServerError::Remote {
-                code: s.code(),
-                message: s.message().to_string(),
-            })
+            .map_err(|s| remote(&s))
     }
 
     /// Removes member `id` (the leader itself) through the leader; the members after.

@@ -97,7 +97,7 @@ impl Member {
         let waited = self
             .within(REQUEST_TIMEOUT, async {
                 while self.leases.contains(id) {
-                    self.timer.sleep(REVOKE_POLL).await;
+                    self.runtime.sleep(REVOKE_POLL).await;
                 }
             })
             .await;

@@ -19,9 +19,9 @@ mod propose;
 mod raft_conf;
 mod read;
 mod replication;
+mod runtime;
 mod snapshot;
 mod tasks;
-mod time;
 mod tokens;
 mod wait;
 mod watch;
@@ -44,7 +44,7 @@ use keel_state::lease::Lessor;
 use keel_state::membership::{Identity, Membership};
 
 pub use apply::{change_kind, Applied, ApplyLoop};
-pub use assemble::{Engine, Network, Parts};
+pub use assemble::{bootstrap_store, Engine, Network, Parts};
 pub use corrupt::{initial_check, run_periodic as run_corrupt_checks, Inconsistent};
 pub use counters::counters;
 pub use fault::ApplyDelay;
@@ -54,8 +54,8 @@ pub use replication::{
     local as local_replication, to_proto as replication_proto, ClusterReplication, ReplicaRole,
     ReplicaState, ReplicaStatus, SnapshotBootstrap,
 };
+pub use runtime::{Job, Runtime, TokioRuntime};
 pub use snapshot::{decode_position, encode_position, Checkpoints, META_INSTALLED};
-pub use time::{SystemTimer, Timer};
 pub use tokens::Tokens;
 pub use watch::{Group, Hub, Output, WatchEnd, WatchSpec};
 
@@ -79,8 +79,8 @@ pub struct Member {
     config: ServerConfig,
     /// How it reaches its peers.
     network: Network,
-    /// Its clock: deadlines of requests and of the primary lessor's leases.
-    timer: Arc<dyn Timer>,
+    /// Its clock (deadlines of requests and of the primary lessor's leases) and blocking pool.
+    runtime: Arc<dyn Runtime>,
     /// Where snapshots are made and received.
     snap_dir: PathBuf,
     next_id: AtomicU64,
@@ -260,7 +260,15 @@ impl Member {
 
     /// Runs `fut`, giving up after `limit` on this member's clock.
     async fn within<T>(&self, limit: Duration, fut: impl Future<Output = T>) -> Option<T> {
-        time::within(self.timer.as_ref(), limit, fut).await
+        runtime::within(self.runtime.as_ref(), limit, fut).await
+    }
+
+    /// Runs `f`, which may block (hashing a password, the whole store), off the request path.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, crate::ServerError> {
+        runtime::blocking(self.runtime.as_ref(), f).await
     }
 }
 

@@ -29,7 +29,7 @@ impl Member {
         let moved = self
             .within(REQUEST_TIMEOUT, async {
                 while self.leader_id() != target {
-                    self.timer.sleep(Duration::from_millis(20)).await;
+                    self.runtime.sleep(Duration::from_millis(20)).await;
                 }
             })
             .await;

@@ -12,7 +12,9 @@ use prost::Message;
 
 use crate::config::{ClusterState, ServerConfig};
 use crate::error::{ServerError, StartError};
-use crate::member::{conf_state, decode_position, encode_position, META_INSTALLED};
+use crate::member::{
+    bootstrap_store, conf_state, decode_position, encode_position, META_INSTALLED,
+};
 /// Creates a new member's data dir from a snapshot file (`keel snapshot restore`): every key,
 /// revision and lease of the snapshot, and the membership of the new cluster `cfg` describes (as
 /// etcd's restore, each member of the new cluster is restored from the same file).
@@ -122,14 +124,7 @@ pub(super) async fn establish_identity(
         ClusterState::Existing => join_identity(cfg, dialer).await?,
     };
     if cfg.initial_cluster_state == ClusterState::New {
-        // Identity, members and the applied index in one write: a crash leaves all or nothing.
-        // The state machine starts where the bootstrapped raft log does.
-        let mut wb = store.write_batch();
-        identity.record(&mut wb);
-        Membership::bootstrap(&mut wb, &members);
-        wb.commit(keel_raft::BOOTSTRAP_INDEX)
-            .and_then(|_| store.sync())
-            .map_err(|e| StartError::Storage(e.to_string()))?;
+        bootstrap_store(store, &identity, &members)?;
     } else {
         identity.save(store).map_err(|e| storage(e.into()))?;
     }

@@ -23,7 +23,7 @@ use super::{incoming, Listener};
 use crate::api;
 use crate::config::ServerConfig;
 use crate::error::StartError;
-use crate::member::{conf_state, first_request_id, Member, Network, Parts, SystemTimer};
+use crate::member::{conf_state, first_request_id, Member, Network, Parts, TokioRuntime};
 
 /// How long in-flight requests may run after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -141,7 +141,7 @@ impl Server {
             identity,
             membership,
             network: Network::Transport(transport.clone()),
-            timer: Arc::new(SystemTimer),
+            runtime: Arc::new(TokioRuntime),
             raft,
             snap_dir: member_dir.join("snap"),
         })?;

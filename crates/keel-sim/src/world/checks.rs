@@ -53,19 +53,13 @@ impl World {
             }
         }
         // Each member's store hash (HashKV, as etcd's corruption check compares it: every stored
-        // revision of every key, those kept at the compaction included) and its leases.
-        let digests: Vec<_> = members
-            .iter()
-            .map(|m| {
-                let mut leases = m.lease_ids();
-                leases.sort_unstable();
-                (m.store().hash_kv(0).map(|k| k.hash).ok(), leases)
-            })
-            .collect();
+        // revision of every key, those kept at the compaction included), its leases, its alarms
+        // and its auth state.
+        let digests: Vec<_> = members.iter().map(|m| digest(m.member())).collect();
         for (i, d) in digests.iter().enumerate().skip(1) {
             if d != &digests[0] {
                 self.problems.push(format!(
-                    "member {} differs from member 1 at the end: store hash and leases {d:?} vs {:?}",
+                    "member {} differs from member 1 at the end: {d:?} vs {:?}",
                     i + 1,
                     digests[0]
                 ));
@@ -83,4 +77,30 @@ impl World {
             }
         }
     }
+}
+
+/// What must be equal on every member once the cluster converged: the store's hash (HashKV), the
+/// leases, the raised alarms, and the auth state (on or off, its revision, every user's roles
+/// and every role's permissions).
+fn digest(m: &keel_server::Member) -> String {
+    let mut leases = m.leases().leases();
+    leases.sort_unstable();
+    let auth = m.auth();
+    let users: Vec<_> = auth
+        .user_names()
+        .into_iter()
+        .map(|u| (auth.user_roles(&u).ok(), u))
+        .collect();
+    let roles: Vec<_> = auth
+        .role_names()
+        .into_iter()
+        .map(|r| (format!("{:?}", auth.role_permissions(&r).ok()), r))
+        .collect();
+    format!(
+        "hash {:?}, leases {leases:?}, alarms {:?}, auth on {} at revision {}, users {users:?}, roles {roles:?}",
+        m.store().hash_kv(0).map(|k| k.hash).ok(),
+        m.alarms().list(),
+        auth.enabled(),
+        auth.revision(),
+    )
 }

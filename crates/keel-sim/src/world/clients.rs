@@ -6,21 +6,35 @@ impl World {
     /// Once the faults have stopped: each client's next progress probe, a put of a fresh value to
     /// its own key, then a linearizable read of it, to a random member (retried until it succeeds).
     pub(super) fn start_probes(&mut self) {
+        if self.now == self.cfg.active_ms + PROBE_AFTER_MS {
+            // What a client still waits for from the time of the faults it abandons, as a
+            // client that times out does: the probes measure the cluster as it is now.
+            for c in 0..self.clients.len() {
+                if let Some(op) = self.clients[c].op.take() {
+                    self.give_up(c, op);
+                }
+            }
+        }
         let alive = self.alive();
         for c in 0..self.clients.len() {
             let client = &self.clients[c];
             if client.op.is_some() || alive.is_empty() {
                 continue;
             }
+            let member = alive[self.rng.gen_range(0..alive.len())];
+            if let Some(job) = self.chore(c, member) {
+                self.issue(c, member, job, None);
+                continue;
+            }
+            let client = &self.clients[c];
             let call = match client.probes {
                 [None, _] => Call::Put(format!("probe-{c}-{}", client.issued)),
                 [Some(_), None] => Call::Get,
                 [Some(_), Some(_)] => continue,
             };
-            let member = alive[self.rng.gen_range(0..alive.len())];
             let key = format!("k/{}", c % self.cfg.keys);
             let m = self.slots[member].member.as_ref().expect("alive");
-            let fut = workload::send_checked(m, &key, &call);
+            let fut = workload::send_checked(m, client.token.as_deref(), &key, &call);
             self.issue(c, member, Job::Checked { key, call, fut }, None);
         }
     }
@@ -36,6 +50,11 @@ impl World {
                 continue;
             }
             let member = alive[self.rng.gen_range(0..alive.len())];
+            if let Some(job) = self.chore(c, member) {
+                self.issue(c, member, job, None);
+                continue;
+            }
+            let client = &self.clients[c];
             let n = client.issued;
             let req = workload::next_request(
                 &mut self.rng,
@@ -60,13 +79,16 @@ impl World {
                 _ => member,
             };
             let m = self.slots[member].member.as_ref().expect("alive");
+            let token = self.clients[c].token.clone();
+            let token = token.as_deref();
             let job = match req {
                 Request::Checked { key, call } => {
-                    let fut = workload::send_checked(m, &key, &call);
+                    let fut = workload::send_checked(m, token, &key, &call);
                     Job::Checked { key, call, fut }
                 }
-                Request::Other(body) => Job::Other(workload::send_other(m, body)),
-                Request::Scan => Job::Other(workload::send_scan(m)),
+                Request::Other(body) => Job::Other(workload::send_other(m, token, body)),
+                Request::Scan => Job::Other(workload::send_scan(m, token)),
+                Request::Limit(limit) => Job::OverLimit(workload::send_over_limit(m, token, limit)),
                 Request::Grant { id, ttl } => {
                     let track = LeaseTrack {
                         ttl_ms: ttl as u64 * 1000,
@@ -81,7 +103,7 @@ impl World {
                     Job::Lease {
                         op: LeaseOp::Grant,
                         id,
-                        fut: workload::send_grant(m, id, ttl),
+                        fut: workload::send_grant(m, token, id, ttl),
                     }
                 }
                 Request::KeepAlive(id) => Job::Lease {
@@ -97,7 +119,7 @@ impl World {
                     Job::Lease {
                         op: LeaseOp::Revoke,
                         id,
-                        fut: workload::send_revoke(m, id),
+                        fut: workload::send_revoke(m, token, id),
                     }
                 }
             };
@@ -113,6 +135,21 @@ impl World {
     }
 
     pub(super) fn issue(&mut self, c: usize, member: usize, job: Job, clocks: Option<Vec<u64>>) {
+        if tracing() {
+            let what = match &job {
+                Job::Checked { call, .. } => format!("{call:?}"),
+                Job::Other(_) => "other".into(),
+                Job::Lease { id, .. } => format!("lease {id}"),
+                Job::OverLimit(_) => "over limit".into(),
+                Job::AuthStep(s, _) => format!("auth step {s}"),
+                Job::Disarm(_) => "disarm".into(),
+                Job::Authenticate(_) => "authenticate".into(),
+            };
+            eprintln!(
+                "{} ms client {c} issues to member {member}: {what}",
+                self.now
+            );
+        }
         let invoked = self.stamp();
         let client = &mut self.clients[c];
         client.issued += 1;
@@ -125,37 +162,128 @@ impl World {
         });
     }
 
+    /// What client `c` must do before its own requests, if anything: authenticate (auth is on
+    /// and it has no valid token), or, as the admin (client 0), set up auth (on auth seeds) and
+    /// disarm NOSPACE once a client was refused for it.
+    fn chore(&mut self, c: usize, member: usize) -> Option<Job> {
+        let m = self.slots[member].member.as_ref().expect("alive");
+        let client = &self.clients[c];
+        if client.needs_token {
+            let user = if c == 0 {
+                workload::ROOT
+            } else {
+                workload::APP
+            };
+            return Some(Job::Authenticate(workload::send_authenticate(m, user)));
+        }
+        if c != 0 {
+            return None;
+        }
+        let token = client.token.as_deref();
+        if self.cfg.auth {
+            if let Some(fut) = workload::send_auth_step(m, token, self.auth_step) {
+                return Some(Job::AuthStep(self.auth_step, fut));
+            }
+        }
+        self.nospace
+            .then(|| Job::Disarm(workload::send_disarm(m, token)))
+    }
+
+    fn count(&mut self, path: &'static str) {
+        *self.paths.entry(path).or_default() += 1;
+    }
+
+    /// Acts on what an answer asked of client `c`.
+    fn heed(&mut self, c: usize, signal: Signal) {
+        match signal {
+            Signal::Nothing => {}
+            Signal::NoSpace => {
+                self.count("refused for NOSPACE");
+                self.nospace = true;
+            }
+            Signal::NeedToken => {
+                let client = &mut self.clients[c];
+                client.token = None;
+                client.needs_token = true;
+            }
+        }
+    }
+
     pub(super) fn poll(&mut self) {
         let mut cx = Context::from_waker(Waker::noop());
         for c in 0..self.clients.len() {
             let Some(op) = self.clients[c].op.as_mut() else {
                 continue;
             };
-            let (done, succeeded) = match &mut op.job {
-                Job::Checked { fut, .. } => match fut.as_mut().poll(&mut cx) {
-                    Poll::Ready(recorded) => (Some(recorded), false),
-                    Poll::Pending => (None, false),
-                },
-                Job::Other(fut) | Job::Lease { fut, .. } => match fut.as_mut().poll(&mut cx) {
-                    Poll::Ready(ok) => (Some(None), ok),
-                    Poll::Pending => (None, false),
-                },
+            let probing = op.invoked_ms >= self.cfg.active_ms + PROBE_AFTER_MS;
+            let timeout = if probing {
+                PROBE_TIMEOUT_MS
+            } else {
+                REQUEST_TIMEOUT_MS
             };
-            let timed_out = self.now >= op.invoked_ms + REQUEST_TIMEOUT_MS;
-            match done {
-                Some(recorded) => {
-                    let op = self.clients[c].op.take().expect("checked");
-                    if succeeded {
-                        self.other_requests += 1;
-                        self.lease_succeeded(&op);
-                    }
-                    self.complete(c, op, recorded);
-                }
-                None if timed_out => {
+            let timed_out = self.now >= op.invoked_ms + timeout;
+            let Some(answer) = poll_job(&mut op.job, &mut cx) else {
+                if timed_out {
                     let op = self.clients[c].op.take().expect("checked");
                     self.give_up(c, op);
                 }
-                None => {}
+                continue;
+            };
+            let op = self.clients[c].op.take().expect("checked");
+            if tracing() {
+                let what = match &answer {
+                    Answer::Recorded(r, s) => format!("{r:?} {s:?}"),
+                    Answer::Sent(ok, s) => format!("sent {ok} {s:?}"),
+                    Answer::Refused(p, s) => format!("refused {p:?} {s:?}"),
+                    Answer::Token(t) => format!("token {t:?}"),
+                };
+                eprintln!("{} ms client {c} at member {}: {what}", self.now, op.member);
+            }
+            match answer {
+                Answer::Recorded(recorded, signal) => {
+                    self.heed(c, signal);
+                    self.complete(c, op, recorded);
+                }
+                Answer::Sent(ok, signal) => {
+                    self.heed(c, signal);
+                    if ok {
+                        self.other_requests += 1;
+                        self.lease_succeeded(&op);
+                        match op.job {
+                            Job::AuthStep(step, _) => {
+                                self.count("auth set-up steps");
+                                self.auth_step = self.auth_step.max(step + 1);
+                            }
+                            Job::Disarm(_) => {
+                                self.count("NOSPACE disarmed");
+                                self.nospace = false;
+                            }
+                            _ => {}
+                        }
+                    }
+                    self.complete(c, op, None);
+                }
+                Answer::Refused(problem, signal) => {
+                    self.heed(c, signal);
+                    self.count("refused over a limit");
+                    self.problems.extend(problem);
+                    self.complete(c, op, None);
+                }
+                Answer::Token(token) => {
+                    let client = &mut self.clients[c];
+                    match token {
+                        Ok(token) => {
+                            client.needs_token = false;
+                            client.token = token;
+                            self.count("authentications");
+                        }
+                        Err(signal) => {
+                            // Not authenticated yet (the user or its role may not exist yet).
+                            self.heed(c, signal);
+                        }
+                    }
+                    self.complete(c, op, None);
+                }
             }
         }
         for w in &mut self.watchers {
@@ -241,6 +369,12 @@ impl World {
     /// A request whose answer never came: a write may or may not have happened; a read had no
     /// effect and is left out.
     pub(super) fn give_up(&mut self, c: usize, op: InFlight) {
+        if tracing() {
+            eprintln!(
+                "{} ms client {c} gives up on member {}",
+                self.now, op.member
+            );
+        }
         let completed = self.stamp();
         self.clients[c].idle_until = self.now;
         if let Job::Checked { key, call, .. } = op.job {
@@ -249,4 +383,37 @@ impl World {
             }
         }
     }
+}
+
+/// A finished job's answer.
+enum Answer {
+    Recorded(Option<Outcome>, Signal),
+    Sent(bool, Signal),
+    Refused(Option<String>, Signal),
+    Token(Result<Option<String>, Signal>),
+}
+
+/// Polls a job once; its answer if it has one.
+fn poll_job(job: &mut Job, cx: &mut Context<'_>) -> Option<Answer> {
+    let answer = match job {
+        Job::Checked { fut, .. } => match fut.as_mut().poll(cx) {
+            Poll::Ready((recorded, signal)) => Answer::Recorded(recorded, signal),
+            Poll::Pending => return None,
+        },
+        Job::Other(fut) | Job::Lease { fut, .. } | Job::AuthStep(_, fut) | Job::Disarm(fut) => {
+            match fut.as_mut().poll(cx) {
+                Poll::Ready((ok, signal)) => Answer::Sent(ok, signal),
+                Poll::Pending => return None,
+            }
+        }
+        Job::OverLimit(fut) => match fut.as_mut().poll(cx) {
+            Poll::Ready((problem, signal)) => Answer::Refused(problem, signal),
+            Poll::Pending => return None,
+        },
+        Job::Authenticate(fut) => match fut.as_mut().poll(cx) {
+            Poll::Ready(token) => Answer::Token(token),
+            Poll::Pending => return None,
+        },
+    };
+    Some(answer)
 }

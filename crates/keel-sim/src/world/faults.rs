@@ -13,7 +13,7 @@ impl World {
             .filter(|_| self.rng.gen_bool(0.5))
             .unwrap_or(order[0]);
         let lasting = self.rng.gen_range(300..3000);
-        match self.rng.gen_range(0..10) {
+        match self.rng.gen_range(0..11) {
             0 | 1 => {
                 // At most a minority down at once, so the cluster can go on.
                 if self.alive().len() <= n / 2 + 1 || self.slots[victim].member.is_none() {
@@ -91,6 +91,20 @@ impl World {
                     .clock_us
                     .fetch_add(jump_ms * 1000, Ordering::Relaxed);
             }
+            9 => {
+                // An operator's mistake: the member restarts with a backend quota its store is
+                // over. Its next growing write raises NOSPACE for the whole cluster, which then
+                // refuses growing writes until a client disarms the alarm.
+                if self.slots[victim].member.is_none() {
+                    return;
+                }
+                let id = self.slots[victim].id;
+                self.note(format!("{id} restarts with a quota it is over"));
+                self.crash(victim, false);
+                self.slots[victim].setup.quota_bytes = Setup::OVER_QUOTA;
+                self.start_member(victim);
+                self.schedule(lasting, Scheduled::QuotaRestored(victim));
+            }
             _ => {
                 let weather = Weather {
                     drop: self.rng.gen_range(0.05..0.4),
@@ -144,6 +158,7 @@ impl World {
         self.scheduled.clear();
         self.net.heal();
         for i in 0..self.slots.len() {
+            self.restore_quota(i);
             self.slots[i].stalled_until = 0;
             self.slots[i].tick_ms = TICK_MS;
             if self.slots[i].member.is_none() {
@@ -164,12 +179,27 @@ impl World {
                     self.start_member(i);
                 }
                 Scheduled::Restart(_) => {}
+                Scheduled::QuotaRestored(i) => self.restore_quota(i),
                 Scheduled::Heal => {
                     self.note("network heals".into());
                     self.net.heal();
                 }
                 Scheduled::ClockTrue(i) => self.slots[i].tick_ms = TICK_MS,
             }
+        }
+    }
+
+    /// Restarts member `i` with its usual quota, if it runs with another.
+    fn restore_quota(&mut self, i: usize) {
+        if self.slots[i].setup.quota_bytes == Setup::INITIAL.quota_bytes {
+            return;
+        }
+        self.slots[i].setup.quota_bytes = Setup::INITIAL.quota_bytes;
+        if self.slots[i].member.is_some() {
+            let id = self.slots[i].id;
+            self.note(format!("{id} restarts with its usual quota"));
+            self.crash(i, false);
+            self.start_member(i);
         }
     }
 }

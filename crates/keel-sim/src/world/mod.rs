@@ -21,10 +21,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::member::{SimClock, SimMember};
+use crate::member::{Setup, SimClock, SimMember};
 use crate::network::{MemberOutbox, Network, Weather};
 use crate::oracle::{Oracle, Watcher};
-use crate::workload::{self, Pending, Request, Sent};
+use crate::workload::{self, Authenticating, Pending, Refusal, Request, Sent, Signal};
 
 mod checks;
 mod clients;
@@ -39,6 +39,17 @@ const REQUEST_TIMEOUT_MS: u64 = 3000;
 /// client must get one write and one linearizable read through before the run ends (progress: a
 /// build whose requests all time out fails every seed).
 const PROBE_AFTER_MS: u64 = 2000;
+/// A probe goes to a cluster without faults, which answers in milliseconds: one that has no
+/// answer after this long was lost (a dropped message; the network still loses 1%) and is sent
+/// again.
+const PROBE_TIMEOUT_MS: u64 = 1000;
+
+/// Whether `SIM_TRACE` asks for the run's trace on stderr: every request, answer and give-up,
+/// and every member's raft state each 250 ms.
+fn tracing() -> bool {
+    static TRACING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACING.get_or_init(|| std::env::var_os("SIM_TRACE").is_some())
+}
 
 /// The shape of one run.
 #[derive(Clone, Debug)]
@@ -58,10 +69,14 @@ pub struct Config {
     /// Whether the nemesis injects faults and the network loses and duplicates messages (without,
     /// it only delays them).
     pub faults: bool,
+    /// Whether the admin client sets up auth (a root user, an app user whose role may read and
+    /// write the workload's keys) and enables it; every client then authenticates.
+    pub auth: bool,
 }
 
 impl Config {
-    /// The suite's shape for `seed`: three members for even seeds, five for odd ones.
+    /// The suite's shape for `seed`: three members for even seeds, five for odd ones; auth on
+    /// every other pair of seeds.
     pub fn for_seed(seed: u64) -> Config {
         Config {
             members: if seed.is_multiple_of(2) { 3 } else { 5 },
@@ -72,6 +87,7 @@ impl Config {
             // Long enough for every 2 s lease left alone to expire after the faults stop.
             settle_ms: 6_000,
             faults: true,
+            auth: seed % 4 >= 2,
         }
     }
 }
@@ -85,6 +101,9 @@ pub struct Report {
     pub members: usize,
     /// Requests outside the register model (leases, compaction, scans) that completed.
     pub other_requests: usize,
+    /// How often the workload's rarer paths ran: refusals over a limit, refusals for NOSPACE,
+    /// disarms, authentications, auth set-up steps.
+    pub paths: BTreeMap<&'static str, usize>,
     /// The linearizability check of the register requests.
     pub linearizability: keel_check::Report,
     /// Watch events checked.
@@ -140,6 +159,9 @@ pub fn run(seed: u64, cfg: &Config) -> Report {
         w.expire_leases();
         w.keep_watching();
         w.maybe_checkpoint();
+        if tracing() && w.now.is_multiple_of(250) {
+            w.trace_members();
+        }
         w.now += 1;
     }
     w.finish()
@@ -148,6 +170,8 @@ pub fn run(seed: u64, cfg: &Config) -> Report {
 struct Slot {
     id: u64,
     dir: PathBuf,
+    /// How it starts (its quota may be one it is over, for a while).
+    setup: Setup,
     member: Option<SimMember>,
     incarnation: u64,
     /// This member's tick length: clocks run at slightly different rates.
@@ -180,6 +204,14 @@ enum Job {
         id: i64,
         fut: Sent,
     },
+    /// A request over a limit, which must be refused.
+    OverLimit(Refusal),
+    /// A step of setting up auth (the admin's).
+    AuthStep(usize, Sent),
+    /// Disarming NOSPACE (the admin's).
+    Disarm(Sent),
+    /// Getting a token.
+    Authenticate(Authenticating),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -212,7 +244,7 @@ struct ExpiryRevoke {
     lease: i64,
     /// The member's clock (us) when it found the lease expired.
     found_us: u64,
-    revoke: Sent,
+    revoke: Pin<Box<dyn Future<Output = bool>>>,
 }
 
 struct InFlight {
@@ -225,6 +257,10 @@ struct InFlight {
 }
 
 struct Client {
+    /// Its auth token, once it has one.
+    token: Option<String>,
+    /// Whether it must authenticate before its next request.
+    needs_token: bool,
     last_seen: Vec<Option<String>>,
     op: Option<InFlight>,
     idle_until: u64,
@@ -244,6 +280,8 @@ struct WatchSlot {
 /// A fault's end, or a step of it, at a set time.
 enum Scheduled {
     Restart(usize),
+    /// The member restarts with its usual quota.
+    QuotaRestored(usize),
     Heal,
     ClockTrue(usize),
 }
@@ -268,7 +306,12 @@ struct World {
     scheduled: BTreeMap<(u64, u64), Scheduled>,
     scheduled_seq: u64,
     leases: Vec<i64>,
+    /// The next step of setting up auth (on auth seeds), once the previous one succeeded.
+    auth_step: usize,
+    /// Whether a client was refused for NOSPACE since the admin last disarmed it.
+    nospace: bool,
     other_requests: usize,
+    paths: BTreeMap<&'static str, usize>,
     /// Leases granted (or asked for), by id.
     lease_tracks: BTreeMap<i64, LeaseTrack>,
     /// Revokes of expired leases under way.
@@ -293,6 +336,7 @@ impl World {
             .map(|&id| Slot {
                 id,
                 dir: dir.path().join(format!("m{id}")),
+                setup: Setup::INITIAL,
                 member: None,
                 incarnation: 0,
                 tick_ms: rng.gen_range(TICK_MS - 10..=TICK_MS + 10),
@@ -307,6 +351,8 @@ impl World {
             .collect();
         let clients = (0..cfg.clients)
             .map(|_| Client {
+                token: None,
+                needs_token: false,
                 last_seen: vec![None; cfg.keys],
                 op: None,
                 idle_until: 0,
@@ -339,7 +385,10 @@ impl World {
             scheduled: BTreeMap::new(),
             scheduled_seq: 0,
             leases: Vec::new(),
+            auth_step: 0,
+            nospace: false,
             other_requests: 0,
+            paths: BTreeMap::new(),
             lease_tracks: BTreeMap::new(),
             expiry_revokes: Vec::new(),
             lease_expiries: 0,
@@ -357,7 +406,7 @@ impl World {
     }
 
     fn start_member(&mut self, i: usize) {
-        let voters = (1..=self.slots.len() as u64).collect();
+        let voters: Vec<u64> = (1..=self.slots.len() as u64).collect();
         let outbox = Arc::new(MemberOutbox(self.net.wire.clone()));
         let slot = &mut self.slots[i];
         slot.incarnation += 1;
@@ -367,7 +416,8 @@ impl World {
         match SimMember::open(
             &slot.dir,
             slot.id,
-            voters,
+            &voters,
+            slot.setup,
             slot.incarnation,
             tick,
             clock,
@@ -382,6 +432,26 @@ impl World {
             Err(e) => self
                 .problems
                 .push(format!("member {} did not restart: {e}", slot.id)),
+        }
+    }
+
+    fn trace_members(&self) {
+        for s in &self.slots {
+            let Some(m) = &s.member else {
+                eprintln!("{} ms member {}: down", self.now, s.id);
+                continue;
+            };
+            let st = m.status();
+            eprintln!(
+                "{} ms member {}: {:?} term {} leader {} commit {} applied {}",
+                self.now,
+                s.id,
+                st.role,
+                st.term,
+                st.leader_id,
+                st.commit_index,
+                m.store().applied_index()
+            );
         }
     }
 
@@ -584,6 +654,7 @@ impl World {
             seed: self.seed,
             members: self.slots.len(),
             other_requests: self.other_requests,
+            paths: self.paths,
             linearizability,
             watch_events,
             lease_expiries: self.lease_expiries,
