@@ -223,7 +223,8 @@ impl Server {
         ));
         if self.cfg.initial_corrupt_check {
             if let Err(e) = crate::member::initial_check(&self.member).await {
-                let _ = stop_tx.send(true);
+                // Aborted: a graceful stop would wait for the peers' raft streams to end.
+                peer_server.abort();
                 let _ = peer_server.await;
                 self.member.stop().await;
                 return Err(e.into());
