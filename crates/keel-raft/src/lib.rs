@@ -12,8 +12,8 @@ mod transport;
 
 pub use log_store::{wal_fsync_seconds, LogStore, SnapshotImage, SnapshotSource, BOOTSTRAP_INDEX};
 pub use node::{
-    Committed, Driver, InstallSnapshot, Node, NodeConfig, Outbox, PeerProgress, RaftStatus,
-    Refused, Replication, Role, Stepper,
+    Committed, Driver, InstallSnapshot, Installer, Node, NodeConfig, Outbox, PeerProgress,
+    RaftStatus, Refused, Replication, Role, Stepper,
 };
 pub use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageType,

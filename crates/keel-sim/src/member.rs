@@ -45,6 +45,11 @@ impl Setup {
         quota_bytes: 2 * 1024 * 1024 * 1024,
         initial: true,
     };
+    /// A learner joining the running cluster with etcd's default quota.
+    pub const JOINING: Setup = Setup {
+        initial: false,
+        ..Setup::INITIAL
+    };
     /// A quota every store is over (the quota check raises NOSPACE on its first growing write:
     /// whatever RocksDB's size, it is more than a byte).
     pub const OVER_QUOTA: u64 = 1;

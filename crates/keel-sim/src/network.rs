@@ -3,6 +3,7 @@
 //! be cut one way or both.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keel_raft::{Message, MessageType, Outbox, Stepper};
@@ -14,6 +15,8 @@ use rand::Rng;
 #[derive(Default)]
 pub struct Wire {
     sent: Mutex<Vec<Message>>,
+    /// Snapshot messages, with where their senders learn how the transfer went.
+    snapshots: Mutex<Vec<(Message, Stepper)>>,
 }
 
 /// A member's outbox onto the shared wire.
@@ -25,8 +28,7 @@ impl Outbox for MemberOutbox {
     }
 
     fn send_snapshot(&self, msg: Message, reporter: Stepper) {
-        // The simulation never compacts the raft log, so no member needs a snapshot.
-        reporter.report_snapshot(msg.to, false);
+        self.0.snapshots.lock().push((msg, reporter));
     }
 }
 
@@ -75,6 +77,10 @@ pub struct Network {
     pub weather: Weather,
     /// Messages delivered so far.
     pub delivered: u64,
+    /// Snapshots transferred so far.
+    pub snapshots: usize,
+    /// Where each member receives snapshots (its snap dir), by member id.
+    snap_dirs: BTreeMap<u64, PathBuf>,
 }
 
 impl Network {
@@ -87,11 +93,34 @@ impl Network {
             cut: BTreeSet::new(),
             weather: Weather::calm(),
             delivered: 0,
+            snapshots: 0,
+            snap_dirs: BTreeMap::new(),
         }
     }
 
-    /// Decides when (and whether) each message on the wire arrives.
+    /// Member `id` receives snapshots in `dir`.
+    pub fn receive_snapshots_in(&mut self, id: u64, dir: PathBuf) {
+        self.snap_dirs.insert(id, dir);
+    }
+
+    /// Decides when (and whether) each message on the wire arrives. A snapshot's image is copied
+    /// into its receiver's snap dir at once, as the peer transport streams it, and the message
+    /// naming the copy then travels as any other; its sender hears that the transfer finished,
+    /// or failed over a cut link.
     pub fn schedule(&mut self, now: u64, rng: &mut StdRng) {
+        let snapshots = std::mem::take(&mut *self.wire.snapshots.lock());
+        for (mut m, reporter) in snapshots {
+            let to = m.to;
+            let copied = match self.snap_dirs.get(&to) {
+                Some(dir) if !self.cut.contains(&(m.from, to)) => transfer(&mut m, dir),
+                _ => Err(format!("no link to {to}")),
+            };
+            reporter.report_snapshot(to, copied.is_ok());
+            if copied.is_ok() {
+                self.snapshots += 1;
+                self.wire.sent.lock().push(m);
+            }
+        }
         let sent = std::mem::take(&mut *self.wire.sent.lock());
         for m in sent {
             if rng.gen_bool(self.weather.drop) {
@@ -144,4 +173,24 @@ impl Network {
         self.cut.clear();
         self.weather = Weather::calm();
     }
+}
+
+/// Copies the image `m` names into `dir` (named as the peer transport names a received image)
+/// and has `m` name the copy.
+fn transfer(m: &mut Message, dir: &Path) -> Result<(), String> {
+    let image = PathBuf::from(String::from_utf8_lossy(&m.get_snapshot().data).into_owned());
+    let meta = m.get_snapshot().get_metadata();
+    let copy = dir.join(format!("recv-{:016x}-{:016x}", meta.index, meta.term));
+    let copied = (|| {
+        let _ = std::fs::remove_dir_all(&copy);
+        std::fs::create_dir_all(&copy)?;
+        for file in std::fs::read_dir(&image)? {
+            let file = file?;
+            std::fs::copy(file.path(), copy.join(file.file_name()))?;
+        }
+        Ok::<_, std::io::Error>(())
+    })();
+    copied.map_err(|e| format!("copying snapshot {}: {e}", image.display()))?;
+    m.mut_snapshot().data = copy.to_string_lossy().into_owned().into_bytes().into();
+    Ok(())
 }

@@ -13,13 +13,16 @@ use keel_rpc::auth::{
 use keel_rpc::authpb::Permission;
 use keel_rpc::etcd::PbKvService;
 use keel_rpc::etcd::PbLeaseService;
-use keel_rpc::etcd::{PbAlarmRequest, PbMaintenanceService};
+use keel_rpc::etcd::{
+    PbAlarmRequest, PbClusterService, PbMaintenanceService, PbMemberAddRequest,
+    PbMemberListRequest, PbMemberPromoteRequest,
+};
 use keel_rpc::etcd::{
     PbCompactionRequest, PbCompare, PbCompareTarget, PbDeleteRequest, PbLeaseGrantRequest,
     PbLeaseRevokeRequest, PbPutRequest, PbRangeRequest, PbTargetUnion, PbTxnOpRequest,
     PbTxnRequest, PbTxnRequestOp,
 };
-use keel_server::api::{AuthService, KvService, LeaseService, MaintenanceService};
+use keel_server::api::{AuthService, ClusterService, KvService, LeaseService, MaintenanceService};
 use keel_server::ServerError;
 use keel_state::StateError;
 use rand::rngs::StdRng;
@@ -102,6 +105,9 @@ pub type Sent = Pin<Box<dyn Future<Output = (bool, Signal)>>>;
 /// A request under way that must be refused: a problem if it was not, as it should have been,
 /// and what the refusal asks of the client.
 pub type Refusal = Pin<Box<dyn Future<Output = (Option<String>, Signal)>>>;
+
+/// A MemberAdd under way: the new member's id, or what to do before trying again.
+pub type Joining = Pin<Box<dyn Future<Output = Result<u64, Signal>>>>;
 
 /// An Authenticate under way: the token (none if auth is off: none is needed), or what to do
 /// before trying again.
@@ -209,8 +215,9 @@ fn signal(s: &Status) -> Signal {
 /// before it entered the log (no leader, too large, no space, not permitted) or the state
 /// machine refused it. Timeouts and a stopping member leave the outcome open.
 fn certainly_refused(s: &Status) -> bool {
-    let no_leader = s.message() == ServerError::NoLeader.to_string();
-    no_leader
+    let is = |e: ServerError| s.message() == e.to_string();
+    is(ServerError::NoLeader)
+        || is(ServerError::NotSupportedForLearner)
         || matches!(
             s.code(),
             Code::InvalidArgument
@@ -435,9 +442,12 @@ pub fn send_over_limit(member: &SimMember, token: Option<&str>, limit: Limit) ->
             Err(s) if (s.code(), s.message()) == (expected.code(), expected.message()) => {
                 (None, Signal::Nothing)
             }
-            // Refused for a reason etcd checks first: auth, or the space quota (a growing
-            // request is refused while NOSPACE is raised, whatever its size).
+            // Refused for a reason etcd checks first: auth, the space quota (a growing request
+            // is refused while NOSPACE is raised, whatever its size), or a learner's refusal.
             Err(s) if signal(&s) != Signal::Nothing => (None, signal(&s)),
+            Err(s) if s.message() == ServerError::NotSupportedForLearner.to_string() => {
+                (None, Signal::Nothing)
+            }
             other => {
                 let problem = format!(
                     "{limit:?}: expected {:?} {:?}, got {other:?}",
@@ -571,4 +581,37 @@ pub fn send_authenticate(member: &SimMember, user: &str) -> Authenticating {
             Err(s) => Err(signal(&s)),
         }
     })
+}
+
+/// Adds a learner with `peer_url` (as `etcdctl member add --learner`), or finds the one a lost
+/// answer added already; its member id.
+pub fn send_add_learner(member: &SimMember, token: Option<&str>, peer_url: String) -> Joining {
+    let cluster = ClusterService::new(member.member().clone());
+    let token = token.map(str::to_string);
+    Box::pin(async move {
+        let t = token.as_deref();
+        let list = PbMemberListRequest { linearizable: true };
+        let listed = match cluster.member_list(request(list, t)).await {
+            Ok(r) => r.into_inner().members,
+            Err(s) => return Err(signal(&s)),
+        };
+        if let Some(m) = listed.iter().find(|m| m.peer_ur_ls.contains(&peer_url)) {
+            return Ok(m.id);
+        }
+        let add = PbMemberAddRequest {
+            peer_ur_ls: vec![peer_url],
+            is_learner: true,
+        };
+        match cluster.member_add(request(add, t)).await {
+            Ok(r) => r.into_inner().member.map(|m| m.id).ok_or(Signal::Nothing),
+            Err(s) => Err(signal(&s)),
+        }
+    })
+}
+
+/// Promotes learner `id` to a voter (refused until it has caught up with the leader's log).
+pub fn send_promote(member: &SimMember, token: Option<&str>, id: u64) -> Sent {
+    let cluster = ClusterService::new(member.member().clone());
+    let promote = request(PbMemberPromoteRequest { id }, token);
+    Box::pin(async move { sent(cluster.member_promote(promote).await) })
 }

@@ -343,6 +343,7 @@ impl Node {
             leader_proposals: Vec::new(),
             now: Instant::now(),
             handled: 0,
+            installer: None,
         };
         let node = Node {
             tx,
@@ -475,6 +476,19 @@ pub struct Driver {
     now: Instant,
     /// Messages the last turn took from the queue (how long to poll before sleeping).
     handled: usize,
+    /// Installs a received snapshot within the driver's turn, when the caller turns the apply
+    /// loop too (see `install_with`); else the apply loop's thread installs it.
+    installer: Option<Installer>,
 }
 
-impl Driver {}
+/// Installs a snapshot in the state machine and answers on its `done`.
+pub type Installer = Box<dyn FnMut(InstallSnapshot) + Send>;
+
+impl Driver {
+    /// Has `installer` install received snapshots, at once, within the turn that takes them:
+    /// for a caller that turns both this driver and the apply loop on one thread (the
+    /// simulation), where handing the snapshot to the apply loop and waiting would never end.
+    pub fn install_with(&mut self, installer: Installer) {
+        self.installer = Some(installer);
+    }
+}

@@ -60,9 +60,13 @@ impl Driver {
             dir: PathBuf::from(String::from_utf8_lossy(&snap.data).into_owned()),
             done,
         };
-        self.committed
-            .send(Committed::Snapshot(install))
-            .map_err(|_| RaftError::Stopped)?;
+        match &mut self.installer {
+            Some(install_now) => install_now(install),
+            None => self
+                .committed
+                .send(Committed::Snapshot(install))
+                .map_err(|_| RaftError::Stopped)?,
+        }
         match installed.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(RaftError::Corrupt(format!("installing a snapshot: {e}"))),

@@ -2,7 +2,7 @@
 //! the peer-side Membership service a joining member asks for the member list.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use keel_raft::ConfChangeType;
 use keel_rpc::etcd::{
@@ -184,12 +184,11 @@ fn check_urls(urls: &[String]) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// A new member's id: from its peer URLs and the time, as etcd's MemberAdd makes it.
-fn new_member_id(urls: &[String]) -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    member_id(urls, &now.to_string())
+/// A new member's id: from its peer URLs and something that never repeats, as etcd's MemberAdd
+/// makes it from the URLs and the time. Here a fresh request id (unique across members and
+/// restarts, and the same in a replayed simulation, where the time is not).
+fn new_member_id(member: &Member, urls: &[String]) -> u64 {
+    member_id(urls, &member.next_id().to_string())
 }
 
 #[tonic::async_trait]
@@ -220,7 +219,7 @@ impl PbClusterService for ClusterService {
         } else {
             self.check_quorum_after(VoterChange::Add)?;
         }
-        let id = new_member_id(&r.peer_ur_ls);
+        let id = new_member_id(&self.member, &r.peer_ur_ls);
         if members.iter().any(|m| m.id == id) || self.member.membership().is_removed(id) {
             return Err(ServerError::MemberExists.into());
         }

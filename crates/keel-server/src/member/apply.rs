@@ -110,6 +110,13 @@ impl ApplyLoop {
         }
     }
 
+    /// Applies what the driver handed off before `install`, then installs it (a snapshot the
+    /// driver received within a turn of the simulation's).
+    pub(super) fn install_now(&mut self, install: InstallSnapshot) {
+        self.drain();
+        self.apply_from(Committed::Snapshot(install));
+    }
+
     /// Applies `first` and what else is queued behind it, many entries to one write batch; the
     /// number of entries.
     fn apply_from(&mut self, first: Committed) -> usize {

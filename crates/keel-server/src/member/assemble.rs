@@ -16,6 +16,7 @@ use keel_state::auth::AuthStore;
 use keel_state::lease::{Clock, Lessor};
 use keel_state::membership::{Identity, Membership};
 use keel_state::Machine;
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::apply::ApplyLoop;
@@ -82,7 +83,10 @@ pub struct Parts {
 /// thread of its own (`run`); the simulation turns both (`turn`).
 pub struct Engine {
     driver: Driver,
-    apply: ApplyLoop,
+    apply: Arc<Mutex<ApplyLoop>>,
+    /// Whether the caller turns the engine (`turn`): the driver then has the apply loop install
+    /// received snapshots within its turn.
+    turned: bool,
 }
 
 impl Member {
@@ -162,7 +166,12 @@ impl Member {
             tasks: Tasks::default(),
         });
         member.refresh_db_size();
-        Ok((member, Engine { driver, apply }))
+        let engine = Engine {
+            driver,
+            apply: Arc::new(Mutex::new(apply)),
+            turned: false,
+        };
+        Ok((member, engine))
     }
 }
 
@@ -192,7 +201,9 @@ impl Engine {
             .node
             .run_on_thread(self.driver)
             .map_err(|e| storage(&e))?;
-        let apply = self.apply;
+        let apply = Arc::into_inner(self.apply)
+            .map(Mutex::into_inner)
+            .ok_or_else(|| StartError::Storage("the apply loop is shared".into()))?;
         let thread = std::thread::Builder::new()
             .name("apply".into())
             .spawn(move || apply.run())
@@ -204,10 +215,15 @@ impl Engine {
     /// One turn at time `now`: raft handles what arrived (ticking if `tick`), then the state
     /// machine applies what was committed (the simulation's step).
     pub fn turn(&mut self, now: Instant, tick: bool) -> Result<(), ServerError> {
+        if !std::mem::replace(&mut self.turned, true) {
+            let apply = self.apply.clone();
+            self.driver
+                .install_with(Box::new(move |install| apply.lock().install_now(install)));
+        }
         self.driver
             .turn(now, tick)
             .map_err(|e| ServerError::Internal(e.to_string()))?;
-        self.apply.drain();
+        self.apply.lock().drain();
         Ok(())
     }
 }

@@ -27,7 +27,7 @@ impl World {
             .iter()
             .filter_map(|s| s.member.as_ref())
             .collect();
-        if members.len() != self.slots.len() {
+        if members.len() != self.started().len() {
             self.problems.push("a member is down at the end".into());
             return;
         }

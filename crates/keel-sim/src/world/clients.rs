@@ -22,7 +22,7 @@ impl World {
                 continue;
             }
             let member = alive[self.rng.gen_range(0..alive.len())];
-            if let Some(job) = self.chore(c, member) {
+            if let Some((member, job)) = self.chore(c, member) {
                 self.issue(c, member, job, None);
                 continue;
             }
@@ -50,7 +50,7 @@ impl World {
                 continue;
             }
             let member = alive[self.rng.gen_range(0..alive.len())];
-            if let Some(job) = self.chore(c, member) {
+            if let Some((member, job)) = self.chore(c, member) {
                 self.issue(c, member, job, None);
                 continue;
             }
@@ -144,6 +144,8 @@ impl World {
                 Job::AuthStep(s, _) => format!("auth step {s}"),
                 Job::Disarm(_) => "disarm".into(),
                 Job::Authenticate(_) => "authenticate".into(),
+                Job::AddLearner(_) => "add the learner".into(),
+                Job::Promote(_) => "promote the learner".into(),
             };
             eprintln!(
                 "{} ms client {c} issues to member {member}: {what}",
@@ -162,10 +164,11 @@ impl World {
         });
     }
 
-    /// What client `c` must do before its own requests, if anything: authenticate (auth is on
-    /// and it has no valid token), or, as the admin (client 0), set up auth (on auth seeds) and
-    /// disarm NOSPACE once a client was refused for it.
-    fn chore(&mut self, c: usize, member: usize) -> Option<Job> {
+    /// What client `c` must do before its own requests, if anything, and at which member:
+    /// authenticate (auth is on and it has no valid token), or, as the admin (client 0), set up
+    /// auth (on auth seeds), disarm NOSPACE once a client was refused for it, add the learner and
+    /// promote it (on learner seeds; a promotion goes to the leader, as etcd's clients send it).
+    fn chore(&mut self, c: usize, member: usize) -> Option<(usize, Job)> {
         let m = self.slots[member].member.as_ref().expect("alive");
         let client = &self.clients[c];
         if client.needs_token {
@@ -174,7 +177,10 @@ impl World {
             } else {
                 workload::APP
             };
-            return Some(Job::Authenticate(workload::send_authenticate(m, user)));
+            return Some((
+                member,
+                Job::Authenticate(workload::send_authenticate(m, user)),
+            ));
         }
         if c != 0 {
             return None;
@@ -182,11 +188,43 @@ impl World {
         let token = client.token.as_deref();
         if self.cfg.auth {
             if let Some(fut) = workload::send_auth_step(m, token, self.auth_step) {
-                return Some(Job::AuthStep(self.auth_step, fut));
+                return Some((member, Job::AuthStep(self.auth_step, fut)));
             }
         }
-        self.nospace
-            .then(|| Job::Disarm(workload::send_disarm(m, token)))
+        if self.nospace {
+            return Some((member, Job::Disarm(workload::send_disarm(m, token))));
+        }
+        match self.learner {
+            Learner::Waiting { until } if self.cfg.learner && self.now >= until => {
+                let url = sim_member(self.slots.len() as u64).peer_ur_ls.remove(0);
+                let fut = workload::send_add_learner(m, token, url);
+                Some((member, Job::AddLearner(fut)))
+            }
+            Learner::Added { retry_at } if self.now >= retry_at => {
+                let leader = *self.believed_leaders().first()?;
+                let m = self.slots[leader].member.as_ref().expect("alive");
+                let learner = self.slots.last().expect("the learner's slot").id;
+                let fut = workload::send_promote(m, token, learner);
+                Some((leader, Job::Promote(fut)))
+            }
+            _ => None,
+        }
+    }
+
+    /// MemberAdd answered: the learner, member `id`, starts (empty: it joins, and bootstraps
+    /// from the leader's snapshot).
+    fn learner_added(&mut self, id: u64) {
+        if !matches!(self.learner, Learner::Waiting { .. }) {
+            return;
+        }
+        self.count("learner added");
+        let i = self.slots.len() - 1;
+        self.slots[i].id = id;
+        self.note(format!("learner {id} added"));
+        self.start_member(i);
+        self.learner = Learner::Added {
+            retry_at: self.now + 500,
+        };
     }
 
     fn count(&mut self, path: &'static str) {
@@ -236,6 +274,7 @@ impl World {
                     Answer::Sent(ok, s) => format!("sent {ok} {s:?}"),
                     Answer::Refused(p, s) => format!("refused {p:?} {s:?}"),
                     Answer::Token(t) => format!("token {t:?}"),
+                    Answer::Joined(j) => format!("joined {j:?}"),
                 };
                 eprintln!("{} ms client {c} at member {}: {what}", self.now, op.member);
             }
@@ -246,6 +285,12 @@ impl World {
                 }
                 Answer::Sent(ok, signal) => {
                     self.heed(c, signal);
+                    if let (false, Job::Promote(_)) = (ok, &op.job) {
+                        // Not caught up yet (or no leader): asked again a little later.
+                        self.learner = Learner::Added {
+                            retry_at: self.now + 200,
+                        };
+                    }
                     if ok {
                         self.other_requests += 1;
                         self.lease_succeeded(&op);
@@ -258,6 +303,10 @@ impl World {
                                 self.count("NOSPACE disarmed");
                                 self.nospace = false;
                             }
+                            Job::Promote(_) => {
+                                self.count("learner promoted");
+                                self.learner = Learner::Promoted;
+                            }
                             _ => {}
                         }
                     }
@@ -267,6 +316,13 @@ impl World {
                     self.heed(c, signal);
                     self.count("refused over a limit");
                     self.problems.extend(problem);
+                    self.complete(c, op, None);
+                }
+                Answer::Joined(joined) => {
+                    match joined {
+                        Ok(id) => self.learner_added(id),
+                        Err(signal) => self.heed(c, signal),
+                    }
                     self.complete(c, op, None);
                 }
                 Answer::Token(token) => {
@@ -391,6 +447,7 @@ enum Answer {
     Sent(bool, Signal),
     Refused(Option<String>, Signal),
     Token(Result<Option<String>, Signal>),
+    Joined(Result<u64, Signal>),
 }
 
 /// Polls a job once; its answer if it has one.
@@ -400,18 +457,24 @@ fn poll_job(job: &mut Job, cx: &mut Context<'_>) -> Option<Answer> {
             Poll::Ready((recorded, signal)) => Answer::Recorded(recorded, signal),
             Poll::Pending => return None,
         },
-        Job::Other(fut) | Job::Lease { fut, .. } | Job::AuthStep(_, fut) | Job::Disarm(fut) => {
-            match fut.as_mut().poll(cx) {
-                Poll::Ready((ok, signal)) => Answer::Sent(ok, signal),
-                Poll::Pending => return None,
-            }
-        }
+        Job::Other(fut)
+        | Job::Lease { fut, .. }
+        | Job::AuthStep(_, fut)
+        | Job::Disarm(fut)
+        | Job::Promote(fut) => match fut.as_mut().poll(cx) {
+            Poll::Ready((ok, signal)) => Answer::Sent(ok, signal),
+            Poll::Pending => return None,
+        },
         Job::OverLimit(fut) => match fut.as_mut().poll(cx) {
             Poll::Ready((problem, signal)) => Answer::Refused(problem, signal),
             Poll::Pending => return None,
         },
         Job::Authenticate(fut) => match fut.as_mut().poll(cx) {
             Poll::Ready(token) => Answer::Token(token),
+            Poll::Pending => return None,
+        },
+        Job::AddLearner(fut) => match fut.as_mut().poll(cx) {
+            Poll::Ready(joined) => Answer::Joined(joined),
             Poll::Pending => return None,
         },
     };

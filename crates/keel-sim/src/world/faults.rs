@@ -5,8 +5,8 @@ use super::*;
 impl World {
     /// The nemesis: one fault, chosen by the seed.
     pub(super) fn inject_fault(&mut self) {
-        let n = self.slots.len();
-        let mut order: Vec<usize> = (0..n).collect();
+        let mut order = self.started();
+        let n = order.len();
         order.shuffle(&mut self.rng);
         let victim = self
             .leader()
@@ -157,7 +157,7 @@ impl World {
         self.note("faults stop".into());
         self.scheduled.clear();
         self.net.heal();
-        for i in 0..self.slots.len() {
+        for i in self.started() {
             self.restore_quota(i);
             self.slots[i].stalled_until = 0;
             self.slots[i].tick_ms = TICK_MS;

@@ -21,10 +21,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::member::{Setup, SimClock, SimMember};
+use crate::member::{sim_member, Setup, SimClock, SimMember};
 use crate::network::{MemberOutbox, Network, Weather};
 use crate::oracle::{Oracle, Watcher};
-use crate::workload::{self, Authenticating, Pending, Refusal, Request, Sent, Signal};
+use crate::workload::{self, Authenticating, Joining, Pending, Refusal, Request, Sent, Signal};
 
 mod checks;
 mod clients;
@@ -72,11 +72,14 @@ pub struct Config {
     /// Whether the admin client sets up auth (a root user, an app user whose role may read and
     /// write the workload's keys) and enables it; every client then authenticates.
     pub auth: bool,
+    /// Whether the admin client adds a learner (a member beyond `members`, which bootstraps
+    /// from the leader's snapshot) and promotes it once it has caught up.
+    pub learner: bool,
 }
 
 impl Config {
     /// The suite's shape for `seed`: three members for even seeds, five for odd ones; auth on
-    /// every other pair of seeds.
+    /// every other pair of seeds; a learner added on every third seed.
     pub fn for_seed(seed: u64) -> Config {
         Config {
             members: if seed.is_multiple_of(2) { 3 } else { 5 },
@@ -88,6 +91,7 @@ impl Config {
             settle_ms: 6_000,
             faults: true,
             auth: seed % 4 >= 2,
+            learner: seed % 3 == 0,
         }
     }
 }
@@ -212,6 +216,10 @@ enum Job {
     Disarm(Sent),
     /// Getting a token.
     Authenticate(Authenticating),
+    /// Adding the learner (the admin's).
+    AddLearner(Joining),
+    /// Promoting the learner (the admin's).
+    Promote(Sent),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -277,6 +285,18 @@ struct WatchSlot {
     retry_at: u64,
 }
 
+/// Where adding and promoting the learner stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Learner {
+    /// To be added at this time.
+    Waiting { until: u64 },
+    /// Added (its slot has started); to be promoted once it has caught up, tried next at this
+    /// time.
+    Added { retry_at: u64 },
+    /// A voter now.
+    Promoted,
+}
+
 /// A fault's end, or a step of it, at a set time.
 enum Scheduled {
     Restart(usize),
@@ -310,6 +330,8 @@ struct World {
     auth_step: usize,
     /// Whether a client was refused for NOSPACE since the admin last disarmed it.
     nospace: bool,
+    /// Where adding and promoting the learner stands (on learner seeds).
+    learner: Learner,
     other_requests: usize,
     paths: BTreeMap<&'static str, usize>,
     /// Leases granted (or asked for), by id.
@@ -330,13 +352,18 @@ impl World {
             .tempdir()
             .expect("a temporary directory");
         let mut rng = StdRng::seed_from_u64(seed);
-        let ids: Vec<u64> = (1..=cfg.members as u64).collect();
+        // The learner's slot is last; its id is the one MemberAdd gives it (0 until then).
+        let ids: Vec<(u64, Setup)> = (1..=cfg.members as u64)
+            .map(|id| (id, Setup::INITIAL))
+            .chain(cfg.learner.then_some((0, Setup::JOINING)))
+            .collect();
         let slots = ids
             .iter()
-            .map(|&id| Slot {
+            .enumerate()
+            .map(|(i, &(id, setup))| Slot {
                 id,
-                dir: dir.path().join(format!("m{id}")),
-                setup: Setup::INITIAL,
+                dir: dir.path().join(format!("s{i}")),
+                setup,
                 member: None,
                 incarnation: 0,
                 tick_ms: rng.gen_range(TICK_MS - 10..=TICK_MS + 10),
@@ -367,6 +394,7 @@ impl World {
                 retry_at: rng.gen_range(0..2000),
             })
             .collect();
+        let learner_at = rng.gen_range(500..3000);
         let mut w = World {
             cfg,
             seed,
@@ -387,6 +415,7 @@ impl World {
             leases: Vec::new(),
             auth_step: 0,
             nospace: false,
+            learner: Learner::Waiting { until: learner_at },
             other_requests: 0,
             paths: BTreeMap::new(),
             lease_tracks: BTreeMap::new(),
@@ -396,7 +425,7 @@ impl World {
             last_leader: None,
             _dir: dir,
         };
-        for i in 0..w.slots.len() {
+        for i in 0..w.cfg.members {
             w.start_member(i);
         }
         if !w.cfg.faults {
@@ -406,7 +435,9 @@ impl World {
     }
 
     fn start_member(&mut self, i: usize) {
-        let voters: Vec<u64> = (1..=self.slots.len() as u64).collect();
+        let voters: Vec<u64> = (1..=self.cfg.members as u64).collect();
+        let snap_dir = self.slots[i].dir.join("snap");
+        self.net.receive_snapshots_in(self.slots[i].id, snap_dir);
         let outbox = Arc::new(MemberOutbox(self.net.wire.clone()));
         let slot = &mut self.slots[i];
         slot.incarnation += 1;
@@ -496,13 +527,33 @@ impl World {
         idx.iter().map(|&i| self.slots[i].id).collect()
     }
 
+    /// The slot of member `id`.
+    fn slot_of(&self, id: u64) -> Option<usize> {
+        (id != 0)
+            .then(|| self.slots.iter().position(|s| s.id == id))
+            .flatten()
+    }
+
+    /// The slots of the members that have started (all but a learner not added yet).
+    fn started(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].incarnation > 0)
+            .collect()
+    }
+
     fn deliver(&mut self) {
         for m in self.net.arrivals(self.now) {
-            if let Some(member) = self.slots.get((m.to as usize).wrapping_sub(1)) {
-                if let Some(member) = &member.member {
-                    member.stepper().step(m);
-                }
+            let Some(i) = self.slot_of(m.to) else {
+                continue;
+            };
+            let slot = &mut self.slots[i];
+            let Some(member) = &slot.member else { continue };
+            if m.get_msg_type() == keel_raft::MessageType::MsgSnapshot {
+                // Installing a snapshot syncs the store: a power cut cannot take it back to an
+                // image from before.
+                slot.has_checkpoint = false;
             }
+            member.stepper().step(m);
         }
     }
 
@@ -654,7 +705,13 @@ impl World {
             seed: self.seed,
             members: self.slots.len(),
             other_requests: self.other_requests,
-            paths: self.paths,
+            paths: {
+                let mut paths = self.paths;
+                if self.net.snapshots > 0 {
+                    paths.insert("snapshots sent", self.net.snapshots);
+                }
+                paths
+            },
             linearizability,
             watch_events,
             lease_expiries: self.lease_expiries,
