@@ -91,7 +91,7 @@ impl Config {
             settle_ms: 6_000,
             faults: true,
             auth: seed % 4 >= 2,
-            learner: seed % 3 == 0,
+            learner: seed.is_multiple_of(3),
         }
     }
 }
