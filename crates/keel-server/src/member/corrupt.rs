@@ -120,7 +120,7 @@ async fn raise_corrupt(member: &Member, corrupt: u64) {
 /// Our own hash through `rev` (0: current), as a peer would answer.
 async fn own_hash(member: &Member, rev: i64) -> Option<HashResponse> {
     let store = member.store.clone();
-    match tokio::task::spawn_blocking(move || store.hash_kv(rev)).await {
+    match member.blocking(move || store.hash_kv(rev)).await {
         Ok(Ok(h)) => Some(HashResponse {
             member_id: member.identity.member_id,
             hash: h.hash,

@@ -107,8 +107,9 @@ impl Member {
 
 /// Proposes the leader's record of leases' remaining TTLs (leader-only, as the revokes).
 fn checkpoint(member: &Arc<Member>, checkpoints: Vec<keel_rpc::LeaseRemaining>, persist: bool) {
-    let member = member.clone();
-    tokio::spawn(async move {
+    let proposer = member.clone();
+    member.spawn_task(async move {
+        let member = proposer;
         let body = RequestBody::LeaseCheckpoint(keel_rpc::LeaseCheckpoint {
             checkpoints,
             persist,
@@ -148,8 +149,9 @@ pub(super) async fn run(member: Arc<Member>) {
         }
         last_check = Instant::now();
         for id in member.expired_leases() {
-            let member = member.clone();
-            tokio::spawn(async move {
+            let revoker = member.clone();
+            member.spawn_task(async move {
+                let member = revoker;
                 match member.revoke_expired(id).await {
                     Ok(()) => tracing::debug!(lease = id, "expired lease revoked"),
                     // Revoked meanwhile by a client, or no longer leading: nothing left to do.

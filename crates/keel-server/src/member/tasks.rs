@@ -59,8 +59,10 @@ impl Member {
     }
 
     /// Spawns a background task owned by this member (aborted by `stop`).
-    fn spawn_task(&self, task: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.background.lock().push(tokio::spawn(task));
+    pub(super) fn spawn_task(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.background.lock();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(tokio::spawn(task));
     }
 
     /// Starts the member's background tasks, as its configuration asks.
@@ -91,11 +93,17 @@ impl Member {
     /// member started holds its store.
     pub async fn stop(&self) {
         self.stop_streams();
-        let tasks = std::mem::take(&mut *self.tasks.background.lock());
-        for task in tasks {
-            task.abort();
-            // Awaited once aborted, so that nothing it holds (the member) outlives `stop`.
-            let _ = task.await;
+        // Until none is left: a task may have spawned another (a revoke) before it was aborted.
+        loop {
+            let tasks = std::mem::take(&mut *self.tasks.background.lock());
+            if tasks.is_empty() {
+                break;
+            }
+            for task in tasks {
+                task.abort();
+                // Awaited once aborted, so that nothing it holds (the member) outlives `stop`.
+                let _ = task.await;
+            }
         }
         if let Some(t) = self.transport() {
             t.shutdown();
