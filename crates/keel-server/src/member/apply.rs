@@ -19,7 +19,6 @@ use super::lessor::PROMOTE_EXTEND;
 use super::snapshot::{encode_position, META_INSTALLED};
 use super::wait::Registry;
 use super::watch::Hub;
-use crate::config::ServerConfig;
 use crate::ServerError;
 
 /// What a proposer receives once its entry is applied.
@@ -28,69 +27,39 @@ pub type Applied = Result<Response, ServerError>;
 /// The apply loop: owns the write side of the store.
 pub struct ApplyLoop {
     /// The store entries are applied to.
-    store: Arc<Store>,
+    pub(super) store: Arc<Store>,
     /// Committed entries and snapshots from the raft driver.
-    committed: mpsc::Receiver<Committed>,
+    pub(super) committed: mpsc::Receiver<Committed>,
     /// Proposers waiting for their results.
-    registry: Arc<Registry>,
+    pub(super) registry: Arc<Registry>,
     /// Publishes the applied index (linearizable reads wait on it).
-    applied: watch::Sender<u64>,
+    pub(super) applied: watch::Sender<u64>,
     /// Where committed changes go for watchers.
-    hub: Arc<Hub>,
+    pub(super) hub: Arc<Hub>,
     /// Leases, members, alarms and auth.
-    machine: Machine,
+    pub(super) machine: Machine,
     /// Log compaction every this many applied entries.
-    snapshot_count: u64,
+    pub(super) snapshot_count: u64,
     /// Where a snapshot's installation reports its progress and failure.
-    bootstrap: Arc<keel_raft::Bootstrap>,
+    pub(super) bootstrap: Arc<keel_raft::Bootstrap>,
     /// The raft node: whether it leads in a term (a new leader's lessor is promoted when its
     /// term's first, empty, entry is applied, so every lease granted in that term is granted by a
     /// primary lessor and runs from its grant: etcd promotes on becoming leader), and where the
     /// log is compacted. Weak: the member owns the node.
-    node: Weak<Node>,
+    pub(super) node: Weak<Node>,
     /// The applied index at the last log compaction.
-    compacted_at: u64,
+    pub(super) compacted_at: u64,
     /// A slow state machine, when a test asks for one.
-    delay: ApplyDelay,
+    pub(super) delay: ApplyDelay,
     /// Entries kept in the raft log behind a compaction, for slow followers to catch up from
     /// (etcd's --experimental-snapshot-catchup-entries).
-    catch_up_entries: u64,
+    pub(super) catch_up_entries: u64,
     /// Applying one request for longer than this is logged (etcd's
     /// --experimental-warning-apply-duration).
-    warn_apply_after: std::time::Duration,
+    pub(super) warn_apply_after: std::time::Duration,
 }
 
 impl ApplyLoop {
-    /// An apply loop over `store`, from what the raft driver commits.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        config: &ServerConfig,
-        store: Arc<Store>,
-        committed: mpsc::Receiver<Committed>,
-        registry: Arc<Registry>,
-        applied: watch::Sender<u64>,
-        hub: Arc<Hub>,
-        machine: Machine,
-        bootstrap: Arc<keel_raft::Bootstrap>,
-        node: Weak<Node>,
-    ) -> ApplyLoop {
-        ApplyLoop {
-            compacted_at: store.applied_index(),
-            store,
-            committed,
-            registry,
-            applied,
-            hub,
-            machine,
-            snapshot_count: config.snapshot_count,
-            bootstrap,
-            node,
-            delay: ApplyDelay::from_env(),
-            catch_up_entries: config.snapshot_catch_up_entries,
-            warn_apply_after: config.warning_apply_duration,
-        }
-    }
-
     /// Runs until the raft driver goes away.
     pub fn run(mut self) {
         let mut applied = 0;

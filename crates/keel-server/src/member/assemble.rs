@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::apply::ApplyLoop;
+use super::fault::ApplyDelay;
 use super::{snapshot::Checkpoints, tasks::Tasks, wait::Registry, Hub, Member, Runtime, Tokens};
 use crate::config::ServerConfig;
 use crate::error::{ServerError, StartError};
@@ -128,22 +129,26 @@ impl Member {
         let tokens = Tokens::from_flag(&config.auth_token, config.auth_token_ttl)
             .map_err(StartError::Config)?;
         let auth = Arc::new(AuthStore::load(&store, Box::new(tokens)).map_err(|e| storage(&e))?);
-        let apply = ApplyLoop::new(
-            &config,
-            store.clone(),
-            committed_rx,
-            registry.clone(),
-            applied_tx,
-            hub.clone(),
-            Machine {
+        let apply = ApplyLoop {
+            compacted_at: store.applied_index(),
+            store: store.clone(),
+            committed: committed_rx,
+            registry: registry.clone(),
+            applied: applied_tx,
+            hub: hub.clone(),
+            machine: Machine {
                 leases: leases.clone(),
                 members: membership.clone(),
                 alarms: alarms.clone(),
                 auth: auth.clone(),
             },
-            network.bootstrap().clone(),
-            Arc::downgrade(&node),
-        );
+            snapshot_count: config.snapshot_count,
+            bootstrap: network.bootstrap().clone(),
+            node: Arc::downgrade(&node),
+            delay: ApplyDelay::from_env(),
+            catch_up_entries: config.snapshot_catch_up_entries,
+            warn_apply_after: config.warning_apply_duration,
+        };
         let member = Arc::new(Member {
             store,
             node,

@@ -21,11 +21,9 @@ impl World {
             if client.op.is_some() || alive.is_empty() {
                 continue;
             }
-            let member = alive[self.rng.gen_range(0..alive.len())];
-            if let Some((member, job)) = self.chore(c, member) {
-                self.issue(c, member, job, None);
+            let Some(member) = self.own_turn(c, &alive) else {
                 continue;
-            }
+            };
             let client = &self.clients[c];
             let call = match client.probes {
                 [None, _] => Call::Put(format!("probe-{c}-{}", client.issued)),
@@ -49,11 +47,9 @@ impl World {
             if client.op.is_some() || client.idle_until > self.now {
                 continue;
             }
-            let member = alive[self.rng.gen_range(0..alive.len())];
-            if let Some((member, job)) = self.chore(c, member) {
-                self.issue(c, member, job, None);
+            let Some(member) = self.own_turn(c, &alive) else {
                 continue;
-            }
+            };
             let client = &self.clients[c];
             let n = client.issued;
             let req = workload::next_request(
@@ -162,6 +158,18 @@ impl World {
             clocks,
             job,
         });
+    }
+
+    /// Picks a member for free client `c`: issues the client's chore there if it has one (see
+    /// `chore`), else returns the member for the client's own request.
+    fn own_turn(&mut self, c: usize, alive: &[usize]) -> Option<usize> {
+        let member = alive[self.rng.gen_range(0..alive.len())];
+        let (at, job) = match self.chore(c, member) {
+            Some(chore) => chore,
+            None => return Some(member),
+        };
+        self.issue(c, at, job, None);
+        None
     }
 
     /// What client `c` must do before its own requests, if anything, and at which member:
