@@ -7,18 +7,23 @@
 //! one failed) the leader polls from each member's admin `Local` call on its peer URLs, every
 //! [`POLL`]; the answers are cached, so the status is a cheap read for `/metrics` too.
 
-use std::collections::HashMap;
+mod classify;
+mod poll;
+mod proto;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_raft::{BootstrapPhase, BootstrapReport, PeerProgress, Replication, Role};
+use keel_raft::{Replication, Role};
 use keel_rpc::admin::admin_client::AdminClient;
-use keel_rpc::admin::{LocalRequest, LocalResponse, MemberReplication, MembersResponse};
-use parking_lot::Mutex;
-use tonic::transport::Channel;
 
 use super::Member;
 use crate::ServerError;
+use classify::{bootstrap_of, classify, Seen};
+pub(crate) use poll::poll;
+pub use poll::{local, Reports};
+use proto::from_proto;
+pub use proto::to_proto;
 
 /// How often the leader asks every member for its own state.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -165,231 +170,6 @@ pub struct ClusterReplication {
     pub members: Vec<ReplicaStatus>,
 }
 
-/// What a member told the leader of itself, and when.
-#[derive(Clone, Debug)]
-struct Reported {
-    at: Instant,
-    applied_index: u64,
-    bootstrap: BootstrapReport,
-}
-
-/// The leader's cache of what members told it.
-#[derive(Default)]
-pub struct Reports {
-    by_member: Mutex<HashMap<u64, Reported>>,
-}
-
-/// What this member tells the leader.
-pub fn local(member: &Member) -> LocalResponse {
-    let b = member.bootstrap().report();
-    LocalResponse {
-        member_id: member.identity.member_id,
-        applied_index: member.store.applied_index(),
-        bootstrap_phase: match b.phase {
-            BootstrapPhase::Idle => "",
-            BootstrapPhase::Receiving => "receiving",
-            BootstrapPhase::Installing => "installing",
-        }
-        .into(),
-        bootstrap_index: b.index,
-        bootstrap_done: b.done,
-        bootstrap_total: b.total,
-        bootstrap_failure: b.failure.unwrap_or_default(),
-    }
-}
-
-fn reported(r: LocalResponse) -> Reported {
-    Reported {
-        at: Instant::now(),
-        applied_index: r.applied_index,
-        bootstrap: BootstrapReport {
-            phase: match r.bootstrap_phase.as_str() {
-                "receiving" => BootstrapPhase::Receiving,
-                "installing" => BootstrapPhase::Installing,
-                _ => BootstrapPhase::Idle,
-            },
-            index: r.bootstrap_index,
-            done: r.bootstrap_done,
-            total: r.bootstrap_total,
-            failure: Some(r.bootstrap_failure).filter(|f| !f.is_empty()),
-        },
-    }
-}
-
-/// While this member leads, asks every other member for its own state every [`POLL`]. Ends when
-/// the member stops (aborted, or the last strong reference to it is gone).
-pub(super) async fn poll(member: std::sync::Weak<Member>) {
-    let mut channels: HashMap<u64, (String, Channel)> = HashMap::new();
-    loop {
-        tokio::time::sleep(POLL).await;
-        let Some(member) = member.upgrade() else {
-            return;
-        };
-        if !member.is_leader() {
-            channels.clear();
-            member.reports.by_member.lock().clear();
-            continue;
-        }
-        let me = member.identity.member_id;
-        let members: Vec<_> = member
-            .members()
-            .into_iter()
-            .filter(|m| m.id != me)
-            .collect();
-        channels.retain(|id, _| members.iter().any(|m| m.id == *id));
-        member
-            .reports
-            .by_member
-            .lock()
-            .retain(|id, _| members.iter().any(|m| m.id == *id));
-        let mut asks = Vec::new();
-        for m in members {
-            let Some(url) = m.peer_ur_ls.first().cloned() else {
-                continue;
-            };
-            if channels.get(&m.id).is_none_or(|(u, _)| *u != url) {
-                let Some(dialer) = member.dialer() else {
-                    continue;
-                };
-                match dialer.lazy_channel(&url) {
-                    Ok(ch) => {
-                        channels.insert(m.id, (url, ch));
-                    }
-                    Err(e) => {
-                        tracing::debug!(member = format!("{:x}", m.id), error = %e, "cannot dial member");
-                        continue;
-                    }
-                }
-            }
-            let ch = channels[&m.id].1.clone();
-            asks.push(async move {
-                let asked =
-                    tokio::time::timeout(ASK_TIMEOUT, AdminClient::new(ch).local(LocalRequest {}))
-                        .await;
-                (m.id, asked)
-            });
-        }
-        for (id, asked) in futures::future::join_all(asks).await {
-            match asked {
-                Ok(Ok(r)) => {
-                    member
-                        .reports
-                        .by_member
-                        .lock()
-                        .insert(id, reported(r.into_inner()));
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(member = format!("{id:x}"), error = %e, "asking a member for its state failed")
-                }
-                Err(_) => tracing::debug!(
-                    member = format!("{id:x}"),
-                    "asking a member for its state timed out"
-                ),
-            }
-        }
-    }
-}
-
-/// What classifies one member other than the leader.
-struct Seen<'a> {
-    progress: Option<&'a PeerProgress>,
-    /// Its own report, if fresh.
-    report: Option<&'a Reported>,
-    transfer: Option<keel_raft::SnapshotTransfer>,
-    send_failure: Option<&'a str>,
-    alarm: Option<String>,
-    lag: Duration,
-    election_timeout: Duration,
-}
-
-/// A member's state and reason from what the leader sees, in order of what the user must know
-/// first: an alarm or a failed snapshot, then a bootstrap the member reports (its raft node does
-/// not answer while it installs), then contact, then how far behind it is.
-fn classify(s: &Seen<'_>) -> (ReplicaState, String) {
-    if let Some(alarm) = &s.alarm {
-        return (ReplicaState::Error, alarm.clone());
-    }
-    // A failure the member reported before the transfer under way started is history.
-    let failure = s
-        .report
-        .filter(|r| s.transfer.is_none_or(|t| r.at >= t.started))
-        .and_then(|r| r.bootstrap.failure.as_ref());
-    if let Some(failure) = failure {
-        return (ReplicaState::Error, failure.clone());
-    }
-    let reports_bootstrap = s
-        .report
-        .is_some_and(|r| r.bootstrap.phase != BootstrapPhase::Idle);
-    if reports_bootstrap || s.transfer.is_some_and(|t| !t.finished) {
-        return (ReplicaState::Bootstrapping, String::new());
-    }
-    let Some(p) = s.progress else {
-        return (ReplicaState::Connecting, String::new());
-    };
-    match p.last_contact {
-        None => return (ReplicaState::Connecting, String::new()),
-        Some(_) if !p.active => {
-            return (
-                ReplicaState::Disconnected,
-                format!(
-                    "no answer within the election timeout ({:?})",
-                    s.election_timeout
-                ),
-            )
-        }
-        Some(_) => {}
-    }
-    if let Some(failure) = s.send_failure {
-        return (ReplicaState::Error, failure.to_string());
-    }
-    match p.state {
-        Replication::Snapshot => (ReplicaState::Bootstrapping, String::new()),
-        Replication::Replicating if s.lag < s.election_timeout => {
-            (ReplicaState::Ready, String::new())
-        }
-        _ => (ReplicaState::Replicating, String::new()),
-    }
-}
-
-/// The bootstrap's progress from the leader's transfer and the member's own report. The leader's
-/// byte count is ahead of the member's (it counts what it queued), so it is used while it has
-/// one: the progress never goes back when a transfer ends before the member's next report.
-fn bootstrap_of(
-    transfer: Option<keel_raft::SnapshotTransfer>,
-    report: Option<&Reported>,
-) -> Option<SnapshotBootstrap> {
-    let b = report
-        .map(|r| &r.bootstrap)
-        .filter(|b| b.phase != BootstrapPhase::Idle);
-    let transfer = transfer.filter(|t| !t.finished || b.is_some());
-    if transfer.is_none() && b.is_none() {
-        return None;
-    }
-    let fraction = |done: u64, total: u64| {
-        if total == 0 {
-            0.0
-        } else {
-            (done as f64 / total as f64).min(1.0)
-        }
-    };
-    let mut out = SnapshotBootstrap::default();
-    if let Some(t) = transfer {
-        (out.index, out.bytes_sent, out.bytes_total) = (t.index, t.sent, t.total);
-    } else if let Some(b) = b.filter(|b| b.phase == BootstrapPhase::Receiving) {
-        (out.index, out.bytes_sent, out.bytes_total) = (b.index, b.done, b.total);
-    }
-    match b {
-        Some(b) if b.phase == BootstrapPhase::Installing => {
-            out.index = b.index;
-            out.bytes_sent = out.bytes_total;
-            (out.records_installed, out.records_total) = (b.done, b.total);
-            out.progress = 0.5 + 0.5 * fraction(b.done, b.total);
-        }
-        _ => out.progress = 0.5 * fraction(out.bytes_sent, out.bytes_total),
-    }
-    Some(out)
-}
-
 impl Member {
     /// The cluster's replication from this member's own knowledge: complete on the leader;
     /// elsewhere only the members and their roles.
@@ -526,112 +306,11 @@ impl Member {
     }
 }
 
-/// The admin API's form.
-pub fn to_proto(c: &ClusterReplication) -> MembersResponse {
-    let ms = |d: Duration| d.as_millis() as u64;
-    MembersResponse {
-        cluster_id: c.cluster_id,
-        leader_id: c.leader_id,
-        term: c.term,
-        last_index: c.last_index,
-        commit_index: c.commit_index,
-        members: c
-            .members
-            .iter()
-            .map(|m| {
-                let b = m.bootstrap.unwrap_or_default();
-                MemberReplication {
-                    id: m.id,
-                    name: m.name.clone(),
-                    peer_urls: m.peer_urls.clone(),
-                    client_urls: m.client_urls.clone(),
-                    role: m.role.as_str().into(),
-                    progress: m.raft.map_or("", raft_name).into(),
-                    matched_index: m.matched_index,
-                    lag_entries: m.lag_entries,
-                    lag_ms: ms(m.lag),
-                    last_contact_ms: m.last_contact.map_or(-1, |d| ms(d) as i64),
-                    active: m.active,
-                    snapshot_index: b.index,
-                    snapshot_bytes_sent: b.bytes_sent,
-                    snapshot_bytes_total: b.bytes_total,
-                    state: m.state.as_str().into(),
-                    reason: m.reason.clone(),
-                    bootstrap_progress: b.progress,
-                    applied_index: m.applied_index.unwrap_or(0),
-                    snapshot_records_installed: b.records_installed,
-                    snapshot_records_total: b.records_total,
-                }
-            })
-            .collect(),
-    }
-}
-
-fn raft_name(r: Replication) -> &'static str {
-    match r {
-        Replication::Probing => "probing",
-        Replication::Replicating => "replicating",
-        Replication::Snapshot => "snapshot",
-    }
-}
-
-/// From the admin API's form (a follower asking the leader).
-fn from_proto(r: MembersResponse) -> ClusterReplication {
-    let ms = Duration::from_millis;
-    ClusterReplication {
-        cluster_id: r.cluster_id,
-        leader_id: r.leader_id,
-        term: r.term,
-        last_index: r.last_index,
-        commit_index: r.commit_index,
-        members: r
-            .members
-            .into_iter()
-            .map(|m| {
-                let state = ReplicaState::parse(&m.state).unwrap_or(ReplicaState::Disconnected);
-                ReplicaStatus {
-                    id: m.id,
-                    name: m.name,
-                    peer_urls: m.peer_urls,
-                    client_urls: m.client_urls,
-                    role: match m.role.as_str() {
-                        "leader" => ReplicaRole::Leader,
-                        "learner" => ReplicaRole::Learner,
-                        _ => ReplicaRole::Follower,
-                    },
-                    state,
-                    reason: m.reason,
-                    raft: match m.progress.as_str() {
-                        "probing" => Some(Replication::Probing),
-                        "replicating" => Some(Replication::Replicating),
-                        "snapshot" => Some(Replication::Snapshot),
-                        _ => None,
-                    },
-                    matched_index: m.matched_index,
-                    applied_index: Some(m.applied_index).filter(|&i| i > 0),
-                    lag_entries: m.lag_entries,
-                    lag: ms(m.lag_ms),
-                    last_contact: u64::try_from(m.last_contact_ms).ok().map(ms),
-                    active: m.active,
-                    bootstrap: (state == ReplicaState::Bootstrapping).then_some(
-                        SnapshotBootstrap {
-                            index: m.snapshot_index,
-                            progress: m.bootstrap_progress,
-                            bytes_sent: m.snapshot_bytes_sent,
-                            bytes_total: m.snapshot_bytes_total,
-                            records_installed: m.snapshot_records_installed,
-                            records_total: m.snapshot_records_total,
-                        },
-                    ),
-                }
-            })
-            .collect(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::poll::Reported;
     use super::*;
+    use keel_raft::{BootstrapPhase, BootstrapReport, PeerProgress};
 
     const TIMEOUT: Duration = Duration::from_secs(1);
 
