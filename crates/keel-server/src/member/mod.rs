@@ -37,17 +37,17 @@ use keel_raft::{Node, RaftStatus, Transport};
 use keel_rpc::etcd::{PbMember, PbResponseHeader};
 use tokio::sync::watch as signal;
 
-use crate::config::ServerConfig;
 use keel_state::alarm::Alarms;
 use keel_state::auth::AuthStore;
 use keel_state::lease::Lessor;
 use keel_state::membership::{Identity, Membership};
 
-pub use apply::{change_kind, Applied, ApplyLoop};
+use crate::config::ServerConfig;
+
+pub use apply::{change_kind, Applied};
 pub use assemble::{bootstrap_store, Engine, Network, Parts};
-pub use corrupt::{initial_check, run_periodic as run_corrupt_checks, Inconsistent};
+pub use corrupt::{initial_check, Inconsistent};
 pub use counters::counters;
-pub use fault::ApplyDelay;
 pub use lessor::{EXPIRY_CHECK, PROMOTE_EXTEND, ROLE_CHECK};
 pub use raft_conf::conf_state;
 pub use replication::{
@@ -55,7 +55,7 @@ pub use replication::{
     ReplicaState, ReplicaStatus, SnapshotBootstrap,
 };
 pub use runtime::{Job, Runtime, TokioRuntime};
-pub use snapshot::{decode_position, encode_position, Checkpoints, META_INSTALLED};
+pub use snapshot::{decode_position, encode_position, META_INSTALLED};
 pub use tokens::Tokens;
 pub use watch::{Group, Hub, Output, WatchEnd, WatchSpec};
 
