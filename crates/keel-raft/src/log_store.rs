@@ -337,7 +337,7 @@ impl LogStore {
         self.hard_state.commit = commit;
     }
 
-    /// Persists a commit index learned at start-up (see `Node::start`); never beyond the log.
+    /// Persists a commit index learned at start-up (see `Node::stepwise`); never beyond the log.
     pub fn raise_commit(&mut self, commit: u64) -> Result<()> {
         if commit > self.last_index {
             return Err(RaftError::Corrupt(format!(

@@ -75,6 +75,8 @@ pub struct Network {
     cut: BTreeSet<(u64, u64)>,
     /// Current loss, duplication and delay.
     pub weather: Weather,
+    /// The weather between faults, which `heal` brings back.
+    fair: Weather,
     /// Messages delivered so far.
     pub delivered: u64,
     /// Snapshots transferred so far.
@@ -84,14 +86,15 @@ pub struct Network {
 }
 
 impl Network {
-    /// A network with no cut links.
-    pub fn new() -> Network {
+    /// A network with no cut links, whose weather between faults is `fair`.
+    pub fn new(fair: Weather) -> Network {
         Network {
             wire: Arc::default(),
             in_flight: BTreeMap::new(),
             seq: 0,
             cut: BTreeSet::new(),
-            weather: Weather::calm(),
+            weather: fair,
+            fair,
             delivered: 0,
             snapshots: 0,
             snap_dirs: BTreeMap::new(),
@@ -168,10 +171,10 @@ impl Network {
         }
     }
 
-    /// Restores every link and the calm weather.
+    /// Restores every link and the weather between faults.
     pub fn heal(&mut self) {
         self.cut.clear();
-        self.weather = Weather::calm();
+        self.weather = self.fair;
     }
 }
 

@@ -19,7 +19,7 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// A running embedded member.
 pub struct Member {
     /// The running member this handle embeds.
-    core: Arc<keel_server::Member>,
+    inner: Arc<keel_server::Member>,
     stop: Option<oneshot::Sender<()>>,
     serving: JoinHandle<Result<(), ServeError>>,
 }
@@ -29,13 +29,13 @@ impl Member {
     /// serves its URLs in the background.
     pub async fn start(cfg: ServerConfig) -> Result<Member, StartError> {
         let server = Server::start(cfg).await?;
-        let core = server.member().clone();
+        let inner = server.member().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn(server.serve(async move {
             let _ = stopped.await;
         }));
         Ok(Member {
-            core,
+            inner,
             stop: Some(stop),
             serving,
         })
@@ -43,18 +43,18 @@ impl Member {
 
     /// A `StateStore` over this member, called in-process (no TCP).
     pub fn client(&self) -> EmbeddedStore {
-        EmbeddedStore::new(keel_server::local_routes(&self.core))
+        EmbeddedStore::new(keel_server::local_routes(&self.inner))
     }
 
     /// Whether this member leads the raft group.
     pub fn is_leader(&self) -> bool {
-        self.core.is_leader()
+        self.inner.is_leader()
     }
 
     /// Every member's replication (role, state, matched and applied index, lag, last contact,
     /// bootstrap progress) as the leader sees it: asked of the leader when this member follows.
     pub async fn replication(&self) -> Result<keel_server::ClusterReplication, ServerError> {
-        self.core.cluster_replication().await
+        self.inner.cluster_replication().await
     }
 
     /// Waits (at most `within`) until the member serves linearizable reads: it has a leader and
@@ -62,7 +62,7 @@ impl Member {
     pub async fn ready(&self, within: Duration) -> Result<(), ServerError> {
         let deadline = Instant::now() + within;
         loop {
-            match self.core.linearizable_barrier().await {
+            match self.inner.linearizable_barrier().await {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(_) => tokio::time::sleep(READY_POLL).await,
@@ -74,12 +74,12 @@ impl Member {
     /// the clients it handed out (and leaderships won through them) are dropped too.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         let Member {
-            core,
+            inner,
             stop,
             serving,
         } = self;
-        let released = Arc::downgrade(&core);
-        drop(core);
+        let released = Arc::downgrade(&inner);
+        drop(inner);
         if let Some(stop) = stop {
             let _ = stop.send(());
         }

@@ -244,19 +244,6 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the driver on its own thread. Committed entries go to `committed`, in log order.
-    pub fn start(
-        cfg: NodeConfig,
-        store: LogStore,
-        committed: mpsc::Sender<Committed>,
-        transport: Arc<Transport>,
-    ) -> Result<Node> {
-        let (node, driver) = Node::stepwise(cfg, store, committed, transport.clone())?;
-        transport.set_reporter(node.stepper());
-        node.run_on_thread(driver)?;
-        Ok(node)
-    }
-
     /// Runs `driver` (this node's, from `stepwise`) on its own thread until `shutdown`.
     pub fn run_on_thread(&self, driver: Driver) -> Result<()> {
         let thread = std::thread::Builder::new()
@@ -266,8 +253,9 @@ impl Node {
         Ok(())
     }
 
-    /// A node whose driver the caller turns (`Driver::turn`), on its own clock: the deterministic
-    /// simulation runs whole clusters this way in one thread.
+    /// A node and its driver, which the caller runs on a thread of its own (`run_on_thread`) or
+    /// turns itself (`Driver::turn`, on its own clock: the deterministic simulation runs whole
+    /// clusters this way in one thread). Committed entries go to `committed`, in log order.
     pub fn stepwise(
         cfg: NodeConfig,
         mut store: LogStore,

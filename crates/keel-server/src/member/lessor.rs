@@ -40,12 +40,10 @@ impl Member {
         leading
     }
 
-    /// The expiry check: if this member's lessor is primary, the leases that ran out on its
-    /// clock (at most REVOKES_PER_CHECK), to be revoked with `revoke_expired`.
+    /// The expiry check: the leases that ran out on this member's clock (at most
+    /// REVOKES_PER_CHECK), to be revoked with `revoke_expired`. None unless the lessor is
+    /// primary (a follower's keeps no deadlines): call after `sync_lessor_role`.
     pub fn expired_leases(&self) -> Vec<i64> {
-        if !self.sync_lessor_role() {
-            return Vec::new();
-        }
         self.leases.expired(self.leases.now(), REVOKES_PER_CHECK)
     }
 

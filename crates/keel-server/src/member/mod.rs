@@ -185,7 +185,7 @@ impl Member {
     }
 
     /// The snapshot this member is receiving or installing.
-    pub(crate) fn bootstrap(&self) -> &Arc<keel_raft::Bootstrap> {
+    fn bootstrap(&self) -> &Arc<keel_raft::Bootstrap> {
         self.network.bootstrap()
     }
 

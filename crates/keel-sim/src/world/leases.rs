@@ -91,7 +91,7 @@ impl World {
         }
     }
 
-    /// The primary lessors' turns (expiry.rs), each on its member's clock: role checks every
+    /// The primary lessors' turns (member/lessor.rs), each on its member's clock: role checks every
     /// 100 ms, expired leases every 500 ms, each revoked through raft (checked when applied, in
     /// `expiry_revoked`).
     pub(super) fn expire_leases(&mut self) {
@@ -103,8 +103,7 @@ impl World {
                 continue;
             }
             slot.next_role_check_us = clock + ROLE_CHECK.as_micros() as u64;
-            if clock < slot.next_expiry_check_us {
-                member.member().sync_lessor_role();
+            if !member.member().sync_lessor_role() || clock < slot.next_expiry_check_us {
                 continue;
             }
             slot.next_expiry_check_us = clock + EXPIRY_CHECK.as_micros() as u64;

@@ -395,6 +395,12 @@ impl World {
             })
             .collect();
         let learner_at = rng.gen_range(500..3000);
+        // Without faults the network only delays messages, in the faults' time and after alike.
+        let fair = if cfg.faults {
+            Weather::calm()
+        } else {
+            Weather::perfect()
+        };
         let mut w = World {
             cfg,
             seed,
@@ -403,7 +409,7 @@ impl World {
             stamps: 0,
             base: Instant::now(),
             slots,
-            net: Network::new(),
+            net: Network::new(fair),
             clients,
             watchers,
             oracle: Oracle::default(),
@@ -427,9 +433,6 @@ impl World {
         };
         for i in 0..w.cfg.members {
             w.start_member(i);
-        }
-        if !w.cfg.faults {
-            w.net.weather = Weather::perfect();
         }
         w
     }
