@@ -4,8 +4,12 @@
 
 use rocksdb::{IteratorMode, WriteBatch};
 
+use crate::compaction::kept;
 use crate::snapshot::CheckpointReader;
-use crate::store::{Table, CF_KV, CF_META, META_APPLIED_INDEX, META_COMPACT_REV, META_CURRENT_REV};
+use crate::store::{
+    decode_record, RecordHead, Table, CF_INDEX, CF_KV, CF_META, META_APPLIED_INDEX,
+    META_COMPACT_DONE, META_COMPACT_REV, META_CURRENT_REV, META_INDEX_FORMAT,
+};
 use crate::{MvccError, Result, Revision, Store};
 
 /// Records per write while importing, and the bytes that end a write sooner.
@@ -35,7 +39,8 @@ impl Part {
 }
 
 impl CheckpointReader {
-    /// Calls `f` with each record of `part` in key order.
+    /// Calls `f` with each record of `part` in key order. Revisions are those a read can reach:
+    /// what a compaction has yet to delete in the background is left out.
     pub fn for_each(
         &self,
         part: Part,
@@ -45,8 +50,27 @@ impl CheckpointReader {
             .db
             .cf_handle(part.family())
             .ok_or_else(|| MvccError::Corrupt(format!("checkpoint without {}", part.family())))?;
+        let point = self.compacted_revision()?;
+        let done = self
+            .get_meta(META_COMPACT_DONE)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, i64::from_be_bytes);
+        let mut unsettled = match self.db.cf_handle(CF_INDEX) {
+            Some(idx) if part == Part::Revisions && done < point => {
+                Some((self.db.raw_iterator_cf(idx), point))
+            }
+            _ => None,
+        };
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item?;
+            if let Some((keys, point)) = unsettled.as_mut() {
+                let (rev, _) = Revision::from_key(&k)
+                    .ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
+                let head: RecordHead = decode_record(&v)?;
+                if rev.main <= *point && !kept(keys, &head.key, rev, *point)? {
+                    continue;
+                }
+            }
             f(&k, &v)?;
         }
         Ok(())
@@ -102,8 +126,8 @@ impl Import<'_> {
     }
 
     /// Records the compaction point, the applied raft index and the revision (the last one
-    /// imported, or the compaction's, if later), then rebuilds the store's key index from what
-    /// was imported: the store is current.
+    /// imported, or the compaction's, if later), then builds the store's key index from what was
+    /// imported: the store is current.
     pub fn finish(mut self, compacted: i64, applied_index: u64) -> Result<()> {
         let meta = self.store.cf(CF_META);
         let current = self.last_revision.max(compacted).max(1);
@@ -118,8 +142,9 @@ impl Import<'_> {
             META_APPLIED_INDEX,
             (applied_index as i64).to_be_bytes(),
         );
+        self.batch.delete_cf(meta, META_INDEX_FORMAT);
         self.store.db.write(std::mem::take(&mut self.batch))?;
         self.store.db.flush_wal(true)?;
-        self.store.rebuild(&mut self.store.index.write())
+        self.store.load()
     }
 }

@@ -3,14 +3,18 @@
 
 use rocksdb::{IteratorMode, ReadOptions};
 
+use crate::compaction::kept;
 use crate::snapshot::LOCAL_META_PREFIX;
-use crate::store::{CF_KV, CF_META, FAMILIES};
+use crate::store::{
+    decode_record, RecordHead, CF_INDEX, CF_KV, CF_META, FAMILIES, META_COMPACT_DONE,
+    META_COMPACT_NEXT, META_COMPACT_REV,
+};
 use crate::{MvccError, Result, Revision, Store};
 
 /// A HashKV answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvHash {
-    /// CRC-32 of every stored revision up to the hashed revision (keys and values).
+    /// CRC-32 of every readable revision up to the hashed revision (keys and values).
     pub hash: u32,
     /// The revision hashed through.
     pub revision: i64,
@@ -31,18 +35,12 @@ impl Store {
             return Err(MvccError::FutureRevision);
         }
         let rev = if rev == 0 { current } else { rev };
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(Revision::new(rev + 1, 0).to_key(false));
         let mut h = crc32fast::Hasher::new();
         h.update(CF_KV.as_bytes());
-        for item in self
-            .db
-            .iterator_cf_opt(self.cf(CF_KV), ro, IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            h.update(&k);
-            h.update(&v);
-        }
+        self.for_each_readable(rev, |k, v| {
+            h.update(k);
+            h.update(v);
+        })?;
         Ok(KvHash {
             hash: h.finalize(),
             revision: rev,
@@ -50,15 +48,58 @@ impl Store {
         })
     }
 
-    /// The hash of everything the members replicate (every family; the member's own records
-    /// excluded), as etcd's Hash.
+    /// Calls `f` with every stored revision through `rev` that a read can still reach: what the
+    /// background half of a compaction has yet to delete is left out, so that members agree
+    /// whatever its progress.
+    fn for_each_readable(&self, rev: i64, mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        let _gate = self.gate.read();
+        let snapshot = self.db.snapshot();
+        let meta = |key| -> Result<i64> {
+            Ok(snapshot
+                .get_cf(self.cf(CF_META), key)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map_or(-1, i64::from_be_bytes))
+        };
+        let (point, done) = (meta(META_COMPACT_REV)?, meta(META_COMPACT_DONE)?);
+        // Below this, a revision is checked against the index.
+        let unsettled = if done >= point { 0 } else { point };
+        let mut keys = snapshot.raw_iterator_cf_opt(self.cf(CF_INDEX), ReadOptions::default());
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(Revision::new(rev + 1, 0).to_key(false));
+        for item in snapshot.iterator_cf_opt(self.cf(CF_KV), ro, IteratorMode::Start) {
+            let (k, v) = item?;
+            let (r, _) = Revision::from_key(&k)
+                .ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
+            if r.main <= unsettled {
+                let head: RecordHead = decode_record(&v)?;
+                if !kept(&mut keys, &head.key, r, unsettled)? {
+                    continue;
+                }
+            }
+            f(&k, &v);
+        }
+        Ok(())
+    }
+
+    /// The hash of everything the members replicate, as etcd's Hash: the readable revisions and
+    /// every other family but the key index (derived from the revisions; the member's own records
+    /// and the compaction's progress left out).
     pub fn hash_all(&self) -> Result<u32> {
         let mut h = crc32fast::Hasher::new();
+        h.update(CF_KV.as_bytes());
+        self.for_each_readable(self.current_revision(), |k, v| {
+            h.update(k);
+            h.update(v);
+        })?;
         for family in FAMILIES {
+            if family == CF_KV || family == CF_INDEX {
+                continue;
+            }
             h.update(family.as_bytes());
             for item in self.db.iterator_cf(self.cf(family), IteratorMode::Start) {
                 let (k, v) = item?;
-                if family == CF_META && k.starts_with(LOCAL_META_PREFIX) {
+                let progress = [META_COMPACT_DONE, META_COMPACT_NEXT].contains(&&*k);
+                if family == CF_META && (k.starts_with(LOCAL_META_PREFIX) || progress) {
                     continue;
                 }
                 h.update(&k);
@@ -77,7 +118,7 @@ mod tests {
     fn put(s: &Store, key: &[u8], applied: u64) {
         let mut wb = s.write_batch();
         wb.begin();
-        wb.put(key, b"v".to_vec(), 0);
+        wb.put(key, b"v".to_vec(), 0).unwrap();
         wb.end();
         wb.commit(applied).unwrap();
     }
@@ -123,7 +164,7 @@ mod tests {
             }
             1 => {
                 wb.begin();
-                wb.put(b"other", b"v".to_vec(), 0);
+                wb.put(b"other", b"v".to_vec(), 0).unwrap();
                 wb.end();
             }
             _ => wb.compact(3).unwrap(),

@@ -2,16 +2,17 @@
 //! compaction, and reads can be served at any retained revision. It knows nothing of raft or the
 //! network: the apply loop above it decides what to write and when.
 
+mod compaction;
 mod export;
 mod hash;
-mod key_index;
+mod index;
 mod revision;
 mod snapshot;
 mod store;
 
 pub use export::{Import, Part};
 pub use hash::KvHash;
-pub use key_index::{KeyAt, KeyIndex, KeySpan};
+pub use index::KeySpan;
 pub use revision::Revision;
 pub use snapshot::{CheckpointReader, LOCAL_META_PREFIX};
 pub use store::{

@@ -36,7 +36,10 @@ pub struct CheckpointReader {
 impl CheckpointReader {
     /// Opens the checkpoint in `dir` read-only.
     pub fn open(dir: &Path) -> Result<CheckpointReader> {
-        let db = DB::open_cf_for_read_only(&Options::default(), dir, FAMILIES, false)?;
+        // A checkpoint from an older Keel lacks the newer families (the key index is then
+        // built when it is installed).
+        let families = DB::list_cf(&Options::default(), dir)?;
+        let db = DB::open_cf_for_read_only(&Options::default(), dir, families, false)?;
         Ok(CheckpointReader { db })
     }
 
@@ -130,8 +133,8 @@ impl Store {
         let total = estimate(&self.db) + estimate(&src.db);
         let mut done = 0u64;
         progress(0, total);
-        // Readers must not see a half-copied store: the index is held until it is rebuilt.
-        let mut index = self.index.write();
+        // Readers (and the compaction thread) must not see a half-copied store.
+        let gate = self.gate.write();
         let mut batch = rocksdb::WriteBatch::default();
         let mut flush = |batch: &mut rocksdb::WriteBatch| -> Result<()> {
             if batch.len() >= INSTALL_BATCH || batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
@@ -150,7 +153,9 @@ impl Store {
                     flush(&mut batch)?;
                 }
             }
-            let src_cf = src.db.cf_handle(family).ok_or_else(missing_meta)?;
+            let Some(src_cf) = src.db.cf_handle(family) else {
+                continue;
+            };
             for item in src.db.iterator_cf(src_cf, IteratorMode::Start) {
                 let (k, v) = item?;
                 if !is_local(family, &k) {
@@ -163,7 +168,8 @@ impl Store {
         batch.delete_cf(self.cf(CF_META), META_INSTALLING);
         self.db.write(batch)?;
         self.db.flush_wal(true)?;
-        self.rebuild(&mut index)?;
+        drop(gate);
+        self.load()?;
         progress(done, done);
         Ok(())
     }
@@ -180,10 +186,10 @@ mod tests {
         let a = Store::open(&dir.path().join("a")).unwrap();
         let mut wb = a.write_batch();
         wb.begin();
-        wb.put(b"k1", b"v1".to_vec(), 0);
+        wb.put(b"k1", b"v1".to_vec(), 0).unwrap();
         wb.end();
         wb.begin();
-        wb.put(b"k2", b"v2".to_vec(), 0);
+        wb.put(b"k2", b"v2".to_vec(), 0).unwrap();
         wb.end();
         wb.put_meta(b"local/who", b"a");
         wb.commit(7).unwrap();
@@ -199,7 +205,7 @@ mod tests {
         let b = Store::open(&dir.path().join("b")).unwrap();
         let mut wb = b.write_batch();
         wb.begin();
-        wb.put(b"old", b"x".to_vec(), 0);
+        wb.put(b"old", b"x".to_vec(), 0).unwrap();
         wb.end();
         wb.put_meta(b"local/who", b"b");
         wb.commit(3).unwrap();
@@ -241,7 +247,8 @@ mod tests {
         for i in 0..24u64 {
             let mut wb = a.write_batch();
             wb.begin();
-            wb.put(format!("k{i:02}").as_bytes(), value.clone(), 0);
+            wb.put(format!("k{i:02}").as_bytes(), value.clone(), 0)
+                .unwrap();
             wb.end();
             wb.commit(i + 1).unwrap();
         }

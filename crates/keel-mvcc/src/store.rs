@@ -1,28 +1,51 @@
-//! The revisioned store: values by revision in RocksDB (`kv` family), the key index in memory, and the
-//! store's bookkeeping (`meta` family). Readers get a consistent view at any retained revision; the
+//! The revisioned store: values by revision in RocksDB (`kv` family), the key index beside them
+//! (`key_index`, see `index.rs`), the keys attached to each lease (`lease_keys`), and the store's
+//! bookkeeping (`meta` family). Nothing of the store is held in memory but a few counters: opening
+//! it costs the same whatever its size. Readers get a consistent view at any retained revision; the
 //! single writer (the apply loop) groups many write transactions into one RocksDB write batch.
 //! This file must never make a change visible to readers before its write batch is committed.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use keel_proto::etcd::PbKeyValue as KeyValue;
 use parking_lot::RwLock;
 use prost::Message;
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions,
+    WriteOptions, DB,
+};
 
-use crate::key_index::{KeyAt, KeyIndex, KeySpan};
+use crate::compaction::Compactor;
+use crate::index::{self, decode_key, newest_at, visit, Cursor, Entry, Found, KeySpan, Overlaid};
 use crate::{MvccError, Result, Revision};
 
 pub(crate) const CF_KV: &str = "kv";
 pub(crate) const CF_META: &str = "meta";
 const CF_LEASE: &str = "lease";
 const CF_AUTH: &str = "auth";
-pub(crate) const FAMILIES: [&str; 4] = [CF_KV, CF_META, CF_LEASE, CF_AUTH];
+pub(crate) const CF_INDEX: &str = "key_index";
+pub(crate) const CF_LEASE_KEYS: &str = "lease_keys";
+pub(crate) const FAMILIES: [&str; 6] = [CF_KV, CF_META, CF_LEASE, CF_AUTH, CF_INDEX, CF_LEASE_KEYS];
 pub(crate) const META_APPLIED_INDEX: &[u8] = b"applied_index";
 pub(crate) const META_CURRENT_REV: &[u8] = b"current_rev";
 pub(crate) const META_COMPACT_REV: &[u8] = b"compact_rev";
+/// The compaction point the background half has carried out on disk.
+pub(crate) const META_COMPACT_DONE: &[u8] = b"compact_done";
+/// Where the background half of a compaction goes on (a revision key).
+pub(crate) const META_COMPACT_NEXT: &[u8] = b"compact_next";
+const META_LIVE_KEYS: &[u8] = b"live_keys";
+/// Present once the key index is built (absent after an import, or in a store of an older Keel).
+pub(crate) const META_INDEX_FORMAT: &[u8] = b"index_format";
+const INDEX_FORMAT: i64 = 1;
+
+/// The block cache all families share: with the index on disk, memory is this, the memtables and
+/// RocksDB's table metadata, whatever the number of keys.
+const BLOCK_CACHE_BYTES: usize = 256 << 20;
+/// Records per write while building the index.
+const BUILD_BATCH: usize = 10_000;
 
 /// How a range read is done.
 #[derive(Clone, Debug, Default)]
@@ -76,17 +99,39 @@ impl Table {
 
 /// The revisioned key-value store.
 pub struct Store {
-    pub(crate) db: DB,
-    pub(crate) index: RwLock<KeyIndex>,
+    // Declared first: dropped (its thread joined) before the database closes.
+    compactor: Compactor,
+    pub(crate) db: Arc<DB>,
+    /// Held for reading by readers and the compaction thread, for writing while a snapshot is
+    /// installed (readers never see a half-copied store).
+    pub(crate) gate: Arc<RwLock<()>>,
     current_rev: AtomicI64,
     pub(crate) compact_rev: AtomicI64,
     applied_index: AtomicU64,
-    /// The keys whose current value names a lease, found by the last rebuild (for the lessor).
-    lease_attachments: parking_lot::Mutex<Vec<(Vec<u8>, i64)>>,
+    live_keys: AtomicI64,
+}
+
+fn table_options(cache: &Cache, bloom: bool) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    // Index and filter blocks in the bounded cache too: at tens of millions of keys they would
+    // otherwise be the part of memory that grows with the store.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    if bloom {
+        table.set_bloom_filter(10.0, false);
+    }
+    let mut cf = Options::default();
+    cf.set_block_based_table_factory(&table);
+    // Memtables of 16 MiB instead of RocksDB's 64: recent values are served by the block cache
+    // just as well.
+    cf.set_write_buffer_size(16 << 20);
+    cf
 }
 
 impl Store {
-    /// Opens (or creates) the store under `path` and rebuilds the key index from disk.
+    /// Opens (or creates) the store under `path`. Nothing is rebuilt: the index is on disk (it is
+    /// built once, here, for a store written by a Keel that kept it in memory).
     pub fn open(path: &Path) -> Result<Store> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -95,66 +140,51 @@ impl Store {
         // would keep every WAL file since its last flush (up to 4x all memtables) and replay them
         // all at start-up; past 64 MiB of WAL it flushes the families that hold the oldest.
         opts.set_max_total_wal_size(64 << 20);
-        // Memtables of 16 MiB instead of RocksDB's 64: reads of recent values are served by the
-        // block cache just as well, and the memory goes back to the key index.
-        let cfs = FAMILIES.map(|n| {
-            let mut cf = Options::default();
-            cf.set_write_buffer_size(16 << 20);
-            ColumnFamilyDescriptor::new(n, cf)
-        });
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES)?;
+        // Values are read by revision, one point lookup each: a bloom filter spares the levels
+        // that do not hold it.
+        let cfs =
+            FAMILIES.map(|n| ColumnFamilyDescriptor::new(n, table_options(&cache, n == CF_KV)));
+        let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
+        let gate = Arc::new(RwLock::new(()));
         let store = Store {
+            compactor: Compactor::start(db.clone(), gate.clone()),
             db,
-            index: RwLock::new(KeyIndex::default()),
+            gate,
             current_rev: AtomicI64::new(0),
             compact_rev: AtomicI64::new(-1),
             applied_index: AtomicU64::new(0),
-            lease_attachments: Default::default(),
+            live_keys: AtomicI64::new(0),
         };
         store.resume_install()?;
-        store.rebuild(&mut store.index.write())?;
+        store.load()?;
         Ok(store)
     }
 
-    /// Rebuilds the in-memory state (key index, revisions, applied index) from what is on disk.
-    pub(crate) fn rebuild(&self, index: &mut KeyIndex) -> Result<()> {
-        *index = KeyIndex::default();
-        let mut last = 0;
-        // In revision order, so each key ends with the lease of its latest put (none if deleted).
-        let mut leased: HashMap<Vec<u8>, i64> = HashMap::new();
-        // One sequential pass over every revision: borrowed records (no copy of each value), and
-        // blocks read once are not worth a place in the block cache.
-        let mut ro = ReadOptions::default();
-        ro.fill_cache(false);
-        let mut iter = self.db.raw_iterator_cf_opt(self.cf(CF_KV), ro);
-        iter.seek_to_first();
-        while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
-            let (rev, tombstone) = Revision::from_key(k)
-                .ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
-            let kv: RecordHead = decode_record(v)?;
-            if tombstone {
-                index.tombstone(&kv.key, rev);
-            } else {
-                index.restore_put(&kv.key, rev, kv.create_revision, kv.version);
-            }
-            if kv.lease != 0 && !tombstone {
-                leased.insert(kv.key, kv.lease);
-            } else if !leased.is_empty() {
-                leased.remove(&kv.key);
-            }
-            last = rev.main;
-            iter.next();
+    /// Reads the store's counters from disk, building the key index first if it is missing.
+    pub(crate) fn load(&self) -> Result<()> {
+        if self
+            .db
+            .get_cf(self.cf(CF_META), META_INDEX_FORMAT)?
+            .is_none()
+        {
+            self.build_index()?;
         }
-        iter.status()?;
-        *self.lease_attachments.lock() = leased.into_iter().collect();
+        let last = {
+            let mut it = self.db.raw_iterator_cf(self.cf(CF_KV));
+            it.seek_to_last();
+            let last = it
+                .key()
+                .and_then(Revision::from_key)
+                .map_or(0, |(r, _)| r.main);
+            it.status()?;
+            last
+        };
         // Never compacted reads as -1, as in etcd: compacting at revision 0 is then allowed once.
         let compact = match self.db.get_cf(self.cf(CF_META), META_COMPACT_REV)? {
             Some(_) => self.meta_i64(META_COMPACT_REV)?,
             None => -1,
         };
-        if compact > 0 {
-            index.compact(compact);
-        }
         // A compaction may have removed the newest change (a tombstone); the meta record is exact.
         // An empty store is at revision 1, as etcd's is: the first write makes revision 2.
         let current = self
@@ -166,12 +196,83 @@ impl Store {
         self.compact_rev.store(compact, Ordering::Release);
         self.applied_index
             .store(self.meta_i64(META_APPLIED_INDEX)? as u64, Ordering::Release);
+        self.live_keys
+            .store(self.meta_i64(META_LIVE_KEYS)?, Ordering::Release);
+        self.compactor.wake();
         tracing::info!(
             revision = current,
             compacted = compact,
-            keys = index.len(),
+            keys = self.live_keys(),
             "mvcc store restored"
         );
+        Ok(())
+    }
+
+    /// Builds the key index and the lease attachments from the stored revisions: after an import
+    /// (etcd's snapshot or data dir) or when opening a store an older Keel wrote. Two sequential
+    /// passes, no memory held per key.
+    fn build_index(&self) -> Result<()> {
+        let (kv, idx, leases) = (self.cf(CF_KV), self.cf(CF_INDEX), self.cf(CF_LEASE_KEYS));
+        let mut ro = ReadOptions::default();
+        ro.fill_cache(false);
+        let mut it = self.db.raw_iterator_cf_opt(kv, ro);
+        it.seek_to_first();
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut value = Vec::new();
+        let mut built = 0u64;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let (rev, tombstone) = Revision::from_key(k)
+                .ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
+            let head: RecordHead = decode_record(v)?;
+            let entry = if tombstone {
+                Entry::tombstone()
+            } else {
+                Entry {
+                    created: head.create_revision,
+                    version: head.version,
+                    lease: head.lease,
+                    tombstone: false,
+                }
+            };
+            value.clear();
+            entry.encode(&mut value);
+            batch.put_cf(idx, index::index_key(&head.key, rev), &value);
+            built += 1;
+            if batch.len() >= BUILD_BATCH {
+                self.db.write(std::mem::take(&mut batch))?;
+                if built % 1_000_000 < BUILD_BATCH as u64 {
+                    tracing::info!(revisions = built, "building the key index");
+                }
+            }
+            it.next();
+        }
+        it.status()?;
+        self.db.write(std::mem::take(&mut batch))?;
+        // Each key's first entry is its newest: alive or not, and its lease.
+        let mut live = 0i64;
+        let mut it = self.db.raw_iterator_cf(idx);
+        it.seek_to_first();
+        let mut previous: Option<Vec<u8>> = None;
+        while let Some(k) = it.key() {
+            let (encoded, _) = index::split(k)?;
+            if previous.as_deref() != Some(encoded) {
+                let entry = Cursor::entry(&it)?;
+                if !entry.tombstone {
+                    live += 1;
+                    if entry.lease != 0 {
+                        batch.put_cf(leases, lease_key(entry.lease, &decode_key(encoded)?), []);
+                    }
+                }
+                previous = Some(encoded.to_vec());
+            }
+            it.next();
+        }
+        it.status()?;
+        let meta = self.cf(CF_META);
+        batch.put_cf(meta, META_LIVE_KEYS, live.to_be_bytes());
+        batch.put_cf(meta, META_INDEX_FORMAT, INDEX_FORMAT.to_be_bytes());
+        self.db.write(batch)?;
+        tracing::info!(revisions = built, keys = live, "key index built");
         Ok(())
     }
 
@@ -183,22 +284,23 @@ impl Store {
     }
 
     fn meta_i64(&self, key: &[u8]) -> Result<i64> {
-        Ok(match self.db.get_cf(self.cf(CF_META), key)? {
-            Some(v) => i64::from_be_bytes(
-                v.as_slice()
-                    .try_into()
-                    .map_err(|_| MvccError::Corrupt(format!("meta {key:?}")))?,
-            ),
-            None => 0,
-        })
+        meta_i64(&self.db, key)
     }
 
-    /// The keys whose current value is attached to a lease, with the lease, as the last rebuild
-    /// (opening the store, installing a snapshot) found them; taken once, by the lessor, which
-    /// follows puts and deletes from there. Found in the same pass that rebuilds the key index, so
-    /// restoring the leases costs no second read of every key.
-    pub fn take_lease_attachments(&self) -> Vec<(Vec<u8>, i64)> {
-        std::mem::take(&mut *self.lease_attachments.lock())
+    /// The keys whose current value is attached to a lease, with the lease (for the lessor, at
+    /// start-up and after a snapshot is installed; it follows puts and deletes from there). Read
+    /// from their own family: the cost is the number of attached keys, not of keys.
+    pub fn lease_attachments(&self) -> Result<Vec<(Vec<u8>, i64)>> {
+        let _gate = self.gate.read();
+        self.db
+            .iterator_cf(self.cf(CF_LEASE_KEYS), IteratorMode::Start)
+            .map(|item| {
+                let (k, _) = item?;
+                let (lease, key) = k.split_at(8);
+                let lease = i64::from_be_bytes(lease.try_into().expect("8 bytes"));
+                Ok((key.to_vec(), lease))
+            })
+            .collect()
     }
 
     /// The revision of the last committed write transaction.
@@ -208,7 +310,7 @@ impl Store {
 
     /// Keys that exist now (not deleted).
     pub fn live_keys(&self) -> usize {
-        self.index.read().live_keys()
+        self.live_keys.load(Ordering::Acquire).max(0) as usize
     }
 
     /// The revision the store was last compacted at (-1 = never).
@@ -219,6 +321,11 @@ impl Store {
     /// The raft index of the last entry whose effects are committed to this store.
     pub fn applied_index(&self) -> u64 {
         self.applied_index.load(Ordering::Acquire)
+    }
+
+    /// Blocks until every committed compaction is carried out on disk (tests, tools).
+    pub fn wait_compacted(&self) {
+        self.compactor.wait_idle()
     }
 
     /// Reads a caller-owned metadata record (cluster identity and the like).
@@ -257,17 +364,15 @@ impl Store {
         opts: &RangeOptions,
         current: i64,
     ) -> Result<RangeResult> {
+        let _gate = self.gate.read();
+        let snapshot = self.db.snapshot();
+        // Checked after the snapshot is taken: a compaction publishes its revision before it
+        // deletes anything, so a read that passes here finds everything it needs in the snapshot.
         let at = check_revision(opts.rev, current, self.compacted_revision())?;
-        let (hits, count, snapshot) = {
-            let index = self.index.read();
-            // Checked again under the index lock: a compaction publishes its revision before it
-            // edits the index, so a read that passes here sees the index as it was.
-            check_revision(at, current, self.compacted_revision())?;
-            let (hits, count) = collect(&index, span, at, opts);
-            (hits, count, self.db.snapshot())
-        };
+        let mut keys = snapshot.raw_iterator_cf_opt(self.cf(CF_INDEX), ReadOptions::default());
+        let (hits, count) = collect(&mut keys, span, at, opts)?;
         let mut kvs = Vec::with_capacity(hits.len());
-        for (rev, _) in hits {
+        for rev in hits {
             let v = snapshot
                 .get_cf(self.cf(CF_KV), rev.to_key(false))?
                 .ok_or_else(|| MvccError::Corrupt(format!("indexed revision {rev:?} missing")))?;
@@ -288,7 +393,8 @@ impl Store {
         }
     }
 
-    /// Compacts RocksDB's files, reclaiming the space of deleted and compacted-away data.
+    /// Compacts RocksDB's files, reclaiming the space of deleted and compacted-away data. Readers
+    /// and writers go on meanwhile (RocksDB compacts beside them).
     pub fn defragment(&self) {
         for name in FAMILIES {
             self.db
@@ -302,6 +408,9 @@ impl Store {
             store: self,
             batch: rocksdb::WriteBatch::default(),
             pending: Vec::new(),
+            overlay: BTreeMap::new(),
+            live_delta: 0,
+            compacted: false,
             rev: self.current_revision(),
             sub: 0,
             changes: Vec::new(),
@@ -319,7 +428,8 @@ impl Store {
         to: i64,
         max: usize,
     ) -> Result<(Vec<Change>, i64)> {
-        if from < self.compacted_revision() {
+        let compacted = self.compacted_revision();
+        if from < compacted {
             return Err(MvccError::Compacted);
         }
         let mut out = Vec::new();
@@ -335,6 +445,11 @@ impl Store {
             if out.len() >= max && rev.sub == 0 {
                 last = rev.main - 1;
                 break;
+            }
+            // A deletion at the compaction point is gone, whether or not the background half
+            // has deleted it yet (a put there is its key's newest, and stays).
+            if deleted && rev.main <= compacted {
+                continue;
             }
             let mut kv = decode_kv(&v)?;
             if !span.contains(&kv.key) {
@@ -370,6 +485,30 @@ impl Store {
         }
         size
     }
+}
+
+pub(crate) fn meta_i64(db: &DB, key: &[u8]) -> Result<i64> {
+    let meta = db.cf_handle(CF_META).ok_or_else(missing_family)?;
+    Ok(match db.get_cf(meta, key)? {
+        Some(v) => i64::from_be_bytes(
+            v.as_slice()
+                .try_into()
+                .map_err(|_| MvccError::Corrupt(format!("meta {key:?}")))?,
+        ),
+        None => 0,
+    })
+}
+
+fn missing_family() -> MvccError {
+    MvccError::Corrupt("store without a meta family".into())
+}
+
+/// The `lease_keys` record of `key` attached to `lease`.
+fn lease_key(lease: i64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&lease.to_be_bytes());
+    out.extend_from_slice(key);
+    out
 }
 
 /// Reads of one state of the store: a committed revision, or a write batch's open transaction.
@@ -416,42 +555,42 @@ fn check_revision(rev: i64, current: i64, compacted: i64) -> Result<i64> {
 
 /// Walks the index: the revisions to fetch (up to the limit) and the number of keys in the span.
 fn collect(
-    index: &KeyIndex,
+    keys: &mut impl Cursor,
     span: KeySpan<'_>,
     at: i64,
     opts: &RangeOptions,
-) -> (Vec<(Revision, KeyAt)>, usize) {
+) -> Result<(Vec<Revision>, usize)> {
     let mut hits = Vec::new();
     let mut count = 0;
-    index.visit(span, at, |_, k| {
+    visit(keys, span, at, |_, found| {
         count += 1;
         if !opts.count_only && (opts.limit == 0 || hits.len() < opts.limit) {
-            hits.push((k.modified, k));
+            hits.push(found.rev);
         }
-        true
-    });
-    (hits, count)
+        Ok(true)
+    })?;
+    Ok((hits, count))
 }
 
-/// What start-up needs of a stored key-value record (etcd's `mvccpb.KeyValue` field numbers): the
-/// value, most of the record, is skipped rather than copied.
+/// What the index and start-up need of a stored key-value record (etcd's `mvccpb.KeyValue` field
+/// numbers): the value, most of the record, is skipped rather than copied.
 #[derive(Clone, PartialEq, prost::Message)]
-struct RecordHead {
+pub(crate) struct RecordHead {
     #[prost(bytes = "vec", tag = "1")]
-    key: Vec<u8>,
+    pub key: Vec<u8>,
     #[prost(int64, tag = "2")]
-    create_revision: i64,
+    pub create_revision: i64,
     #[prost(int64, tag = "4")]
-    version: i64,
+    pub version: i64,
     #[prost(int64, tag = "6")]
-    lease: i64,
+    pub lease: i64,
 }
 
 fn decode_kv(bytes: &[u8]) -> Result<KeyValue> {
     decode_record(bytes)
 }
 
-fn decode_record<M: Message + Default>(bytes: &[u8]) -> Result<M> {
+pub(crate) fn decode_record<M: Message + Default>(bytes: &[u8]) -> Result<M> {
     M::decode(bytes).map_err(|e| MvccError::Corrupt(format!("key-value record: {e}")))
 }
 
@@ -472,6 +611,12 @@ pub struct WriteBatch<'s> {
     /// Values written by this batch, not yet readable from RocksDB: their revisions (ascending)
     /// and where in `changes` they are. Not a map of copies: a put is the apply loop's hot path.
     pending: Vec<(Revision, usize)>,
+    /// The batch's key index entries, read over the committed index until the batch commits.
+    overlay: BTreeMap<Vec<u8>, Entry>,
+    /// Keys the batch brought alive, less those it deleted.
+    live_delta: i64,
+    /// Whether the batch records a compaction (the background half starts once it commits).
+    compacted: bool,
     /// Every change made by the batch, in order, for watchers.
     changes: Vec<Change>,
     /// A key-value's encoding on its way into the RocksDB batch (which copies it), reused.
@@ -513,6 +658,12 @@ impl WriteBatch<'_> {
         rev
     }
 
+    /// The index as the open transaction sees it: committed entries under the batch's own.
+    fn keys(&self) -> Overlaid<'_, rocksdb::DBRawIteratorWithThreadMode<'_, DB>> {
+        let committed = self.store.db.raw_iterator_cf(self.store.cf(CF_INDEX));
+        Overlaid::new(committed, &self.overlay)
+    }
+
     fn value_at(&self, rev: Revision) -> Result<KeyValue> {
         if let Ok(i) = self.pending.binary_search_by_key(&rev, |(r, _)| *r) {
             return Ok(self.changes[self.pending[i].1].kv.clone());
@@ -525,21 +676,67 @@ impl WriteBatch<'_> {
         decode_kv(&v)
     }
 
+    /// The key's latest change if it is alive.
+    fn live(&self, key: &[u8]) -> Result<Option<Found>> {
+        Ok(newest_at(&mut self.keys(), key, i64::MAX)?.filter(|f| !f.entry.tombstone))
+    }
+
     /// The latest value of `key` as the open transaction sees it.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        let live = self.store.index.read().live(key);
-        live.map(|k| self.value_at(k.modified)).transpose()
+        self.live(key)?.map(|f| self.value_at(f.rev)).transpose()
+    }
+
+    fn index(&mut self, key: &[u8], rev: Revision, entry: Entry) {
+        let ikey = index::index_key(key, rev);
+        self.encoded.clear();
+        entry.encode(&mut self.encoded);
+        self.batch
+            .put_cf(self.store.cf(CF_INDEX), &ikey, &self.encoded);
+        self.overlay.insert(ikey, entry);
+    }
+
+    /// Moves `key`'s lease attachment from `from` to `to` (0: none).
+    fn attach(&mut self, key: &[u8], from: i64, to: i64) {
+        if from == to {
+            return;
+        }
+        let cf = self.store.cf(CF_LEASE_KEYS);
+        if from != 0 {
+            self.batch.delete_cf(cf, lease_key(from, key));
+        }
+        if to != 0 {
+            self.batch.put_cf(cf, lease_key(to, key), []);
+        }
     }
 
     /// Puts `key` in the open transaction; returns the new key-value.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> &KeyValue {
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<&KeyValue> {
         let rev = self.next_revision();
-        let now = self.store.index.write().put(key, rev);
+        let prev = self.live(key)?;
+        let entry = match prev {
+            Some(p) => Entry {
+                created: p.entry.created,
+                version: p.entry.version + 1,
+                lease,
+                tombstone: false,
+            },
+            None => {
+                self.live_delta += 1;
+                Entry {
+                    created: rev.main,
+                    version: 1,
+                    lease,
+                    tombstone: false,
+                }
+            }
+        };
+        self.index(key, rev, entry);
+        self.attach(key, prev.map_or(0, |p| p.entry.lease), lease);
         let kv = KeyValue {
             key: key.to_vec(),
-            create_revision: now.created.main,
+            create_revision: entry.created,
             mod_revision: rev.main,
-            version: now.version,
+            version: entry.version,
             value,
             lease,
         };
@@ -550,7 +747,7 @@ impl WriteBatch<'_> {
             .put_cf(self.store.cf(CF_KV), rev.to_key(false), &self.encoded);
         self.pending.push((rev, self.changes.len()));
         self.changes.push(Change { kv, deleted: false });
-        &self.changes[self.changes.len() - 1].kv
+        Ok(&self.changes[self.changes.len() - 1].kv)
     }
 
     /// Deletes the live keys of `span` in the open transaction; returns them as they were.
@@ -564,10 +761,9 @@ impl WriteBatch<'_> {
             };
             self.batch
                 .put_cf(self.store.cf(CF_KV), rev.to_key(true), tomb.encode_to_vec());
-            self.store.index.write().tombstone(&kv.key, rev);
-            // Known to a compaction later in this batch, which must drop it as it would drop
-            // the tombstone on disk: what a compaction keeps may not depend on how entries were
-            // grouped into batches (members' HashKV must agree).
+            self.index(&kv.key, rev, Entry::tombstone());
+            self.attach(&kv.key, kv.lease, 0);
+            self.live_delta -= 1;
             self.pending.push((rev, self.changes.len()));
             let tomb = KeyValue {
                 key: kv.key.clone(),
@@ -597,8 +793,8 @@ impl WriteBatch<'_> {
         self.batch.delete_cf(self.store.cf(table.family()), key);
     }
 
-    /// Compacts history at `rev`: reads below it fail with `Compacted` from now on, and every value
-    /// no read at or after `rev` can see is deleted.
+    /// Compacts history at `rev`: reads below it fail with `Compacted` from now on, and once the
+    /// batch commits, every value no read at or after `rev` can see is deleted in the background.
     pub fn compact(&mut self, rev: i64) -> Result<()> {
         if rev <= self.store.compacted_revision() {
             return Err(MvccError::Compacted);
@@ -606,31 +802,11 @@ impl WriteBatch<'_> {
         if rev > self.rev {
             return Err(MvccError::FutureRevision);
         }
-        // Published before the index changes, so concurrent readers below `rev` fail cleanly.
+        // Published at once, so concurrent readers below `rev` fail from now on.
         self.store.compact_rev.store(rev, Ordering::Release);
-        let keep = self.store.index.write().compact(rev);
-        let cf = self.store.cf(CF_KV);
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(Revision::new(rev + 1, 0).to_key(false));
-        for item in self.store.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
-            let (k, _) = item?;
-            let (r, _) = Revision::from_key(&k)
-                .ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
-            if !keep.contains(&r) {
-                self.batch.delete_cf(cf, k);
-            }
-        }
-        let batch = &mut self.batch;
-        self.pending.retain(|(r, _)| {
-            let gone = r.main <= rev && !keep.contains(r);
-            if gone {
-                batch.delete_cf(cf, r.to_key(false));
-                batch.delete_cf(cf, r.to_key(true));
-            }
-            !gone
-        });
         self.batch
             .put_cf(self.store.cf(CF_META), META_COMPACT_REV, rev.to_be_bytes());
+        self.compacted = true;
         Ok(())
     }
 
@@ -645,11 +821,19 @@ impl WriteBatch<'_> {
         );
         self.batch
             .put_cf(meta, META_CURRENT_REV, self.rev.to_be_bytes());
+        let live = self.store.live_keys.load(Ordering::Acquire) + self.live_delta;
+        if self.live_delta != 0 {
+            self.batch.put_cf(meta, META_LIVE_KEYS, live.to_be_bytes());
+        }
         self.store.db.write(std::mem::take(&mut self.batch))?;
+        self.store.live_keys.store(live, Ordering::Release);
         self.store.current_rev.store(self.rev, Ordering::Release);
         self.store
             .applied_index
             .store(applied_index, Ordering::Release);
+        if self.compacted {
+            self.store.compactor.wake();
+        }
         Ok(std::mem::take(&mut self.changes))
     }
 }
@@ -658,10 +842,10 @@ impl ReadView for WriteBatch<'_> {
     fn range(&self, span: KeySpan<'_>, opts: &RangeOptions) -> Result<RangeResult> {
         let current = self.read_revision();
         let at = check_revision(opts.rev, current, self.store.compacted_revision())?;
-        let (hits, count) = collect(&self.store.index.read(), span, at, opts);
+        let (hits, count) = collect(&mut self.keys(), span, at, opts)?;
         let kvs = hits
             .into_iter()
-            .map(|(rev, _)| self.value_at(rev))
+            .map(|rev| self.value_at(rev))
             .collect::<Result<_>>()?;
         Ok(RangeResult {
             kvs,
@@ -686,7 +870,8 @@ mod tests {
     fn put(store: &Store, key: &str, value: &str, applied: u64) -> i64 {
         let mut wb = store.write_batch();
         wb.begin();
-        wb.put(key.as_bytes(), value.as_bytes().to_vec(), 0);
+        wb.put(key.as_bytes(), value.as_bytes().to_vec(), 0)
+            .unwrap();
         let rev = wb.end();
         wb.commit(applied).unwrap();
         rev
@@ -812,10 +997,11 @@ mod tests {
                 (prev.value.as_slice(), prev.mod_revision),
                 (prev_value.as_bytes(), prev_rev)
             );
-            wb.put(b"k", v.as_bytes().to_vec(), 0);
+            wb.put(b"k", v.as_bytes().to_vec(), 0).unwrap();
             wb.end();
             wb.begin();
-            wb.put(format!("other{v}").as_bytes(), b"x".to_vec(), 0);
+            wb.put(format!("other{v}").as_bytes(), b"x".to_vec(), 0)
+                .unwrap();
             wb.end();
         }
         // Compacting inside the batch drops the batch's own superseded values too (v2, at 3).
@@ -828,6 +1014,8 @@ mod tests {
         assert_eq!(get_at(&store, "k", 8).unwrap().as_deref(), Some("v4"));
         assert_eq!(get_at(&store, "k", 5).unwrap().as_deref(), Some("v3"));
         assert!(matches!(get_at(&store, "k", 3), Err(MvccError::Compacted)));
+        // The values no read can see are deleted in the background, once the batch commits.
+        store.wait_compacted();
         let stored = |main| {
             let key = Revision::new(main, 0).to_key(false);
             store.db.get_cf(store.cf(CF_KV), key).unwrap().is_some()
@@ -836,6 +1024,50 @@ mod tests {
             [stored(2), stored(3), stored(5), stored(7)],
             [false, false, true, true]
         );
+    }
+
+    /// The store's counters and lease attachments are on disk (a reopened store reads them, it
+    /// rebuilds nothing); a store without the key index, as an older Keel wrote it, gets one
+    /// built when opened.
+    #[test]
+    fn reopening_reads_counts_and_attachments_and_builds_a_missing_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |store: &Store| {
+            assert_eq!(store.live_keys(), 2);
+            assert_eq!(store.lease_attachments().unwrap(), vec![(b"a".to_vec(), 7)]);
+            let all = KeySpan::from_etcd(b"", b"\0");
+            let kvs = store.range(all, &RangeOptions::default()).unwrap().kvs;
+            let seen: Vec<_> = kvs.iter().map(|kv| (kv.key.clone(), kv.version)).collect();
+            assert_eq!(seen, vec![(b"a".to_vec(), 1), (b"b".to_vec(), 2)]);
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut wb = store.write_batch();
+            wb.begin();
+            for (key, lease) in [(b"a", 7), (b"b", 7), (b"c", 0)] {
+                wb.put(key, b"v".to_vec(), lease).unwrap();
+            }
+            wb.end();
+            wb.begin();
+            wb.put(b"b", b"w".to_vec(), 0).unwrap();
+            wb.delete(KeySpan::Single(b"c")).unwrap();
+            wb.end();
+            wb.commit(1).unwrap();
+            check(&store);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        check(&store);
+        let mut wb = rocksdb::WriteBatch::default();
+        for family in [CF_INDEX, CF_LEASE_KEYS] {
+            for item in store.db.iterator_cf(store.cf(family), IteratorMode::Start) {
+                wb.delete_cf(store.cf(family), item.unwrap().0);
+            }
+        }
+        wb.delete_cf(store.cf(CF_META), META_INDEX_FORMAT);
+        wb.delete_cf(store.cf(CF_META), META_LIVE_KEYS);
+        store.db.write(wb).unwrap();
+        drop(store);
+        check(&Store::open(dir.path()).unwrap());
     }
 
     /// Random writes, deletes, multi-key transactions, compactions and reopenings, checked after every
@@ -859,7 +1091,7 @@ mod tests {
                         for _ in 0..=rng.below(3) {
                             let key = format!("k{}", rng.below(12)).into_bytes();
                             let value = format!("v{step}").into_bytes();
-                            wb.put(&key, value.clone(), 0);
+                            wb.put(&key, value.clone(), 0).unwrap();
                             let (create_revision, version) = state
                                 .get(&key)
                                 .map_or((rev, 1), |kv| (kv.create_revision, kv.version + 1));

@@ -142,8 +142,8 @@ fn record_key(id: i64) -> [u8; 8] {
 }
 
 impl Lessor {
-    /// Loads the leases from the store and re-attaches the keys that name them (as the store's
-    /// last rebuild found them: call right after opening it or installing a snapshot). No lease has a
+    /// Loads the leases from the store and re-attaches the keys that name them (the store keeps
+    /// the attachments: call right after opening it or installing a snapshot). No lease has a
     /// deadline until this member becomes primary.
     pub fn restore(store: &Store) -> Result<Lessor, StateError> {
         let mut inner = Inner::default();
@@ -161,7 +161,7 @@ impl Lessor {
                 },
             );
         }
-        for (key, lease) in store.take_lease_attachments() {
+        for (key, lease) in store.lease_attachments()? {
             match inner.leases.get_mut(&lease) {
                 Some(l) => {
                     l.keys.insert(key.clone());
@@ -623,8 +623,8 @@ mod tests {
             let mut wb = store.write_batch();
             lessor.grant(&mut wb, 5, 30).unwrap();
             wb.begin();
-            wb.put(b"held", b"v".to_vec(), 5);
-            wb.put(b"free", b"v".to_vec(), 0);
+            wb.put(b"held", b"v".to_vec(), 5).unwrap();
+            wb.put(b"free", b"v".to_vec(), 0).unwrap();
             wb.end();
             wb.commit(1).unwrap();
         }
@@ -633,12 +633,12 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let mut wb = store.write_batch();
             wb.begin();
-            wb.put(b"gone", b"v".to_vec(), 5);
-            wb.put(b"moved", b"v".to_vec(), 5);
+            wb.put(b"gone", b"v".to_vec(), 5).unwrap();
+            wb.put(b"moved", b"v".to_vec(), 5).unwrap();
             wb.end();
             wb.begin();
             wb.delete(keel_mvcc::KeySpan::Single(b"gone")).unwrap();
-            wb.put(b"moved", b"v".to_vec(), 0);
+            wb.put(b"moved", b"v".to_vec(), 0).unwrap();
             wb.end();
             wb.commit(2).unwrap();
         }

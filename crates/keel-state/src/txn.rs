@@ -288,7 +288,7 @@ pub fn put(
         (Some(prev), true) => prev.lease,
         _ => p.lease,
     };
-    wb.put(&p.key, value, lease);
+    wb.put(&p.key, value, lease)?;
     leases.attach(&p.key, lease);
     crate::metrics::mvcc_put();
     Ok(PutResponse {

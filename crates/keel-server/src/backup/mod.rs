@@ -116,7 +116,7 @@ mod tests {
         let s = Store::open(dir).unwrap();
         let mut wb = s.write_batch();
         wb.begin();
-        wb.put(key, b"v".to_vec(), 0);
+        wb.put(key, b"v".to_vec(), 0).unwrap();
         wb.end();
         wb.commit(5).unwrap();
         s

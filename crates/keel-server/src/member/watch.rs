@@ -590,7 +590,8 @@ mod tests {
     fn commit(store: &Store, key: &str, index: u64) -> Vec<Change> {
         let mut wb = store.write_batch();
         wb.begin();
-        wb.put(key.as_bytes(), index.to_be_bytes().to_vec(), 0);
+        wb.put(key.as_bytes(), index.to_be_bytes().to_vec(), 0)
+            .unwrap();
         wb.end();
         wb.commit(index).expect("commit")
     }
