@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Turns a compare.sh run's results.jsonl into results.md (a table of Keel/etcd ratios) and
-throughput.png (gnuplot). Usage: bench/report.py <results dir>"""
+"""Turns a compare.sh run's results.jsonl into results.md (a table of Keel/etcd ratios per client:
+keel bench's rows, then etcd's Go client's) and throughput.png (gnuplot).
+Usage: bench/report.py <results dir>"""
 import json
 import os
 import subprocess
@@ -9,13 +10,16 @@ from collections import OrderedDict
 
 out = sys.argv[1]
 rows = [json.loads(line) for line in open(os.path.join(out, "results.jsonl"))]
-runs = OrderedDict()
+CLIENTS = OrderedDict([("keel", "keel bench"), ("go", "etcd's Go client (clientv3)")])
+runs = OrderedDict((c, OrderedDict()) for c in CLIENTS)  # client -> (members, label) -> system -> runs
 extra = []
 for r in rows:
     if r["system"] == "disk" or "rss_kib" in r:
         extra.append(r)
         continue
-    runs.setdefault((r["members"], r["label"]), {}).setdefault(r["system"], []).append(r)
+    # Lines from before compare.sh named the client are keel bench's.
+    runs.setdefault(r.get("client", "keel"), OrderedDict()).setdefault(
+        (r["members"], r["label"]), {}).setdefault(r["system"], []).append(r)
 
 
 def rate_key(r):
@@ -35,8 +39,7 @@ def round_ratios(by):
             for k in by.get("keel", []) if k.get("round", 1) in etcd]
 
 
-pairs = OrderedDict((key, {s: median_run(rs) for s, rs in by.items()}) for key, by in runs.items())
-rounds = max((len(rs) for by in runs.values() for rs in by.values()), default=1)
+rounds = max((len(rs) for cr in runs.values() for by in cr.values() for rs in by.values()), default=1)
 
 
 def fmt(x):
@@ -56,28 +59,51 @@ lines = [
 if rounds > 1:
     lines += [f"Each workload ran {rounds} times per system, the two taking turns to go first; the table",
               "shows each system's median run and, last, the Keel / etcd ratio of every round.", ""]
-lines += [
-    "| members | workload | Keel req/s | etcd req/s | ratio | Keel p50 / p99 ms | etcd p50 / p99 ms | p99 ratio | client CPU (cores) |"
-    + (" rounds |" if rounds > 1 else ""),
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if rounds > 1 else ""),
-]
 chart = []
-for (members, label), by in pairs.items():
-    k, e = by.get("keel"), by.get("etcd")
-    if not k or not e:
+
+
+def table(client, always=False):
+    """The table of one client's runs (Keel against etcd, each system's median run); its rows
+    also go to the chart, the Go client's marked so."""
+    pairs = OrderedDict((key, {s: median_run(rs) for s, rs in by.items()})
+                        for key, by in runs.get(client, {}).items())
+    out = [
+        "| members | workload | Keel req/s | etcd req/s | ratio | Keel p50 / p99 ms | etcd p50 / p99 ms | p99 ratio | client CPU (cores) |"
+        + (" rounds |" if rounds > 1 else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if rounds > 1 else ""),
+    ]
+    for (members, label), by in pairs.items():
+        k, e = by.get("keel"), by.get("etcd")
+        if not k or not e:
+            continue
+        key = rate_key(k)
+        ratio = k[key] / max(e[key], 1e-9)
+        p99 = k["latency_ms"]["p99"] / max(e["latency_ms"]["p99"], 1e-9)
+        unit = " events/s" if key == "events_per_sec" else ""
+        out.append(
+            f"| {members} | {label} | {fmt(k[key])}{unit} | {fmt(e[key])}{unit} | **{ratio:.2f}x** | "
+            f"{k['latency_ms']['p50']:.2f} / {k['latency_ms']['p99']:.2f} | "
+            f"{e['latency_ms']['p50']:.2f} / {e['latency_ms']['p99']:.2f} | {p99:.2f} | "
+            f"{k['client_cpu_cores']:.2f} / {e['client_cpu_cores']:.2f} |"
+            + (" " + ", ".join(f"{x:.2f}" for x in round_ratios(runs[client][(members, label)])) + " |" if rounds > 1 else "")
+        )
+        chart.append((f"{label} ({members}{', Go client' if client == 'go' else ''})", ratio))
+    return out if always or len(out) > 2 else []
+
+
+lines += table("keel", always=True)
+for client in runs:
+    if client == "keel":
         continue
-    key = rate_key(k)
-    ratio = k[key] / max(e[key], 1e-9)
-    p99 = k["latency_ms"]["p99"] / max(e["latency_ms"]["p99"], 1e-9)
-    unit = " events/s" if key == "events_per_sec" else ""
-    lines.append(
-        f"| {members} | {label} | {fmt(k[key])}{unit} | {fmt(e[key])}{unit} | **{ratio:.2f}x** | "
-        f"{k['latency_ms']['p50']:.2f} / {k['latency_ms']['p99']:.2f} | "
-        f"{e['latency_ms']['p50']:.2f} / {e['latency_ms']['p99']:.2f} | {p99:.2f} | "
-        f"{k['client_cpu_cores']:.2f} / {e['client_cpu_cores']:.2f} |"
-        + (" " + ", ".join(f"{x:.2f}" for x in round_ratios(runs[(members, label)])) + " |" if rounds > 1 else "")
-    )
-    chart.append((f"{label} ({members})", ratio))
+    rows_of = table(client)
+    if not rows_of:
+        continue
+    lines += ["", f"## Through {CLIENTS.get(client, client)}", "",
+              "The same put and range workloads, the same keys, values and concurrency, driven by",
+              "bench/gobench.sh: etcd 3.4's clientv3, as Kubernetes' apiserver and most etcd users",
+              "talk to etcd (a `clientv3.Client`, one gRPC connection, per `--conns`)."
+              if client == "go" else f"The same workloads through the `{client}` client.", ""]
+    lines += rows_of
 for r in extra:
     if r["system"] == "disk":
         lines += ["", f"Disk fsync floor (append 512 B + fdatasync): p50 {r['latency_ms']['p50']:.3f} ms, "
