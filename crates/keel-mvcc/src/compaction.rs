@@ -9,7 +9,7 @@
 //! the point and not a deletion ([`kept`]); hashes, watch history and etcd-format exports filter
 //! with the same rule until the thread is done, so members agree whatever its progress.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -19,8 +19,8 @@ use rocksdb::{ReadOptions, WriteBatch, DB};
 
 use crate::index::{self, newest_at, Cursor, Entry};
 use crate::store::{
-    decode_record, meta_i64, RecordHead, CF_INDEX, CF_KV, CF_META, META_COMPACT_DONE,
-    META_COMPACT_NEXT, META_COMPACT_REV,
+    decode_record, meta_i64, RecordHead, CF_INDEX, CF_KV, CF_META, META_BYTES_FREED,
+    META_COMPACT_DONE, META_COMPACT_NEXT, META_COMPACT_REV, META_INDEX_FORMAT,
 };
 use crate::{MvccError, Result, Revision};
 
@@ -47,6 +47,8 @@ struct Shared {
     work: Mutex<bool>,
     wake: Condvar,
     stop: AtomicBool,
+    /// Bytes deleted so far (see `Entry::footprint`), as recorded with the last chunk.
+    freed: AtomicU64,
     /// Whether the thread is idle with nothing left to do (for tests and `wait_idle`).
     idle: Mutex<bool>,
     idle_cv: Condvar,
@@ -60,6 +62,7 @@ impl Compactor {
             work: Mutex::new(true),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            freed: AtomicU64::new(0),
             idle: Mutex::new(false),
             idle_cv: Condvar::new(),
         });
@@ -79,6 +82,16 @@ impl Compactor {
         *self.shared.idle.lock() = false;
         *self.shared.work.lock() = true;
         self.shared.wake.notify_one();
+    }
+
+    /// Bytes compaction has deleted (see `Entry::footprint`).
+    pub(crate) fn freed(&self) -> u64 {
+        self.shared.freed.load(Ordering::Acquire)
+    }
+
+    /// Sets the bytes deleted as the store records them (when it is loaded).
+    pub(crate) fn set_freed(&self, bytes: u64) {
+        self.shared.freed.store(bytes, Ordering::Release);
     }
 
     /// Blocks until every committed compaction is carried out on disk.
@@ -137,7 +150,10 @@ impl Shared {
         let _gate = self.gate.read();
         let db = &*self.db;
         let (meta, kv, idx) = (cf(db, CF_META), cf(db, CF_KV), cf(db, CF_INDEX));
-        if db.get_cf(meta, META_COMPACT_REV)?.is_none() {
+        // Nothing to do, or the index is not built yet (an import): it is woken once it is.
+        if db.get_cf(meta, META_COMPACT_REV)?.is_none()
+            || db.get_cf(meta, META_INDEX_FORMAT)?.is_none()
+        {
             return Ok(false);
         }
         let target = meta_i64(db, META_COMPACT_REV)?;
@@ -157,8 +173,9 @@ impl Shared {
         ro.fill_cache(false);
         let mut changes = db.raw_iterator_cf_opt(kv, ro);
         changes.seek(&from);
-        let mut keys = db.raw_iterator_cf(idx);
+        let mut keys = db.raw_iterator_cf_opt(idx, index::read_options(true));
         let mut batch = WriteBatch::default();
+        let mut freed = meta_i64(db, META_BYTES_FREED)? as u64;
         let mut examined = 0;
         while let (Some(k), Some(v)) = (changes.key(), changes.value()) {
             if examined == CHUNK {
@@ -168,19 +185,18 @@ impl Shared {
             let (rev, _) = Revision::from_key(k)
                 .ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
             let head: RecordHead = decode_record(v)?;
-            match newest_at(&mut keys, &head.key, target)? {
-                // The newest change at the point: everything older goes, and it too if it is a
-                // deletion. Older changes met before it in the scan were left for this moment.
-                Some(newest) if newest.rev == rev => {
-                    drop_older(db, &mut keys, &mut batch, &head.key, rev)?;
-                    if newest.entry.tombstone {
-                        batch.delete_cf(idx, index::index_key(&head.key, rev));
-                        batch.delete_cf(kv, rev.to_key(true));
-                    }
+            // The newest change at the point: everything older goes, and it too if it is a
+            // deletion. Older changes met before it in the scan were left for this moment. (A
+            // change whose key the index does not know is left alone: compaction never deletes
+            // what it cannot account for.)
+            let newest = newest_at(&mut keys, &head.key, target)?.filter(|n| n.rev == rev);
+            if let Some(newest) = newest {
+                freed += drop_older(db, &mut keys, &mut batch, &head.key, rev)?;
+                if newest.entry.tombstone {
+                    freed += newest.entry.footprint(head.key.len());
+                    batch.delete_cf(idx, index::index_key(&head.key, rev));
+                    batch.delete_cf(kv, rev.to_key(true));
                 }
-                Some(_) => {}
-                // No index entry: a leftover of an interrupted import or install.
-                None => batch.delete_cf(kv, k),
             }
             changes.next();
         }
@@ -194,19 +210,22 @@ impl Shared {
                 tracing::info!(revision = target, "finished scheduled compaction");
             }
         }
+        batch.put_cf(meta, META_BYTES_FREED, (freed as i64).to_be_bytes());
         db.write(batch)?;
+        self.freed.store(freed, Ordering::Release);
         Ok(more || target < meta_i64(db, META_COMPACT_REV)?)
     }
 }
 
-/// Deletes every change of `key` older than `rev` (index entries and values).
+/// Deletes every change of `key` older than `rev` (index entries and values); returns their bytes.
 fn drop_older(
     db: &DB,
     keys: &mut impl Cursor,
     batch: &mut WriteBatch,
     key: &[u8],
     rev: Revision,
-) -> Result<()> {
+) -> Result<u64> {
+    let mut freed = 0;
     let at = index::index_key(key, rev);
     let (prefix, _) = index::split(&at)?;
     keys.seek(&at);
@@ -219,9 +238,11 @@ fn drop_older(
         let entry: Entry = keys.entry()?;
         batch.delete_cf(cf(db, CF_INDEX), k);
         batch.delete_cf(cf(db, CF_KV), older.to_key(entry.tombstone));
+        freed += entry.footprint(key.len());
         keys.next();
     }
-    keys.status()
+    keys.status()?;
+    Ok(freed)
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {

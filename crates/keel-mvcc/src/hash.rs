@@ -4,6 +4,7 @@
 use rocksdb::{IteratorMode, ReadOptions};
 
 use crate::compaction::kept;
+use crate::index;
 use crate::snapshot::LOCAL_META_PREFIX;
 use crate::store::{
     decode_record, RecordHead, CF_INDEX, CF_KV, CF_META, FAMILIES, META_COMPACT_DONE,
@@ -63,7 +64,8 @@ impl Store {
         let (point, done) = (meta(META_COMPACT_REV)?, meta(META_COMPACT_DONE)?);
         // Below this, a revision is checked against the index.
         let unsettled = if done >= point { 0 } else { point };
-        let mut keys = snapshot.raw_iterator_cf_opt(self.cf(CF_INDEX), ReadOptions::default());
+        let ro = index::read_options(true);
+        let mut keys = snapshot.raw_iterator_cf_opt(self.cf(CF_INDEX), ro);
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(Revision::new(rev + 1, 0).to_key(false));
         for item in snapshot.iterator_cf_opt(self.cf(CF_KV), ro, IteratorMode::Start) {

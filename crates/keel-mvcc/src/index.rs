@@ -74,19 +74,29 @@ pub(crate) struct Entry {
     pub lease: i64,
     /// Whether the change deleted the key.
     pub tombstone: bool,
+    /// Bytes of the stored record (for the live size the space quota counts).
+    pub size: i64,
 }
 
 impl Entry {
-    pub(crate) fn tombstone() -> Entry {
+    pub(crate) fn tombstone(size: usize) -> Entry {
         Entry {
             tombstone: true,
+            size: size as i64,
             ..Entry::default()
         }
     }
 
+    /// Bytes this change occupies in the store: its record and its index entry, keys included.
+    /// The same count is added when it is written and taken off when compaction deletes it.
+    pub(crate) fn footprint(&self, key_len: usize) -> u64 {
+        let index_key = (key_len / GROUP + 1) * (GROUP + 1) + SUFFIX_LEN;
+        (crate::revision::REVISION_LEN + self.size as usize + index_key + 8) as u64
+    }
+
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.push(self.tombstone as u8);
-        for v in [self.created, self.version, self.lease] {
+        for v in [self.created, self.version, self.lease, self.size] {
             encode_varint(v as u64, out);
         }
     }
@@ -104,6 +114,7 @@ impl Entry {
             created: next()?,
             version: next()?,
             lease: next()?,
+            size: next()?,
         };
         if !rest.is_empty() {
             return Err(corrupt());
@@ -134,7 +145,7 @@ pub(crate) fn decode_key(encoded: &[u8]) -> Result<Vec<u8>> {
     let corrupt = || MvccError::Corrupt(format!("key index key {encoded:?}"));
     let mut key = Vec::with_capacity(encoded.len());
     let groups = encoded.len() / (GROUP + 1);
-    if groups == 0 || encoded.len() % (GROUP + 1) != 0 {
+    if groups == 0 || !encoded.len().is_multiple_of(GROUP + 1) {
         return Err(corrupt());
     }
     for (i, group) in encoded.chunks_exact(GROUP + 1).enumerate() {
@@ -179,6 +190,30 @@ fn past_key(encoded_key: &[u8]) -> Vec<u8> {
     out.extend_from_slice(encoded_key);
     out.extend_from_slice(&[0xFF; SUFFIX_LEN]);
     out
+}
+
+/// The index family's prefix extractor: an entry's encoded key. Its bloom filters then let a
+/// lookup of one key skip every file that has none of its changes (a new key's put, most of all).
+pub(crate) fn prefix_extractor() -> rocksdb::SliceTransform {
+    fn encoded_key(index_key: &[u8]) -> &[u8] {
+        &index_key[..index_key.len() - SUFFIX_LEN]
+    }
+    fn has_revision(key: &[u8]) -> bool {
+        key.len() > SUFFIX_LEN + GROUP
+    }
+    rocksdb::SliceTransform::create("keel.encoded_key", encoded_key, Some(has_revision))
+}
+
+/// How the index is read: the changes of one key (prefix filters used, the iterator ends with
+/// the key), or keys in order across keys.
+pub(crate) fn read_options(one_key: bool) -> rocksdb::ReadOptions {
+    let mut ro = rocksdb::ReadOptions::default();
+    if one_key {
+        ro.set_prefix_same_as_start(true);
+    } else {
+        ro.set_total_order_seek(true);
+    }
+    ro
 }
 
 /// Splits an index key into the encoded key and the revision.
@@ -429,7 +464,7 @@ mod tests {
     fn del(map: &mut BTreeMap<Vec<u8>, Entry>, key: &str, main: i64) {
         map.insert(
             index_key(key.as_bytes(), Revision::new(main, 0)),
-            Entry::tombstone(),
+            Entry::tombstone(0),
         );
     }
 
@@ -485,13 +520,14 @@ mod tests {
             version: 300,
             lease: 0x7fff_0000_1234,
             tombstone: false,
+            size: 300,
         };
         let mut buf = Vec::new();
         e.encode(&mut buf);
         assert_eq!(Entry::decode(&buf).unwrap(), e);
         buf.clear();
-        Entry::tombstone().encode(&mut buf);
-        assert_eq!(Entry::decode(&buf).unwrap(), Entry::tombstone());
+        Entry::tombstone(9).encode(&mut buf);
+        assert_eq!(Entry::decode(&buf).unwrap(), Entry::tombstone(9));
         buf.push(1);
         assert!(Entry::decode(&buf).is_err());
         assert!(Entry::decode(&[]).is_err());

@@ -37,6 +37,10 @@ pub(crate) const META_COMPACT_DONE: &[u8] = b"compact_done";
 /// Where the background half of a compaction goes on (a revision key).
 pub(crate) const META_COMPACT_NEXT: &[u8] = b"compact_next";
 const META_LIVE_KEYS: &[u8] = b"live_keys";
+/// Bytes of records and index entries ever written, and deleted by compaction: their difference is
+/// the live size the space quota counts.
+const META_BYTES_WRITTEN: &[u8] = b"bytes_written";
+pub(crate) const META_BYTES_FREED: &[u8] = b"bytes_freed";
 /// Present once the key index is built (absent after an import, or in a store of an older Keel).
 pub(crate) const META_INDEX_FORMAT: &[u8] = b"index_format";
 const INDEX_FORMAT: i64 = 1;
@@ -74,7 +78,7 @@ pub struct RangeResult {
 pub struct StoreSize {
     /// Bytes the store occupies (files and memtables).
     pub total: u64,
-    /// Estimate of the bytes holding live data.
+    /// Bytes of the readable revisions and their index entries (what compaction has not deleted).
     pub in_use: u64,
 }
 
@@ -109,19 +113,30 @@ pub struct Store {
     pub(crate) compact_rev: AtomicI64,
     applied_index: AtomicU64,
     live_keys: AtomicI64,
+    bytes_written: AtomicU64,
 }
 
-fn table_options(cache: &Cache, bloom: bool) -> Options {
+fn table_options(cache: &Cache, family: &str) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     // Index and filter blocks in the bounded cache too: at tens of millions of keys they would
     // otherwise be the part of memory that grows with the store.
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-    if bloom {
-        table.set_bloom_filter(10.0, false);
-    }
     let mut cf = Options::default();
+    match family {
+        // Values are read by revision, one point lookup each: a bloom filter spares the levels
+        // that do not hold it.
+        CF_KV => table.set_bloom_filter(10.0, false),
+        // The index is sought by key: filters on the key part of its entries.
+        CF_INDEX => {
+            table.set_bloom_filter(10.0, false);
+            table.set_whole_key_filtering(false);
+            cf.set_prefix_extractor(index::prefix_extractor());
+            cf.set_memtable_prefix_bloom_ratio(0.05);
+        }
+        _ => {}
+    }
     cf.set_block_based_table_factory(&table);
     // Memtables of 16 MiB instead of RocksDB's 64: recent values are served by the block cache
     // just as well.
@@ -141,10 +156,7 @@ impl Store {
         // all at start-up; past 64 MiB of WAL it flushes the families that hold the oldest.
         opts.set_max_total_wal_size(64 << 20);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES)?;
-        // Values are read by revision, one point lookup each: a bloom filter spares the levels
-        // that do not hold it.
-        let cfs =
-            FAMILIES.map(|n| ColumnFamilyDescriptor::new(n, table_options(&cache, n == CF_KV)));
+        let cfs = FAMILIES.map(|n| ColumnFamilyDescriptor::new(n, table_options(&cache, n)));
         let db = Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?);
         let gate = Arc::new(RwLock::new(()));
         let store = Store {
@@ -155,6 +167,7 @@ impl Store {
             compact_rev: AtomicI64::new(-1),
             applied_index: AtomicU64::new(0),
             live_keys: AtomicI64::new(0),
+            bytes_written: AtomicU64::new(0),
         };
         store.resume_install()?;
         store.load()?;
@@ -168,6 +181,8 @@ impl Store {
             .get_cf(self.cf(CF_META), META_INDEX_FORMAT)?
             .is_none()
         {
+            // The compaction thread reads the index: it waits until the index is whole.
+            let _gate = self.gate.write();
             self.build_index()?;
         }
         let last = {
@@ -198,6 +213,10 @@ impl Store {
             .store(self.meta_i64(META_APPLIED_INDEX)? as u64, Ordering::Release);
         self.live_keys
             .store(self.meta_i64(META_LIVE_KEYS)?, Ordering::Release);
+        self.bytes_written
+            .store(self.meta_i64(META_BYTES_WRITTEN)? as u64, Ordering::Release);
+        self.compactor
+            .set_freed(self.meta_i64(META_BYTES_FREED)? as u64);
         self.compactor.wake();
         tracing::info!(
             revision = current,
@@ -220,20 +239,23 @@ impl Store {
         let mut batch = rocksdb::WriteBatch::default();
         let mut value = Vec::new();
         let mut built = 0u64;
+        let mut bytes = 0u64;
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let (rev, tombstone) = Revision::from_key(k)
                 .ok_or_else(|| MvccError::Corrupt(format!("revision key {k:?}")))?;
             let head: RecordHead = decode_record(v)?;
             let entry = if tombstone {
-                Entry::tombstone()
+                Entry::tombstone(v.len())
             } else {
                 Entry {
                     created: head.create_revision,
                     version: head.version,
                     lease: head.lease,
                     tombstone: false,
+                    size: v.len() as i64,
                 }
             };
+            bytes += entry.footprint(head.key.len());
             value.clear();
             entry.encode(&mut value);
             batch.put_cf(idx, index::index_key(&head.key, rev), &value);
@@ -250,7 +272,7 @@ impl Store {
         self.db.write(std::mem::take(&mut batch))?;
         // Each key's first entry is its newest: alive or not, and its lease.
         let mut live = 0i64;
-        let mut it = self.db.raw_iterator_cf(idx);
+        let mut it = self.db.raw_iterator_cf_opt(idx, index::read_options(false));
         it.seek_to_first();
         let mut previous: Option<Vec<u8>> = None;
         while let Some(k) = it.key() {
@@ -270,6 +292,8 @@ impl Store {
         it.status()?;
         let meta = self.cf(CF_META);
         batch.put_cf(meta, META_LIVE_KEYS, live.to_be_bytes());
+        batch.put_cf(meta, META_BYTES_WRITTEN, (bytes as i64).to_be_bytes());
+        batch.put_cf(meta, META_BYTES_FREED, 0i64.to_be_bytes());
         batch.put_cf(meta, META_INDEX_FORMAT, INDEX_FORMAT.to_be_bytes());
         self.db.write(batch)?;
         tracing::info!(revisions = built, keys = live, "key index built");
@@ -369,7 +393,9 @@ impl Store {
         // Checked after the snapshot is taken: a compaction publishes its revision before it
         // deletes anything, so a read that passes here finds everything it needs in the snapshot.
         let at = check_revision(opts.rev, current, self.compacted_revision())?;
-        let mut keys = snapshot.raw_iterator_cf_opt(self.cf(CF_INDEX), ReadOptions::default());
+        let one_key = matches!(span, KeySpan::Single(_));
+        let ro = index::read_options(one_key);
+        let mut keys = snapshot.raw_iterator_cf_opt(self.cf(CF_INDEX), ro);
         let (hits, count) = collect(&mut keys, span, at, opts)?;
         let mut kvs = Vec::with_capacity(hits.len());
         for rev in hits {
@@ -410,6 +436,8 @@ impl Store {
             pending: Vec::new(),
             overlay: BTreeMap::new(),
             live_delta: 0,
+            bytes: 0,
+            entry: Vec::new(),
             compacted: false,
             rev: self.current_revision(),
             sub: 0,
@@ -468,9 +496,17 @@ impl Store {
         Ok(self.db.flush_wal(true)?)
     }
 
-    /// Bytes used on disk, for Status and the space quota.
+    /// Bytes used on disk (for Status) and the live bytes: every readable revision and its index
+    /// entry, what compaction has not deleted (for the space quota). The live size drops as soon
+    /// as compaction has run: no defragmentation is needed to get out of NOSPACE.
     pub fn size(&self) -> StoreSize {
-        let mut size = StoreSize::default();
+        let mut size = StoreSize {
+            in_use: self
+                .bytes_written
+                .load(Ordering::Acquire)
+                .saturating_sub(self.compactor.freed()),
+            ..StoreSize::default()
+        };
         for name in FAMILIES {
             let prop = |p: &str| {
                 self.db
@@ -481,7 +517,6 @@ impl Store {
             };
             let mem = prop("rocksdb.cur-size-all-mem-tables");
             size.total += prop("rocksdb.total-sst-files-size") + mem;
-            size.in_use += prop("rocksdb.estimate-live-data-size") + mem;
         }
         size
     }
@@ -615,6 +650,10 @@ pub struct WriteBatch<'s> {
     overlay: BTreeMap<Vec<u8>, Entry>,
     /// Keys the batch brought alive, less those it deleted.
     live_delta: i64,
+    /// Bytes the batch adds to the store (see `Entry::footprint`).
+    bytes: u64,
+    /// An index entry's encoding on its way into the RocksDB batch, reused.
+    entry: Vec<u8>,
     /// Whether the batch records a compaction (the background half starts once it commits).
     compacted: bool,
     /// Every change made by the batch, in order, for watchers.
@@ -659,8 +698,12 @@ impl WriteBatch<'_> {
     }
 
     /// The index as the open transaction sees it: committed entries under the batch's own.
-    fn keys(&self) -> Overlaid<'_, rocksdb::DBRawIteratorWithThreadMode<'_, DB>> {
-        let committed = self.store.db.raw_iterator_cf(self.store.cf(CF_INDEX));
+    fn keys(&self, one_key: bool) -> Overlaid<'_, rocksdb::DBRawIteratorWithThreadMode<'_, DB>> {
+        let ro = index::read_options(one_key);
+        let committed = self
+            .store
+            .db
+            .raw_iterator_cf_opt(self.store.cf(CF_INDEX), ro);
         Overlaid::new(committed, &self.overlay)
     }
 
@@ -678,7 +721,7 @@ impl WriteBatch<'_> {
 
     /// The key's latest change if it is alive.
     fn live(&self, key: &[u8]) -> Result<Option<Found>> {
-        Ok(newest_at(&mut self.keys(), key, i64::MAX)?.filter(|f| !f.entry.tombstone))
+        Ok(newest_at(&mut self.keys(true), key, i64::MAX)?.filter(|f| !f.entry.tombstone))
     }
 
     /// The latest value of `key` as the open transaction sees it.
@@ -688,10 +731,11 @@ impl WriteBatch<'_> {
 
     fn index(&mut self, key: &[u8], rev: Revision, entry: Entry) {
         let ikey = index::index_key(key, rev);
-        self.encoded.clear();
-        entry.encode(&mut self.encoded);
+        self.entry.clear();
+        entry.encode(&mut self.entry);
         self.batch
-            .put_cf(self.store.cf(CF_INDEX), &ikey, &self.encoded);
+            .put_cf(self.store.cf(CF_INDEX), &ikey, &self.entry);
+        self.bytes += entry.footprint(key.len());
         self.overlay.insert(ikey, entry);
     }
 
@@ -713,12 +757,12 @@ impl WriteBatch<'_> {
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<&KeyValue> {
         let rev = self.next_revision();
         let prev = self.live(key)?;
-        let entry = match prev {
+        let mut entry = match prev {
             Some(p) => Entry {
                 created: p.entry.created,
                 version: p.entry.version + 1,
                 lease,
-                tombstone: false,
+                ..Entry::default()
             },
             None => {
                 self.live_delta += 1;
@@ -726,11 +770,10 @@ impl WriteBatch<'_> {
                     created: rev.main,
                     version: 1,
                     lease,
-                    tombstone: false,
+                    ..Entry::default()
                 }
             }
         };
-        self.index(key, rev, entry);
         self.attach(key, prev.map_or(0, |p| p.entry.lease), lease);
         let kv = KeyValue {
             key: key.to_vec(),
@@ -745,6 +788,8 @@ impl WriteBatch<'_> {
             .expect("a Vec grows to fit any message");
         self.batch
             .put_cf(self.store.cf(CF_KV), rev.to_key(false), &self.encoded);
+        entry.size = self.encoded.len() as i64;
+        self.index(key, rev, entry);
         self.pending.push((rev, self.changes.len()));
         self.changes.push(Change { kv, deleted: false });
         Ok(&self.changes[self.changes.len() - 1].kv)
@@ -759,9 +804,10 @@ impl WriteBatch<'_> {
                 key: kv.key.clone(),
                 ..Default::default()
             };
+            let tomb = tomb.encode_to_vec();
             self.batch
-                .put_cf(self.store.cf(CF_KV), rev.to_key(true), tomb.encode_to_vec());
-            self.index(&kv.key, rev, Entry::tombstone());
+                .put_cf(self.store.cf(CF_KV), rev.to_key(true), &tomb);
+            self.index(&kv.key, rev, Entry::tombstone(tomb.len()));
             self.attach(&kv.key, kv.lease, 0);
             self.live_delta -= 1;
             self.pending.push((rev, self.changes.len()));
@@ -825,8 +871,14 @@ impl WriteBatch<'_> {
         if self.live_delta != 0 {
             self.batch.put_cf(meta, META_LIVE_KEYS, live.to_be_bytes());
         }
+        let written = self.store.bytes_written.load(Ordering::Acquire) + self.bytes;
+        if self.bytes != 0 {
+            self.batch
+                .put_cf(meta, META_BYTES_WRITTEN, (written as i64).to_be_bytes());
+        }
         self.store.db.write(std::mem::take(&mut self.batch))?;
         self.store.live_keys.store(live, Ordering::Release);
+        self.store.bytes_written.store(written, Ordering::Release);
         self.store.current_rev.store(self.rev, Ordering::Release);
         self.store
             .applied_index
@@ -842,7 +894,8 @@ impl ReadView for WriteBatch<'_> {
     fn range(&self, span: KeySpan<'_>, opts: &RangeOptions) -> Result<RangeResult> {
         let current = self.read_revision();
         let at = check_revision(opts.rev, current, self.store.compacted_revision())?;
-        let (hits, count) = collect(&mut self.keys(), span, at, opts)?;
+        let one_key = matches!(span, KeySpan::Single(_));
+        let (hits, count) = collect(&mut self.keys(one_key), span, at, opts)?;
         let kvs = hits
             .into_iter()
             .map(|rev| self.value_at(rev))

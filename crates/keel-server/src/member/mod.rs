@@ -255,7 +255,7 @@ impl Member {
     /// Refreshes the store size the quota check reads.
     pub fn refresh_db_size(&self) {
         self.db_size
-            .store(self.store.size().total, Ordering::Relaxed);
+            .store(self.store.size().in_use, Ordering::Relaxed);
     }
 
     /// Runs `fut`, giving up after `limit` on this member's clock.

@@ -129,17 +129,28 @@ impl Progress {
         let template = if by_time {
             "{bar:40} {pos}/{len} s  {msg}"
         } else {
-            "{bar:40} {pos}/{len}  {msg}"
+            "{bar:40} {pos}/{len}  ETA {eta}  {msg}"
         };
         bar.set_style(ProgressStyle::with_template(template).expect("a valid template"));
         let (b, started) = (bar.clone(), Instant::now());
+        // Without a terminal (a script's log), a line every 10 s instead of the bar.
+        let lines = bar.is_hidden();
         let task = tokio::spawn(async move {
-            loop {
+            for tick in 1u64.. {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 let n = done.load(Ordering::Relaxed);
                 let secs = started.elapsed().as_secs_f64();
+                let rate = n as f64 / secs;
                 b.set_position(if by_time { secs as u64 } else { n.min(len) });
-                b.set_message(format!("{:.0} req/s", n as f64 / secs));
+                b.set_message(format!("{rate:.0} req/s"));
+                if lines && tick % 40 == 0 {
+                    let left = if by_time {
+                        len as f64 - secs
+                    } else {
+                        len.saturating_sub(n) as f64 / rate.max(1.0)
+                    };
+                    eprintln!("{n}/{len} requests, {rate:.0} req/s, ETA {left:.0} s");
+                }
             }
         });
         Progress { bar, task }

@@ -55,6 +55,16 @@ pub struct Keys {
     /// Keys in order (request n uses key n modulo the key space) instead of at random.
     #[arg(long)]
     pub sequential_keys: bool,
+    /// Keys shaped like Kubernetes' (`/registry/pods/<namespace>/<name>`, 1,000 namespaces)
+    /// instead of zero-padded numbers.
+    #[arg(long)]
+    pub kube_keys: bool,
+    /// Every `--large-every`-th request writes a value of this many bytes instead (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub large_val_size: usize,
+    /// See `--large-val-size`.
+    #[arg(long, default_value_t = 10)]
+    pub large_every: u64,
 }
 
 impl Keys {
@@ -75,11 +85,25 @@ impl Keys {
     /// The `i`-th key of the key space (wrapping around).
     fn key_of(&self, i: u64) -> Vec<u8> {
         let i = i % self.key_space_size.max(1);
+        if self.kube_keys {
+            // Pods spread over namespaces as a cluster creates them: not in key order.
+            return format!("/registry/pods/ns-{:04}/pod-{i:010}", mix(i) % 1000).into_bytes();
+        }
         format!("{i:0width$}", width = self.key_size).into_bytes()
     }
 
     fn value(&self) -> Vec<u8> {
         vec![b'v'; self.val_size]
+    }
+
+    /// The values requests write: request `n` writes `values[large(n)]`.
+    fn values(&self) -> [Vec<u8>; 2] {
+        [self.value(), vec![b'V'; self.large_val_size]]
+    }
+
+    /// Whether request `n` writes the large value.
+    fn large(&self, n: u64) -> usize {
+        usize::from(self.large_val_size > 0 && n.is_multiple_of(self.large_every.max(1)))
     }
 }
 
@@ -134,6 +158,9 @@ pub enum Workload {
         /// l (linearizable) or s (serializable).
         #[arg(long, value_enum, default_value = "l")]
         consistency: Consistency,
+        /// Read the keys as they are: do not write the key space first.
+        #[arg(long)]
+        no_prefill: bool,
     },
     /// Transactions of puts (no compares).
     TxnPut {
@@ -218,9 +245,9 @@ pub async fn run(w: Workload) -> anyhow::Result<()> {
     let session = |client: Client| async move { Ok(client) };
     match w {
         Workload::Put { common, keys } => {
-            let value = keys.value();
+            let values = keys.values();
             let out = drive(&common, session, move |mut client, n| {
-                let (key, value) = (keys.key(n), value.clone());
+                let (key, value) = (keys.key(n), values[keys.large(n)].clone());
                 async move {
                     let res = client.put(key, value, None).await.map(|_| ());
                     (client, res)
@@ -233,8 +260,11 @@ pub async fn run(w: Workload) -> anyhow::Result<()> {
             common,
             keys,
             consistency,
+            no_prefill,
         } => {
-            prefill(&common, &keys).await?;
+            if !no_prefill {
+                prefill(&common, &keys).await?;
+            }
             let out = drive(&common, session, move |mut client, n| {
                 let key = keys.key(n);
                 async move {
