@@ -5,7 +5,8 @@
 #   KEYS=1000000 bench/scale.sh                  # a quicker run
 #   KEEL_BIN=path/to/keel bench/scale.sh         # skip the cargo build, use this binary
 # For each system and size (BASE keys, then KEYS keys), on a fresh member: load the keys, shaped like
-# Kubernetes' (/registry/pods/<namespace>/<name>, 256 B values, every 10th 2 KiB), with progress
+# Kubernetes' (/registry/pods/<namespace>/<name>, 256 B values of random letters, every 20th
+# 2 KiB: RocksDB's compression gets no repeated bytes bbolt would store whole), with progress
 # and an ETA; then its RSS and size on disk; put and range p99 at that size (100 clients, random
 # keys); a restart (SIGTERM) timed to the first linearizable read served; and the key count after it
 # (a linearizable read of /registry/pods/ with limit 1, whose count walks every key: what a paginated Kubernetes list costs). etcd runs with
@@ -41,7 +42,7 @@ start() {
 }
 # Waits for the first linearizable read served.
 wait_read() { until ctl get "$1" >/dev/null 2>&1; do sleep 0.05; done; }
-bench() { $keel bench "$@" --endpoints="$url" --kube-keys --val-size=256 --json; }
+bench() { $keel bench "$@" --endpoints="$url" --kube-keys --val-size=256 --random-values --json; }
 field() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(eval(sys.argv[1], {}, r))' "$1"; }
 
 # measure <system> <keys>: one JSON line.
@@ -52,7 +53,7 @@ measure() {
   wait_read probe
   echo "$system: loading $n keys" >&2
   load=$(bench put --clients=200 --conns=20 --total="$n" --key-space-size="$n" --sequential-keys \
-    --large-val-size=2048 --large-every=10)
+    --large-val-size=2048 --large-every=20)
   ctl put /registry/pods/last/written "$n" >/dev/null
   sleep 10
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")

@@ -260,6 +260,28 @@ impl<D: rocksdb::DBAccess> Cursor for rocksdb::DBRawIteratorWithThreadMode<'_, D
     }
 }
 
+impl<C: Cursor + ?Sized> Cursor for &mut C {
+    fn seek(&mut self, target: &[u8]) {
+        (**self).seek(target)
+    }
+
+    fn next(&mut self) {
+        (**self).next()
+    }
+
+    fn key(&self) -> Option<&[u8]> {
+        (**self).key()
+    }
+
+    fn entry(&self) -> Result<Entry> {
+        (**self).entry()
+    }
+
+    fn status(&self) -> Result<()> {
+        (**self).status()
+    }
+}
+
 /// The committed index under a write batch's own changes (which all have newer revisions).
 pub(crate) struct Overlaid<'a, C> {
     below: C,

@@ -5,6 +5,7 @@
 //! single writer (the apply loop) groups many write transactions into one RocksDB write batch.
 //! This file must never make a change visible to readers before its write batch is committed.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -435,6 +436,7 @@ impl Store {
             batch: rocksdb::WriteBatch::default(),
             pending: Vec::new(),
             overlay: BTreeMap::new(),
+            committed: Default::default(),
             live_delta: 0,
             bytes: 0,
             entry: Vec::new(),
@@ -638,6 +640,9 @@ pub struct Change {
     pub deleted: bool,
 }
 
+/// A raw iterator over one of the store's families.
+type Iter<'s> = rocksdb::DBRawIteratorWithThreadMode<'s, DB>;
+
 /// A group of write transactions committed to disk together. Inside it, each write transaction
 /// (`begin` .. `end`) gets one store revision; reads see the batch's own uncommitted changes.
 pub struct WriteBatch<'s> {
@@ -648,6 +653,11 @@ pub struct WriteBatch<'s> {
     pending: Vec<(Revision, usize)>,
     /// The batch's key index entries, read over the committed index until the batch commits.
     overlay: BTreeMap<Vec<u8>, Entry>,
+    /// Iterators over the committed index (for one key's changes, and across keys), made once
+    /// per batch: making a RocksDB iterator costs more than a seek, and what is committed does
+    /// not change while the batch is open (the apply loop is the only writer of the index but
+    /// the compaction thread, which deletes nothing a read can see).
+    committed: [RefCell<Option<Iter<'s>>>; 2],
     /// Keys the batch brought alive, less those it deleted.
     live_delta: i64,
     /// Bytes the batch adds to the store (see `Entry::footprint`).
@@ -666,7 +676,7 @@ pub struct WriteBatch<'s> {
     sub: i64,
 }
 
-impl WriteBatch<'_> {
+impl<'s> WriteBatch<'s> {
     /// Starts a write transaction.
     pub fn begin(&mut self) {
         self.sub = 0;
@@ -698,13 +708,19 @@ impl WriteBatch<'_> {
     }
 
     /// The index as the open transaction sees it: committed entries under the batch's own.
-    fn keys(&self, one_key: bool) -> Overlaid<'_, rocksdb::DBRawIteratorWithThreadMode<'_, DB>> {
-        let ro = index::read_options(one_key);
-        let committed = self
-            .store
-            .db
-            .raw_iterator_cf_opt(self.store.cf(CF_INDEX), ro);
-        Overlaid::new(committed, &self.overlay)
+    fn with_keys<R>(
+        &self,
+        one_key: bool,
+        f: impl FnOnce(&mut Overlaid<'_, &mut Iter<'s>>) -> R,
+    ) -> R {
+        let mut slot = self.committed[usize::from(one_key)].borrow_mut();
+        let committed = slot.get_or_insert_with(|| {
+            let ro = index::read_options(one_key);
+            self.store
+                .db
+                .raw_iterator_cf_opt(self.store.cf(CF_INDEX), ro)
+        });
+        f(&mut Overlaid::new(committed, &self.overlay))
     }
 
     fn value_at(&self, rev: Revision) -> Result<KeyValue> {
@@ -721,7 +737,8 @@ impl WriteBatch<'_> {
 
     /// The key's latest change if it is alive.
     fn live(&self, key: &[u8]) -> Result<Option<Found>> {
-        Ok(newest_at(&mut self.keys(true), key, i64::MAX)?.filter(|f| !f.entry.tombstone))
+        let newest = self.with_keys(true, |keys| newest_at(keys, key, i64::MAX))?;
+        Ok(newest.filter(|f| !f.entry.tombstone))
     }
 
     /// The latest value of `key` as the open transaction sees it.
@@ -895,7 +912,7 @@ impl ReadView for WriteBatch<'_> {
         let current = self.read_revision();
         let at = check_revision(opts.rev, current, self.store.compacted_revision())?;
         let one_key = matches!(span, KeySpan::Single(_));
-        let (hits, count) = collect(&mut self.keys(one_key), span, at, opts)?;
+        let (hits, count) = self.with_keys(one_key, |keys| collect(keys, span, at, opts))?;
         let kvs = hits
             .into_iter()
             .map(|rev| self.value_at(rev))

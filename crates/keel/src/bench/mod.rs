@@ -65,6 +65,10 @@ pub struct Keys {
     /// See `--large-val-size`.
     #[arg(long, default_value_t = 10)]
     pub large_every: u64,
+    /// Values of random letters instead of one letter repeated: storage that compresses (RocksDB)
+    /// gains nothing over storage that does not (bbolt).
+    #[arg(long)]
+    pub random_values: bool,
 }
 
 impl Keys {
@@ -96,14 +100,25 @@ impl Keys {
         vec![b'v'; self.val_size]
     }
 
-    /// The values requests write: request `n` writes `values[large(n)]`.
-    fn values(&self) -> [Vec<u8>; 2] {
-        [self.value(), vec![b'V'; self.large_val_size]]
-    }
-
-    /// Whether request `n` writes the large value.
-    fn large(&self, n: u64) -> usize {
-        usize::from(self.large_val_size > 0 && n.is_multiple_of(self.large_every.max(1)))
+    /// The value request `n` puts: large every `--large-every` requests, random letters (its
+    /// own) with `--random-values`.
+    fn value_for(&self, n: u64) -> Vec<u8> {
+        let large = self.large_val_size > 0 && n.is_multiple_of(self.large_every.max(1));
+        let size = if large {
+            self.large_val_size
+        } else {
+            self.val_size
+        };
+        if !self.random_values {
+            return vec![b'v'; size];
+        }
+        let mut seed = mix(n);
+        (0..size)
+            .map(|_| {
+                seed = mix(seed);
+                b'a' + (seed % 26) as u8
+            })
+            .collect()
     }
 }
 
@@ -245,9 +260,8 @@ pub async fn run(w: Workload) -> anyhow::Result<()> {
     let session = |client: Client| async move { Ok(client) };
     match w {
         Workload::Put { common, keys } => {
-            let values = keys.values();
             let out = drive(&common, session, move |mut client, n| {
-                let (key, value) = (keys.key(n), values[keys.large(n)].clone());
+                let (key, value) = (keys.key(n), keys.value_for(n));
                 async move {
                     let res = client.put(key, value, None).await.map(|_| ());
                     (client, res)
