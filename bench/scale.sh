@@ -16,29 +16,17 @@ cd "$(dirname "$0")/.."
 KEYS=${KEYS:-10000000}
 BASE=${BASE:-100000}
 SYSTEMS=${SYSTEMS:-keel etcd}
-if [ -z "${KEEL_BIN:-}" ]; then
-  cargo build --release --bin keel >/dev/null
-  KEEL_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/keel
-fi
-keel=$KEEL_BIN
-out=bench/results/$(date -u +%Y%m%d-%H%M%S)
-mkdir -p "$out"
-work=${WORK:-$(mktemp -d)}
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+. bench/lib.sh
 cport=25790 pport=25890
 url=127.0.0.1:$cport
 ctl() { ETCDCTL_API=3 etcdctl --endpoints="$url" --command-timeout=600s "$@"; }
 ms() { date +%s%3N; }
 
-# start <system> <data dir>: one member in the background; its pid in $pid.
+# start <system> <data dir>: one member (etcd's quota at its maximum, Keel's past it).
 start() {
-  local bin=$keel quota=$((64 << 30))
-  if [ "$1" = etcd ]; then bin=etcd quota=$((8 << 30)); fi
-  $bin --name m --data-dir "$2" --quota-backend-bytes=$quota \
-    --listen-client-urls "http://$url" --advertise-client-urls "http://$url" \
-    --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
-    --initial-cluster "m=http://127.0.0.1:$pport" 2>>"$work/$1.log" &
-  pid=$!
+  local quota=$((64 << 30))
+  [ "$1" = etcd ] && quota=$((8 << 30))
+  start_member "$1" "$2" "$url" "$pport" "$quota"
 }
 # Waits for the first linearizable read served.
 wait_read() { until ctl get "$1" >/dev/null 2>&1; do sleep 0.05; done; }

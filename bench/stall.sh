@@ -14,15 +14,7 @@ REVS=${REVS:-5000000}
 KEYS=${KEYS:-100000}
 DURATION=${DURATION:-30s}
 SYSTEMS=${SYSTEMS:-keel etcd}
-if [ -z "${KEEL_BIN:-}" ]; then
-  cargo build --release --bin keel >/dev/null
-  KEEL_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/keel
-fi
-keel=$KEEL_BIN
-out=bench/results/$(date -u +%Y%m%d-%H%M%S)
-mkdir -p "$out"
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+. bench/lib.sh
 cport=26790 pport=26890
 url=127.0.0.1:$cport
 ctl() { ETCDCTL_API=3 etcdctl --endpoints="$url" --command-timeout=600s "$@"; }
@@ -47,13 +39,9 @@ window() {
 }
 
 for system in $SYSTEMS; do
-  bin=$keel quota=$((64 << 30))
-  if [ "$system" = etcd ]; then bin=etcd quota=$((8 << 30)); fi
-  $bin --name m --data-dir "$work/$system" --quota-backend-bytes=$quota \
-    --listen-client-urls "http://$url" --advertise-client-urls "http://$url" \
-    --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
-    --initial-cluster "m=http://127.0.0.1:$pport" 2>>"$work/$system.log" &
-  pid=$!
+  quota=$((64 << 30))
+  [ "$system" = etcd ] && quota=$((8 << 30))
+  start_member "$system" "$work/$system" "$url" "$pport" "$quota"
   until ctl put probe 1 >/dev/null 2>&1; do sleep 0.1; done
   echo "$system: writing $REVS revisions over $KEYS keys" >&2
   put --clients=200 --conns=20 --total="$REVS" --sequential-keys >/dev/null

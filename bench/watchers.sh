@@ -11,26 +11,12 @@ cd "$(dirname "$0")/.."
 STREAMS=${STREAMS:-1000}
 PER_STREAM=${PER_STREAM:-100}
 SYSTEMS=${SYSTEMS:-keel etcd}
-if [ -z "${KEEL_BIN:-}" ]; then
-  cargo build --release --bin keel >/dev/null
-  KEEL_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/keel
-fi
-keel=$KEEL_BIN
-out=bench/results/$(date -u +%Y%m%d-%H%M%S)
-mkdir -p "$out"
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+. bench/lib.sh
 cport=27790 pport=27890
 url=127.0.0.1:$cport
 
 for system in $SYSTEMS; do
-  bin=$keel
-  [ "$system" = etcd ] && bin=etcd
-  $bin --name m --data-dir "$work/$system" \
-    --listen-client-urls "http://$url" --advertise-client-urls "http://$url" \
-    --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
-    --initial-cluster "m=http://127.0.0.1:$pport" 2>>"$work/$system.log" &
-  pid=$!
+  start_member "$system" "$work/$system" "$url" "$pport"
   until ETCDCTL_API=3 etcdctl --endpoints="$url" put probe 1 >/dev/null 2>&1; do sleep 0.1; done
   result=$($keel bench watch-latency --endpoints="$url" --streams="$STREAMS" \
     --watchers-per-stream="$PER_STREAM" --put-total=300 --put-rate=50 --json)
