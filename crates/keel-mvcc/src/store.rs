@@ -15,8 +15,8 @@ use keel_proto::etcd::PbKeyValue as KeyValue;
 use parking_lot::RwLock;
 use prost::Message;
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, ReadOptions,
-    WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options,
+    ReadOptions, WriteOptions, DB,
 };
 
 use crate::compaction::Compactor;
