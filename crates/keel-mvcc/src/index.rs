@@ -359,13 +359,16 @@ pub(crate) struct Found {
 
 /// The newest change of `key` at or below `at` (a deletion included), if any.
 pub(crate) fn newest_at(c: &mut impl Cursor, key: &[u8], at: i64) -> Result<Option<Found>> {
-    let mut encoded = Vec::new();
-    encode_key(key, &mut encoded);
-    c.seek(&seek_target(&encoded, at));
+    // One buffer: the encoded key, then the revision to seek to (the apply path's lookup).
+    let mut target = Vec::new();
+    encode_key(key, &mut target);
+    let encoded_len = target.len();
+    push_revision(Revision::new(at, i64::MAX), &mut target);
+    c.seek(&target);
     let found = match c.key() {
         Some(k) => {
             let (k, rev) = split(k)?;
-            (k == encoded.as_slice()).then_some(rev)
+            (k == &target[..encoded_len]).then_some(rev)
         }
         None => None,
     };
@@ -414,15 +417,16 @@ pub(crate) fn visit(
     let mut encoded = Vec::new();
     encode_key(start, &mut encoded);
     c.seek(&encoded);
-    // The key whose visible change was handled; its older changes are skipped.
-    let mut done: Option<Vec<u8>> = None;
+    // The key whose visible change was handled (empty before the first: no encoding is), its
+    // older changes skipped; one buffer for the whole pass.
+    let mut done: Vec<u8> = Vec::new();
     let mut steps = 0;
     while let Some(k) = c.key() {
         let (key, rev) = split(k)?;
         if end.as_deref().is_some_and(|e| key >= e) {
             break;
         }
-        if done.as_deref() == Some(key) {
+        if done == key {
             steps += 1;
             if steps < STEPS_BEFORE_SEEK {
                 c.next();
@@ -439,11 +443,11 @@ pub(crate) fn visit(
             continue;
         }
         let entry = c.entry()?;
-        let key = key.to_vec();
-        if !entry.tombstone && !f(&key, Found { rev, entry })? {
+        if !entry.tombstone && !f(key, Found { rev, entry })? {
             return c.status();
         }
-        done = Some(key);
+        done.clear();
+        done.extend_from_slice(key);
         steps = 0;
         c.next();
     }
