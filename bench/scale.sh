@@ -7,11 +7,13 @@
 # For each system and size (BASE keys, then KEYS keys), on a fresh member: load the keys, shaped like
 # Kubernetes' (/registry/pods/<namespace>/<name>, 256 B values of random letters, every 20th
 # 2 KiB: RocksDB's compression gets no repeated bytes bbolt would store whole), with progress
-# and an ETA; then, once the member is idle (RocksDB's compactions after a bulk load, a one-time
-# rewrite of its files, would otherwise be measured as the store's steady state), its RSS and size on
-# disk; put and range p99 at that size (100 clients, random keys, the median of ROUNDS runs); a restart (SIGTERM) timed to the first linearizable read served; and the key count after it
-# (a linearizable read of /registry/pods/ with limit 1, whose count walks every key: what a paginated Kubernetes list costs). etcd runs with
-# --quota-backend-bytes at its maximum (8 GiB). Writes bench/results/<UTC time>/scale.{jsonl,md}.
+# and an ETA; then, once the member is idle (after a bulk load RocksDB rewrites its bottom level
+# once, started by the first read; that is not the store's steady state), its RSS and size on
+# disk; put and range p99 at that size (100 clients, random keys, the median of ROUNDS runs); a
+# restart (SIGTERM) timed to the first linearizable read served; and the key count after it (a
+# linearizable read of /registry/pods/ with limit 1, whose count walks every key: what a paginated
+# Kubernetes list costs). etcd runs with --quota-backend-bytes at its maximum (8 GiB).
+# Writes bench/results/<UTC time>/scale.{jsonl,md}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS=${KEYS:-10000000}
@@ -67,6 +69,8 @@ measure() {
   load=$(bench put --clients=200 --conns=20 --total="$n" --key-space-size="$n" --sequential-keys \
     --large-val-size=2048 --large-every=20)
   ctl put /registry/pods/last/written "$n" >/dev/null
+  # RocksDB starts the rewrite when a read releases its snapshot: the first read after the load.
+  ctl get /registry/pods/last/written >/dev/null
   echo "$system: waiting for the member to be idle" >&2
   settled=$(settle)
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
