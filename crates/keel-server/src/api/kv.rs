@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use keel_mvcc::Store;
 use keel_rpc::etcd::{
     PbCompactionRequest as CompactionRequest, PbCompactionResponse as CompactionResponse,
     PbDeleteRequest as DeleteRangeRequest, PbDeleteResponse as DeleteRangeResponse, PbKvService,
@@ -39,7 +40,11 @@ impl KvService {
         // then already in the state checked against.
         let who = credentials.identify(self.member.auth())?;
         self.member.auth().check_read(&who, &r.key, &r.range_end)?;
-        let mut resp = range::range(&self.member.store().view(), &r)?;
+        let many_keys = !r.range_end.is_empty();
+        let mut resp = read_store(self.member.store(), many_keys, move |store| {
+            range::range(&store.view(), &r)
+        })
+        .await??;
         self.member.auth().check_current(&who)?;
         self.member.fill_header(&mut resp.header);
         Ok(resp)
@@ -58,10 +63,37 @@ impl KvService {
         self.member
             .auth()
             .check_txn(&who, t, self.member.leases())?;
-        let resp = txn::txn_read(&self.member.store().view(), t)?;
+        let many_keys =
+            t.success.iter().chain(&t.failure).any(
+                |op| matches!(&op.request, Some(Op::RequestRange(r)) if !r.range_end.is_empty()),
+            );
+        let t = t.clone();
+        let resp = read_store(self.member.store(), many_keys, move |store| {
+            txn::txn_read(&store.view(), &t)
+        })
+        .await??;
         self.member.auth().check_current(&who)?;
         Ok(resp)
     }
+}
+
+/// Runs a read of the store, off the runtime's worker when it may walk many keys. A range over a
+/// span can take seconds (a count of 50,000,000 keys: 23 s); on the worker it would hold up every
+/// other request, lease keep-alive and HTTP/2 ping of the member meanwhile (etcdctl closes a
+/// connection whose pings go unanswered for 6 s, then retries the same count, for ever). A read
+/// of one key stays on the worker: the hand-off would cost more than the read.
+async fn read_store<T: Send + 'static>(
+    store: &Arc<Store>,
+    many_keys: bool,
+    read: impl FnOnce(&Store) -> T + Send + 'static,
+) -> Result<T, ServerError> {
+    if !many_keys {
+        return Ok(read(store));
+    }
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || read(&store))
+        .await
+        .map_err(|e| ServerError::Internal(format!("range task: {e}")))
 }
 
 /// A txn whose every op is a serializable range needs no read barrier.
