@@ -40,11 +40,15 @@ impl KvService {
         // then already in the state checked against.
         let who = credentials.identify(self.member.auth())?;
         self.member.auth().check_read(&who, &r.key, &r.range_end)?;
-        let many_keys = !r.range_end.is_empty();
-        let mut resp = read_store(self.member.store(), many_keys, move |store| {
-            range::range(&store.view(), &r)
-        })
-        .await??;
+        // A read of one key stays on the worker: the hand-off would cost more than the read.
+        let mut resp = if r.range_end.is_empty() {
+            range::range(&self.member.store().view(), &r)?
+        } else {
+            off_worker(self.member.store(), move |store| {
+                range::range(&store.view(), &r)
+            })
+            .await??
+        };
         self.member.auth().check_current(&who)?;
         self.member.fill_header(&mut resp.header);
         Ok(resp)
@@ -63,35 +67,40 @@ impl KvService {
         self.member
             .auth()
             .check_txn(&who, t, self.member.leases())?;
-        let many_keys =
+        let spans =
             t.success.iter().chain(&t.failure).any(
                 |op| matches!(&op.request, Some(Op::RequestRange(r)) if !r.range_end.is_empty()),
             );
-        let t = t.clone();
-        let resp = read_store(self.member.store(), many_keys, move |store| {
-            txn::txn_read(&store.view(), &t)
-        })
-        .await??;
+        let resp = if spans {
+            let t = t.clone();
+            off_worker(self.member.store(), move |store| {
+                txn::txn_read(&store.view(), &t)
+            })
+            .await??
+        } else {
+            txn::txn_read(&self.member.store().view(), t)?
+        };
         self.member.auth().check_current(&who)?;
         Ok(resp)
     }
 }
 
-/// Runs a read of the store, off the runtime's worker when it may walk many keys. A range over a
-/// span can take seconds (a count of 50,000,000 keys: 23 s); on the worker it would hold up every
+/// Runs a read of the store that may walk many keys on the blocking pool. A range over a span can
+/// take seconds (a count of 50,000,000 keys: 23 s); on the runtime's worker it would hold up every
 /// other request, lease keep-alive and HTTP/2 ping of the member meanwhile (etcdctl closes a
-/// connection whose pings go unanswered for 6 s, then retries the same count, for ever). A read
-/// of one key stays on the worker: the hand-off would cost more than the read.
-async fn read_store<T: Send + 'static>(
+/// connection whose pings go unanswered for 6 s, then sends the same count again, for ever).
+async fn off_worker<T: Send + 'static>(
     store: &Arc<Store>,
-    many_keys: bool,
     read: impl FnOnce(&Store) -> T + Send + 'static,
 ) -> Result<T, ServerError> {
-    if !many_keys {
+    // The deterministic simulation polls the services on its own one-threaded executor, with no
+    // runtime and no worker to keep free: there the read runs inline.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return Ok(read(store));
-    }
+    };
     let store = store.clone();
-    tokio::task::spawn_blocking(move || read(&store))
+    runtime
+        .spawn_blocking(move || read(&store))
         .await
         .map_err(|e| ServerError::Internal(format!("range task: {e}")))
 }
